@@ -1,0 +1,139 @@
+"""The supervisor as a traitlets Application: configuration, logging, wiring.
+
+Runs in the supervisor's main thread.  Reads (or writes) the connection file,
+binds the sockets, starts the heartbeat thread and hands everything to
+:class:`~relaykernel.supervisor.kernel.SupervisorLoop` by constructor.
+Configure it the Jupyter way: ``--Supervisor.standby_workers=2`` on the
+command line or ``c.Supervisor.standby_workers = 2`` in
+``relaykernel_config.py`` on the Jupyter config path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from typing import Any
+
+import zmq
+from jupyter_client.connect import write_connection_file
+from jupyter_client.session import Session
+from jupyter_core.paths import jupyter_config_path, jupyter_runtime_dir
+from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode, default
+from traitlets.config import Application
+
+from .. import CONNECTION_FILE_ENV, __version__
+from ..worker.entry import WorkerConfig
+from .heartbeat import Heartbeat
+from .kernel import SupervisorLoop
+from .sockets import KernelSockets
+
+
+class Supervisor(Application):
+    """Start relaykernel: a supervisor that runs your code in a replaceable worker."""
+
+    name = "relaykernel"
+    version = __version__
+    description = __doc__
+
+    connection_file = Unicode("", config=True, help="The kernel's JSON connection file. "
+                              "Written (mode 0600, random ports) when absent or not given.")
+    ip = Unicode("127.0.0.1", config=True, help="Address to bind when writing a new connection "
+                 "file. Loopback by default: only this machine can reach the kernel.")
+    transport = CaselessStrEnum(["tcp", "ipc"], "tcp", config=True, help="zmq transport for new connection files.")
+    standby_workers = Integer(1, config=True, help="Warm workers kept ready (IPython imported) "
+                              "so a crashed or restarted worker is replaced in milliseconds. "
+                              "Each costs the memory of an idle IPython (~60 MB).")
+    interrupt_grace = Float(5.0, config=True, help="Seconds a cell may ignore an interrupt "
+                            "(native code that does not check signals) before the worker is replaced.")
+    print_connection_hint = Bool(True, config=True, help="Print how to attach when the kernel writes its own connection file.")
+
+    aliases = {
+        "f": "Supervisor.connection_file",
+        "ip": "Supervisor.ip",
+        "transport": "Supervisor.transport",
+        "standby-workers": "Supervisor.standby_workers",
+        "interrupt-grace": "Supervisor.interrupt_grace",
+        "log-level": "Application.log_level",
+    }
+    flags = {
+        "debug": ({"Application": {"log_level": logging.DEBUG}}, "Log everything (level DEBUG)."),
+    }
+
+    @default("log_level")
+    def _default_log_level(self) -> int:
+        return logging.WARNING
+
+    def initialize(self, argv: Any = None) -> None:
+        super().initialize(argv)
+        for path in jupyter_config_path():
+            self.load_config_file("relaykernel_config", path=path)
+        # command-line options win over config files
+        if self.cli_config:
+            self.update_config(self.cli_config)
+        self._setup_logging()
+
+    def _setup_logging(self) -> None:
+        logger = logging.getLogger("relaykernel")
+        logger.setLevel(self.log_level)
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.__stderr__)
+            handler.setFormatter(logging.Formatter("[relaykernel %(levelname)s %(asctime)s] %(message)s"))
+            logger.addHandler(handler)
+        logger.propagate = False
+
+    def _read_connection(self) -> dict[str, Any]:
+        if self.connection_file and os.path.exists(self.connection_file):
+            with open(self.connection_file) as f:
+                info: dict[str, Any] = json.load(f)
+            return info
+        return {"ip": self.ip, "transport": self.transport, "key": str(uuid.uuid4()),
+                "signature_scheme": "hmac-sha256"}
+
+    def start(self) -> None:
+        info = self._read_connection()
+        key = info.get("key", "")
+        key = key.encode() if isinstance(key, str) else key
+        transport, ip = info.get("transport", "tcp"), info.get("ip", "127.0.0.1")
+        ctx = zmq.Context.instance()
+        session = Session(key=key, signature_scheme=info.get("signature_scheme", "hmac-sha256"),
+                          username="kernel")
+        sockets = KernelSockets.bind_all(ctx, transport, ip, info)
+        heartbeat = Heartbeat(ctx, transport, ip, int(info.get("hb_port", 0)))
+        if not (self.connection_file and os.path.exists(self.connection_file)):
+            self._write_connection_file(info, sockets.ports, heartbeat.port, key)
+        os.environ[CONNECTION_FILE_ENV] = os.path.abspath(self.connection_file)
+        heartbeat.start()
+        private_dir = tempfile.mkdtemp(prefix="relaykernel-")  # 0700: the link stays ours
+        try:
+            worker_config = WorkerConfig(
+                key=key, signature_scheme=session.signature_scheme, session_id=session.session,
+                connection_file=os.path.abspath(self.connection_file),
+                crash_log=os.path.join(private_dir, "crash"), log_level=self.log_level,
+                supervisor_pid=os.getpid())
+            loop = SupervisorLoop(
+                ctx=ctx, session=session, sockets=sockets, private_dir=private_dir,
+                worker_config=worker_config, standby_workers=self.standby_workers,
+                interrupt_grace=self.interrupt_grace)
+            loop.run()
+        finally:
+            heartbeat.stop()
+            sockets.close()
+            shutil.rmtree(private_dir, ignore_errors=True)
+
+    def _write_connection_file(self, info: dict[str, Any], ports: dict[str, int], hb_port: int, key: bytes) -> None:
+        if not self.connection_file:
+            os.makedirs(jupyter_runtime_dir(), exist_ok=True)
+            self.connection_file = os.path.join(jupyter_runtime_dir(), f"kernel-{uuid.uuid4()}.json")
+        write_connection_file(
+            self.connection_file, ip=info["ip"], key=key, transport=info["transport"],
+            shell_port=ports["shell"], iopub_port=ports["iopub"], stdin_port=ports["stdin"],
+            control_port=ports["control"], hb_port=hb_port, signature_scheme="hmac-sha256",
+            kernel_name="relaykernel")
+        if self.print_connection_hint:
+            print(f"relaykernel is running. To connect a client:\n"
+                  f"    jupyter console --existing {self.connection_file}", file=sys.__stdout__, flush=True)

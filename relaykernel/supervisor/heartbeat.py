@@ -1,0 +1,36 @@
+"""Heartbeat echo, in its own thread so it answers while everything else is busy.
+
+The thread owns the hb socket and nothing else; it only ever echoes.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import zmq
+
+from .sockets import bind
+
+
+class Heartbeat(threading.Thread):
+    """Echo every ping on a REP socket until the context is terminated or stop()."""
+
+    def __init__(self, ctx: zmq.Context, transport: str, ip: str, port: int) -> None:
+        super().__init__(name="relaykernel-heartbeat", daemon=True)
+        self._socket = ctx.socket(zmq.REP)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self.port = bind(self._socket, transport, ip, port)
+        self._stop_flag = threading.Event()
+
+    def run(self) -> None:
+        sock = self._socket
+        while not self._stop_flag.is_set():
+            try:
+                if sock.poll(500):
+                    sock.send(sock.recv(copy=False), copy=False)
+            except zmq.ZMQError:
+                break
+        sock.close(linger=0)
+
+    def stop(self) -> None:
+        self._stop_flag.set()

@@ -1,0 +1,471 @@
+"""The supervisor's event loop: routes frontend requests to the worker and back.
+
+Everything here runs in the supervisor's main thread, which owns shell,
+control, stdin, iopub and every worker link.  One ``zmq.Poller`` watches those
+sockets, the workers' process sentinels and a signal wake-up pipe, so control
+requests and worker deaths are handled at once whatever the worker is doing.
+Handlers live in tables keyed by message type (frontend) or link kind (worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any, Callable
+
+import zmq
+from jupyter_client.session import Session
+
+from .. import wire
+from ..worker.entry import WorkerConfig
+from .comm_registry import CommRegistry
+from .kernel_info import kernel_info_content
+from .recovery import WORKER_DIED, Death, read_crash_log
+from .shell_queue import ShellQueue, stops_on_error
+from .sockets import BadMessage, Incoming, KernelSockets, Verifier
+from .worker_process import WorkerProcess, WorkerState
+
+log = logging.getLogger("relaykernel.supervisor")
+
+#: Requests the supervisor answers itself, at once, even while a cell runs.
+IMMEDIATE = ("kernel_info_request", "comm_info_request")
+#: Consecutive workers that may die before READY before we slow down.
+MAX_START_FAILURES = 3
+
+
+class SupervisorLoop:
+    """The running kernel: owns the sockets, the shell queue, the comm registry and the workers."""
+
+    def __init__(
+        self,
+        *,
+        ctx: zmq.Context,
+        session: Session,
+        sockets: KernelSockets,
+        private_dir: str,
+        worker_config: WorkerConfig,
+        standby_workers: int = 1,
+        interrupt_grace: float = 5.0,
+    ) -> None:
+        self.ctx = ctx
+        self.session = session
+        self.sockets = sockets
+        self.private_dir = private_dir
+        self.worker_config = worker_config
+        self.standby_workers = standby_workers
+        self.interrupt_grace = interrupt_grace
+        self.verifier = Verifier(session)
+        self.queue = ShellQueue()
+        self.comms = CommRegistry()
+        self.execution_count = 1  # the next cell's number; survives worker replacement
+        self.active: WorkerProcess | None = None
+        self.spares: list[WorkerProcess] = []
+        self._numbers = iter(range(1, 1 << 30))
+        self._start_failures = 0
+        self._timers: list[tuple[float, Callable[[], None]]] = []
+        self._stopping = False
+        self._pending_signals: list[int] = []
+        self.poller = zmq.Poller()
+        for s in (sockets.control, sockets.shell, sockets.stdin):
+            self.poller.register(s, zmq.POLLIN)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        self._by_link: dict[zmq.Socket, WorkerProcess] = {}
+        self._by_sentinel: dict[int, WorkerProcess] = {}
+        self.shell_handlers: dict[str, Callable[[Incoming], None]] = {
+            "kernel_info_request": self._kernel_info,
+            "comm_info_request": self._comm_info,
+        }
+        self.control_handlers: dict[str, Callable[[Incoming], None]] = {
+            "kernel_info_request": self._kernel_info,
+            "shutdown_request": self._shutdown,
+            "interrupt_request": self._interrupt_request,
+        }
+        self.link_handlers: dict[bytes, Callable[[WorkerProcess, wire.LinkMessage], None]] = {
+            wire.READY: self._on_ready,
+            wire.IOPUB: self._on_iopub,
+            wire.COMM: self._on_worker_comm,
+            wire.DONE: self._on_done,
+            wire.STDIN: self._on_stdin,
+            wire.TARGET: self._on_target,
+        }
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        """Serve until a shutdown_request or SIGTERM; then stop every worker."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._record_signal)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        self._ensure_workers()
+        try:
+            while not self._stopping:
+                self._poll_once()
+        finally:
+            self._close()
+
+    def _poll_once(self) -> None:
+        events = dict(self.poller.poll(self._next_timeout()))
+        s = self.sockets
+        if events.pop(s.control, 0):
+            self._drain(s.control, "control")
+        if events.pop(self._wake_r.fileno(), 0):
+            self._handle_signals()
+        for key in list(events):
+            if isinstance(key, int) and key in self._by_sentinel:
+                self._on_worker_exit(self._by_sentinel[key])
+            elif key in self._by_link:
+                self._drain_link(self._by_link[key])
+        if events.get(s.stdin):
+            self._drain(s.stdin, "stdin")
+        if events.get(s.shell):
+            self._drain(s.shell, "shell")
+        self._run_timers()
+
+    def _drain(self, sock: zmq.Socket, channel: str, budget: int = 64) -> None:
+        """Read what is waiting on a frontend socket; bad input is logged, never raised."""
+        for _ in range(budget):
+            try:
+                raw = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                msg = self.verifier.verify(channel, raw)
+            except BadMessage as e:
+                log.warning("dropped a message on %s: %s", channel, e)
+                continue
+            try:
+                self._route(msg)
+            except Exception:
+                log.exception("error handling %s on %s", msg.msg_type, channel)
+
+    def _route(self, msg: Incoming) -> None:
+        if msg.channel == "control":
+            handler = self.control_handlers.get(msg.msg_type)
+            self._publish_status("busy", msg)
+            if handler is None:
+                log.warning("unknown control message type %r", msg.msg_type)
+            else:
+                handler(msg)
+            self._publish_status("idle", msg)
+        elif msg.channel == "stdin":
+            if msg.msg_type == "input_reply" and self.active is not None:
+                self.active.send(wire.encode(wire.INPUT_REPLY, None, msg.frames))
+        elif msg.msg_type in IMMEDIATE:
+            self._publish_status("busy", msg)
+            self.shell_handlers[msg.msg_type](msg)
+            self._publish_status("idle", msg)
+        else:
+            if msg.msg_type == "comm_open":
+                self.comms.opened(msg.content, {}, list(msg.buffers), "frontend")
+            self.queue.push(msg)
+            self._dispatch()
+
+    def _drain_link(self, worker: WorkerProcess, budget: int = 256) -> None:
+        for _ in range(budget):
+            if worker.state is WorkerState.GONE:
+                return
+            try:
+                frames = worker.link.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                lm = wire.decode(frames)
+                handler = self.link_handlers.get(lm.kind)
+                if handler is None:
+                    raise wire.WireError(f"unknown link kind {lm.kind!r}")
+                handler(worker, lm)
+            except Exception:
+                log.exception("bad link message from worker %s", worker.number)
+
+    # ------------------------------------------------------------- the queue
+    def _dispatch(self) -> None:
+        worker = self.active
+        while worker is not None and worker.state is WorkerState.ACTIVE:
+            request = self.queue.next()
+            if request is None:
+                return
+            self._publish_status("busy", request)
+            if request.msg_type == "comm_msg" and request.content.get("comm_id") not in self.comms:
+                log.warning("comm_msg for unknown comm_id %r", request.content.get("comm_id"))
+            worker.send(wire.encode(wire.REQUEST, None, request.frames))
+            return
+
+    def _on_done(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
+        if worker is not self.active:
+            return
+        request = self.queue.finish()
+        if request is None:
+            log.warning("worker finished a request the supervisor did not send")
+            return
+        if lm.payload:
+            self._channel_socket(request).send_multipart(request.idents + list(lm.payload), copy=False)
+        if "execution_count" in lm.meta:
+            self.execution_count = int(lm.meta["execution_count"])
+        if request.msg_type == "comm_close":
+            self.comms.closed(request.content.get("comm_id", ""))
+        self._publish_status("idle", request)
+        if lm.meta.get("status") == "error" and request.msg_type == "execute_request":
+            if stops_on_error(request):
+                self._abort(self.queue.take_executes())
+        self._dispatch()
+
+    def _abort(self, requests: list[Incoming]) -> None:
+        for request in requests:
+            self._publish_status("busy", request)
+            self._reply(request, {"status": "aborted"})
+            self._publish_status("idle", request)
+
+    # ------------------------------------------------------- worker messages
+    def _on_ready(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
+        if lm.meta.get("version") != wire.PROTOCOL_VERSION:
+            log.error("worker speaks link version %r, expected %r", lm.meta.get("version"), wire.PROTOCOL_VERSION)
+            worker.kill()
+            return
+        worker.state = WorkerState.READY
+        self._start_failures = 0
+        log.debug("worker %s ready in %.3fs", worker.number, time.monotonic() - worker.started_at)
+        self._ensure_workers()
+
+    def _on_iopub(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
+        if worker is self.active:
+            self.sockets.iopub.send_multipart(lm.payload, copy=False)
+
+    def _on_worker_comm(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
+        if worker is not self.active:
+            return
+        msg_type = lm.meta.get("msg_type")
+        content = _json_frame(lm.payload[6])
+        buffers = list(lm.payload[7:])
+        if msg_type == "comm_open":
+            self.comms.opened(content, _json_frame(lm.payload[5]), buffers, "kernel")
+        elif msg_type == "comm_msg":
+            self.comms.message(content, buffers, "kernel")
+        elif msg_type == "comm_close":
+            self.comms.closed(content.get("comm_id", ""))
+        self.sockets.iopub.send_multipart(lm.payload, copy=False)
+
+    def _on_stdin(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
+        request = self.queue.current
+        if worker is self.active and request is not None:
+            self.sockets.stdin.send_multipart(request.idents + list(lm.payload), copy=False)
+
+    def _on_target(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
+        log.debug("worker %s target %s registered=%s", worker.number, lm.meta.get("name"), lm.meta.get("registered"))
+
+    # ---------------------------------------------------- immediate handlers
+    def _kernel_info(self, msg: Incoming) -> None:
+        self._reply(msg, kernel_info_content())
+
+    def _comm_info(self, msg: Incoming) -> None:
+        target = msg.content.get("target_name")
+        self._reply(msg, {"status": "ok", "comms": self.comms.info(target or None)})
+
+    def _shutdown(self, msg: Incoming) -> None:
+        restart = bool(msg.content.get("restart", False))
+        content = {"status": "ok", "restart": restart}
+        self._reply(msg, content)
+        self.session.send(self.sockets.iopub, "shutdown_reply", content, parent=msg.header)
+        if restart:
+            self._replace_active("the kernel was restarted")
+        else:
+            self._stopping = True
+
+    def _interrupt_request(self, msg: Incoming) -> None:
+        self.interrupt()
+        self._reply(msg, {"status": "ok"})
+
+    def interrupt(self) -> None:
+        """SIGINT the running cell; replace the worker if it has not stopped after the grace period."""
+        worker, request = self.active, self.queue.current
+        if worker is None:
+            return
+        worker.signal(signal.SIGINT)
+        if request is not None and self.interrupt_grace > 0:
+            def hard_interrupt() -> None:
+                if self.active is worker and self.queue.current is request:
+                    log.warning("worker ignored SIGINT for %.1fs; replacing it", self.interrupt_grace)
+                    self._replace_active(
+                        f"the cell did not stop within {self.interrupt_grace:g} s of the interrupt,"
+                        " so the worker was replaced")
+            self._timers.append((time.monotonic() + self.interrupt_grace, hard_interrupt))
+
+    # --------------------------------------------------------------- workers
+    def _ensure_workers(self) -> None:
+        """Promote a ready spare if there is no active worker; keep the standby count."""
+        if self._stopping:
+            return
+        if self.active is None:
+            ready = next((w for w in self.spares if w.state is WorkerState.READY), None)
+            if ready is not None:
+                self.spares.remove(ready)
+                self._activate(ready)
+            elif not self.spares:
+                self._start_worker()
+        if self.active is not None:
+            while len(self.spares) < self.standby_workers:
+                self._start_worker()
+
+    def _start_worker(self) -> None:
+        worker = WorkerProcess(self.ctx, next(self._numbers), self.private_dir, self.worker_config)
+        self.spares.append(worker)
+        self._by_link[worker.link] = worker
+        self._by_sentinel[worker.sentinel] = worker
+        self.poller.register(worker.link, zmq.POLLIN)
+        self.poller.register(worker.sentinel, zmq.POLLIN)
+        log.debug("started worker %s (pid %s)", worker.number, worker.pid)
+
+    def _activate(self, worker: WorkerProcess) -> None:
+        worker.send(wire.encode(wire.ACTIVATE, {"execution_count": self.execution_count}))
+        worker.state = WorkerState.ACTIVE
+        self.active = worker
+        log.info("worker %s (pid %s) is active", worker.number, worker.pid)
+        self._dispatch()
+
+    def _forget(self, worker: WorkerProcess) -> None:
+        self._by_link.pop(worker.link, None)
+        self._by_sentinel.pop(worker.sentinel, None)
+        for key in (worker.link, worker.sentinel):
+            try:
+                self.poller.unregister(key)
+            except KeyError:
+                pass
+        if worker in self.spares:
+            self.spares.remove(worker)
+        if self.active is worker:
+            self.active = None
+
+    def _on_worker_exit(self, worker: WorkerProcess) -> None:
+        self._drain_link(worker)  # outputs it sent before dying still belong to the user
+        was_active = worker is self.active and worker.state is WorkerState.ACTIVE
+        death = Death(worker.exit_info(), crash_log=read_crash_log(worker.config.crash_log))
+        self._forget(worker)
+        worker.close()
+        if was_active:
+            log.warning("active worker %s died: %s", worker.number, death.exit.describe())
+            self._recover(death)
+        else:
+            self._start_failures += 1
+            log.warning("spare worker %s died before use: %s", worker.number, death.exit.describe())
+            if self._start_failures >= MAX_START_FAILURES:
+                self._fail_queued(death)
+                self._timers.append((time.monotonic() + 5.0, self._ensure_workers))
+                return
+        self._ensure_workers()
+
+    def _replace_active(self, reason: str) -> None:
+        worker = self.active
+        if worker is None:
+            return
+        self._forget(worker)
+        worker.kill()
+        death = Death(worker.exit_info(timeout=2.0), reason=reason)
+        worker.close()
+        self._recover(death)
+        self._ensure_workers()
+
+    def _recover(self, death: Death) -> None:
+        """Give the in-flight request its one reply, then abort or keep the queue."""
+        request = self.queue.finish()
+        if request is None:
+            self._stream_to_all("stderr", death.report(len(self.comms)))
+            return
+        self._publish_stream(request, "stderr", death.report(len(self.comms)))
+        error = {"status": "error", "ename": WORKER_DIED, "evalue": death.evalue, "traceback": []}
+        if request.msg_type == "execute_request":
+            content = request.content
+            if not content.get("silent") and content.get("store_history", True):
+                error["execution_count"] = self.execution_count
+                self.execution_count += 1
+            else:
+                error["execution_count"] = self.execution_count
+            self._publish(request, "error", {k: error[k] for k in ("ename", "evalue", "traceback")})
+        self._reply(request, error if request.msg_type.endswith("_request") else None)
+        self._publish_status("idle", request)
+        if request.msg_type == "execute_request" and stops_on_error(request):
+            self._abort(self.queue.take_executes())
+
+    def _fail_queued(self, death: Death) -> None:
+        for request in self.queue.take_all():
+            self._publish_status("busy", request)
+            self._publish_stream(request, "stderr", "relaykernel: no worker could start: "
+                                 f"{death.exit.describe()}\n{death.crash_log}")
+            self._reply(request, {"status": "error", "ename": "WorkerStartFailed",
+                                  "evalue": death.exit.describe(), "traceback": []})
+            self._publish_status("idle", request)
+
+    # --------------------------------------------------------------- sending
+    def _channel_socket(self, msg: Incoming) -> zmq.Socket:
+        return self.sockets.control if msg.channel == "control" else self.sockets.shell
+
+    def _reply(self, request: Incoming, content: dict[str, Any] | None) -> None:
+        if content is None or not request.msg_type.endswith("_request"):
+            return
+        reply_type = request.msg_type[: -len("request")] + "reply"
+        self.session.send(self._channel_socket(request), reply_type, content,
+                          parent=request.header, ident=request.idents)
+
+    def _publish(self, parent: Incoming | None, msg_type: str, content: dict[str, Any]) -> None:
+        self.session.send(self.sockets.iopub, msg_type, content,
+                          parent=parent.header if parent else None, ident=f"kernel.{msg_type}".encode())
+
+    def _publish_status(self, state: str, parent: Incoming) -> None:
+        self._publish(parent, "status", {"execution_state": state})
+
+    def _publish_stream(self, parent: Incoming | None, name: str, text: str) -> None:
+        self._publish(parent, "stream", {"name": name, "text": text})
+
+    def _stream_to_all(self, name: str, text: str) -> None:
+        self._publish_stream(None, name, text)
+
+    # ------------------------------------------------------ timers, signals
+    def _next_timeout(self) -> int | None:
+        if not self._timers:
+            return None
+        return max(0, int((min(t for t, _ in self._timers) - time.monotonic()) * 1000) + 1)
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        due = [t for t in self._timers if t[0] <= now]
+        if due:
+            self._timers = [t for t in self._timers if t[0] > now]
+            for _, callback in due:
+                callback()
+
+    def _record_signal(self, signum: int, frame: Any) -> None:
+        self._pending_signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        signals, self._pending_signals = self._pending_signals, []
+        for signum in signals:
+            if signum == signal.SIGINT:
+                log.info("SIGINT: interrupting the running cell")
+                self.interrupt()
+            elif signum == signal.SIGTERM:
+                log.info("SIGTERM: shutting down")
+                self._stopping = True
+
+    def _close(self) -> None:
+        workers = ([self.active] if self.active else []) + list(self.spares)
+        for worker in workers:
+            self._forget(worker)
+            worker.stop()
+        signal.set_wakeup_fd(-1)
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _json_frame(frame: Any) -> dict[str, Any]:
+    import json
+
+    value = json.loads(frame.bytes if hasattr(frame, "bytes") else frame)
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,83 @@
+"""What to tell the user when a worker dies: the words of the crash report.
+
+Pure functions, used by the supervisor's main thread.  The report says what
+happened (signal or exit code and its probable cause), what was lost (the
+worker's variables) and what was kept (the open comms), so a user who sees it
+knows the kernel is still there and what to re-run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+
+from .worker_process import ExitInfo
+
+#: ename of the error reply for a request whose worker died.
+WORKER_DIED = "WorkerDied"
+
+_CAUSES = {
+    signal.SIGSEGV: "segmentation fault in native code (a C extension or ctypes call read invalid memory)",
+    signal.SIGBUS: "bus error in native code",
+    signal.SIGABRT: "abort in native code (a failed assertion in a C library, or a fatal Python error)",
+    signal.SIGFPE: "arithmetic fault in native code",
+    signal.SIGILL: "illegal instruction in native code",
+    signal.SIGKILL: "killed from outside the kernel (often the system's out-of-memory killer)",
+    signal.SIGTERM: "terminated from outside the kernel",
+}
+
+
+@dataclass(frozen=True)
+class Death:
+    """A worker's end: the exit, and the supervisor's own reason if it caused it."""
+
+    exit: ExitInfo
+    reason: str = ""  # set when the supervisor replaced the worker on purpose
+    crash_log: str = ""  # faulthandler's output, when the worker left one
+
+    @property
+    def evalue(self) -> str:
+        what = self.exit.describe()
+        return f"{self.reason} ({what})" if self.reason else f"the worker process ended: {what}"
+
+    def probable_cause(self) -> str:
+        if self.reason:
+            return self.reason
+        code = self.exit.exitcode
+        if code is not None and code < 0:
+            try:
+                return _CAUSES.get(signal.Signals(-code), f"signal {-code}")
+            except ValueError:
+                return f"signal {-code}"
+        return f"the process exited with code {code} (for example os._exit({code}) or a fatal error)"
+
+    def report(self, open_comms: int) -> str:
+        lines = [
+            f"relaykernel: the worker process running your code died: {self.exit.describe()}.",
+            f"Probable cause: {self.probable_cause()}.",
+        ]
+        if self.crash_log.strip():
+            lines.append("Last words of the worker:\n" + _indent(self.crash_log.strip()))
+        lines += [
+            "Lost: the worker's variables, imports and other state.",
+            f"Kept: the kernel, its execution count and history, and {open_comms} open comm(s).",
+            "A fresh worker has taken over; re-run the cells you need.",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def read_crash_log(path: str, limit: int = 4000) -> str:
+    """The tail of the worker's faulthandler file, or '' if it wrote none."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())

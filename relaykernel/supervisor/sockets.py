@@ -1,0 +1,162 @@
+"""The Jupyter sockets of the kernel, and verification of what arrives on them.
+
+Runs in the supervisor's main thread, which owns shell, control, stdin and
+iopub (the heartbeat socket belongs to heartbeat.py's thread).  Signing and
+verification happen here and nowhere else in the supervisor: everything past
+:func:`verify` is trusted.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+from jupyter_client.session import Session
+
+from ..wire import DELIM
+
+log = logging.getLogger("relaykernel.supervisor")
+
+CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+
+
+class BadMessage(ValueError):
+    """A frontend message that failed verification or parsing."""
+
+
+@dataclass
+class Incoming:
+    """One verified frontend message; content stays raw until someone needs it."""
+
+    channel: str
+    idents: list[bytes]
+    header: dict[str, Any]
+    frames: list[Any]  # header, parent, metadata, content, buffers... (zmq.Frame)
+    _content: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def msg_type(self) -> str:
+        return str(self.header.get("msg_type", ""))
+
+    @property
+    def msg_id(self) -> str:
+        return str(self.header.get("msg_id", ""))
+
+    @property
+    def content(self) -> dict[str, Any]:
+        if self._content is None:
+            parsed = json.loads(self.frames[3].bytes)
+            if not isinstance(parsed, dict):
+                raise BadMessage("content is not a JSON object")
+            self._content = parsed
+        return self._content
+
+    @property
+    def buffers(self) -> list[Any]:
+        return self.frames[4:]
+
+
+class Verifier:
+    """Checks HMAC signatures and refuses replays, like jupyter_client's Session.
+
+    Kept apart from Session.deserialize so the supervisor parses only the
+    header of a message it merely relays.
+    """
+
+    def __init__(self, session: Session, history_size: int = 2**16) -> None:
+        self._session = session
+        self._seen: set[bytes] = set()
+        self._order: collections.deque[bytes] = collections.deque()
+        self._history_size = history_size
+
+    def verify(self, channel: str, raw: list[Any]) -> Incoming:
+        """Split and verify frames from a ROUTER socket; raise BadMessage."""
+        split = next((i for i, f in enumerate(raw) if len(f) == len(DELIM) and f.bytes == DELIM), -1)
+        if split < 0:
+            raise BadMessage("no <IDS|MSG> delimiter")
+        idents = [f.bytes for f in raw[:split]]
+        body = raw[split + 1 :]
+        if len(body) < 5:
+            raise BadMessage(f"{len(body)} frames after the delimiter, expected at least 5")
+        signature = body[0].bytes
+        if self._session.auth is not None:
+            if not signature:
+                raise BadMessage("unsigned message")
+            expected = self._session.sign([f.bytes for f in body[1:5]])
+            if not hmac.compare_digest(signature, expected):
+                raise BadMessage("invalid signature")
+            if signature in self._seen:
+                raise BadMessage("replayed signature")
+            self._remember(signature)
+        try:
+            header = json.loads(body[1].bytes)
+        except ValueError as e:
+            raise BadMessage(f"header is not JSON: {e}") from None
+        if not isinstance(header, dict) or "msg_type" not in header:
+            raise BadMessage("header has no msg_type")
+        return Incoming(channel, idents, header, body[1:])
+
+    def _remember(self, signature: bytes) -> None:
+        self._seen.add(signature)
+        self._order.append(signature)
+        if len(self._order) > self._history_size:
+            self._seen.discard(self._order.popleft())
+
+
+def endpoint(transport: str, ip: str, port: int) -> str:
+    if transport == "tcp":
+        return f"tcp://{ip}:{port}"
+    return f"ipc://{ip}-{port}"
+
+
+def bind(sock: zmq.Socket, transport: str, ip: str, port: int) -> int:
+    """Bind to the given port, or to a free one when port is 0; return the port."""
+    if transport == "tcp":
+        if port <= 0:
+            return sock.bind_to_random_port(f"tcp://{ip}")
+        sock.bind(endpoint(transport, ip, port))
+        return port
+    if port <= 0:
+        port = 1
+        while os.path.exists(f"{ip}-{port}"):
+            port += 1
+    sock.bind(endpoint(transport, ip, port))
+    return port
+
+
+@dataclass
+class KernelSockets:
+    """The bound sockets of one kernel (heartbeat excluded: it has its own thread)."""
+
+    shell: zmq.Socket
+    control: zmq.Socket
+    stdin: zmq.Socket
+    iopub: zmq.Socket
+    ports: dict[str, int]
+
+    @classmethod
+    def bind_all(cls, ctx: zmq.Context, transport: str, ip: str, ports: dict[str, int]) -> "KernelSockets":
+        socks = {}
+        bound = {}
+        for name, kind in (("shell", zmq.ROUTER), ("control", zmq.ROUTER),
+                           ("stdin", zmq.ROUTER), ("iopub", zmq.PUB)):
+            s = ctx.socket(kind)
+            s.setsockopt(zmq.LINGER, 1000)
+            # Never drop: an output lost to a high-water mark is a silent bug.
+            s.setsockopt(zmq.SNDHWM, 0)
+            s.setsockopt(zmq.RCVHWM, 0)
+            if kind == zmq.ROUTER:
+                s.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            bound[name] = bind(s, transport, ip, ports.get(f"{name}_port", 0))
+            socks[name] = s
+        return cls(ports=bound, **socks)
+
+    def close(self) -> None:
+        for s in (self.shell, self.control, self.stdin, self.iopub):
+            s.close(linger=1000)

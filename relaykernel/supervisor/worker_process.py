@@ -1,0 +1,125 @@
+"""Start, watch, signal and stop one worker process.
+
+Owned by the supervisor's main thread.  A worker is a ``multiprocess`` spawn
+child linked by one PAIR socket over ipc in the supervisor's private 0700
+directory.  Liveness comes from the process sentinel (an fd the poller
+watches), never from a quiet link; readiness comes from the worker's READY
+message.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import multiprocess
+import zmq
+
+from .. import wire
+from ..worker.entry import WorkerConfig, run_worker
+
+log = logging.getLogger("relaykernel.supervisor")
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"  # process launched, IPython loading
+    READY = "ready"  # sent READY: a warm standby
+    ACTIVE = "active"  # runs the kernel's requests
+    GONE = "gone"  # exited or being stopped
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How a worker ended, in words a user understands."""
+
+    exitcode: int | None
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.exitcode is not None and self.exitcode < 0:
+            try:
+                return signal.Signals(-self.exitcode).name
+            except ValueError:
+                return f"signal {-self.exitcode}"
+        return None
+
+    def describe(self) -> str:
+        if self.exitcode is None:
+            return "unknown exit"
+        if self.signal_name:
+            return f"killed by {self.signal_name}"
+        return f"exit code {self.exitcode}"
+
+
+class WorkerProcess:
+    """One worker: its process and its end of the link."""
+
+    _spawn = multiprocess.get_context("spawn")
+
+    def __init__(self, ctx: zmq.Context, number: int, private_dir: str, config: WorkerConfig) -> None:
+        self.number = number
+        self.link = ctx.socket(zmq.PAIR)
+        self.link.setsockopt(zmq.LINGER, 0)
+        self.endpoint = f"ipc://{private_dir}/worker-{number}"
+        self.link.bind(self.endpoint)
+        self.config = config.with_endpoint(self.endpoint, number)
+        self.state = WorkerState.STARTING
+        self.started_at = time.monotonic()
+        self.process: Any = self._spawn.Process(
+            target=run_worker, args=(self.config,), name=f"relaykernel-worker-{number}"
+        )
+        self.process.start()
+        self.pid: int = self.process.pid
+        self.sentinel: int = self.process.sentinel
+
+    def send(self, frames: list[Any]) -> None:
+        self.link.send_multipart(frames, copy=False)
+
+    def is_alive(self) -> bool:
+        return self.state is not WorkerState.GONE and self.process.is_alive()
+
+    def exit_info(self, timeout: float = 1.0) -> ExitInfo:
+        self.process.join(timeout)
+        return ExitInfo(self.process.exitcode)
+
+    def signal(self, signum: int) -> None:
+        """Signal the worker's process group (it leads one), so `!cmd` children get it too."""
+        try:
+            os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(self.pid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Ask, wait, SIGTERM, wait, SIGKILL; close the link. Bounded by ~2*grace."""
+        if self.process.is_alive():
+            try:
+                self.link.send_multipart(wire.encode(wire.SHUTDOWN), flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            self.process.join(grace)
+        if self.process.is_alive():
+            self.signal(signal.SIGTERM)
+            self.process.join(grace)
+        if self.process.is_alive():
+            self.kill()
+            self.process.join(grace)
+        self.close()
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        self.state = WorkerState.GONE
+        self.link.close(linger=0)
+        try:
+            os.unlink(self.endpoint[len("ipc://") :])
+        except OSError:
+            pass

@@ -1,0 +1,45 @@
+"""Entry point of the worker process, and the configuration it is started with.
+
+Imported by the supervisor (to name the spawn target), so this module must not
+import IPython at import time: everything heavy is imported inside
+:func:`run_worker`, in the child.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs, pickled to the spawn child."""
+
+    key: bytes
+    signature_scheme: str
+    session_id: str
+    connection_file: str
+    crash_log: str
+    endpoint: str = ""
+    number: int = 0
+    log_level: int = 30
+    supervisor_pid: int = 0
+
+    def with_endpoint(self, endpoint: str, number: int) -> "WorkerConfig":
+        return dataclasses.replace(self, endpoint=endpoint, number=number,
+                                   crash_log=f"{self.crash_log}-{number}")
+
+
+def run_worker(config: WorkerConfig) -> None:
+    """Process target: become a worker and serve until told to stop."""
+    try:
+        from .main import serve
+
+        serve(config)
+    except BaseException:
+        # The supervisor reads this file to tell the user why the worker died.
+        import traceback
+
+        with open(config.crash_log, "a") as f:
+            traceback.print_exc(file=f)
+        raise

@@ -1,0 +1,221 @@
+"""The worker's request handlers: execute, complete, inspect, history, comms, stdin.
+
+Runs in the worker's main thread, one request at a time, as the supervisor
+sends them.  Reachable from user code as ``get_ipython().kernel``.  Every
+request ends with exactly one DONE on the link, whatever happens inside it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import getpass
+import json
+import logging
+import sys
+from typing import Any, Callable
+
+from IPython.core.completer import provisionalcompleter, rectify_completions
+from IPython.core.error import StdinNotImplementedError
+from IPython.utils.tokenutil import token_at_cursor
+
+from .. import wire
+from ..comm import CommManager
+from .link import Link
+from .messages import Messenger
+from .streams import FdCapture, OutStream
+
+log = logging.getLogger("relaykernel.worker")
+
+Handler = Callable[[dict[str, Any]], "tuple[dict[str, Any] | None, dict[str, Any]]"]
+
+
+class WorkerKernel:
+    """What ipykernel calls the kernel, for the worker half of relaykernel."""
+
+    def __init__(self, link: Link, messenger: Messenger, streams: tuple[OutStream, OutStream],
+                 fd_capture: FdCapture | None) -> None:
+        self.link = link
+        self.messenger = messenger
+        self.session = messenger.session
+        self.stdout, self.stderr = streams
+        self.fd_capture = fd_capture
+        self.shell: Any = None
+        self.comm_manager = CommManager(kernel=self)
+        self.last_error: dict[str, Any] | None = None
+        self._allow_stdin = False
+        self.handlers: dict[str, Handler] = {
+            "execute_request": self.execute_request,
+            "complete_request": self.complete_request,
+            "inspect_request": self.inspect_request,
+            "history_request": self.history_request,
+            "is_complete_request": self.is_complete_request,
+            "comm_open": self._comm_handler(self.comm_manager.comm_open),
+            "comm_msg": self._comm_handler(self.comm_manager.comm_msg),
+            "comm_close": self._comm_handler(self.comm_manager.comm_close),
+        }
+        builtins.input = self.raw_input
+        getpass.getpass = self.getpass
+
+    # ------------------------------------------------------------- plumbing
+    def flush_streams(self) -> None:
+        if self.fd_capture is not None:
+            self.fd_capture.drain()
+        self.stdout.flush()
+        self.stderr.flush()
+
+    def send_comm(self, msg_type: str, content: dict[str, Any], metadata: dict[str, Any],
+                  buffers: list[Any] | None) -> None:
+        self.flush_streams()
+        self.messenger.publish(msg_type, content, metadata, list(buffers or ()), kind=wire.COMM)
+
+    def target_changed(self, name: str, registered: bool) -> None:
+        self.link.send(wire.TARGET, {"name": name, "registered": registered})
+
+    def handle(self, frames: list[Any]) -> None:
+        """Run one request and send its DONE, even if the handler raises or is interrupted."""
+        msg = _parse(frames)
+        msg_type = msg["header"].get("msg_type", "")
+        self.messenger.parent = msg["header"]
+        handler = self.handlers.get(msg_type)
+        reply: dict[str, Any] | None = None
+        meta: dict[str, Any] = {"status": "ok"}
+        try:
+            if handler is None:
+                log.warning("unknown request type %r", msg_type)
+            else:
+                reply, meta = handler(msg)
+        except BaseException as e:  # a late KeyboardInterrupt must not lose the reply
+            self.flush_streams()
+            error = {"status": "error", "ename": type(e).__name__, "evalue": str(e), "traceback": []}
+            reply, meta = (error if msg_type.endswith("_request") else None), {"status": "error"}
+        finally:
+            self.flush_streams()
+            reply_type = msg_type[: -len("request")] + "reply" if msg_type.endswith("_request") else None
+            self.messenger.done(reply_type if reply is not None else None, reply, meta)
+
+    # -------------------------------------------------------------- execute
+    def execute_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        content = msg["content"]
+        code = content.get("code", "")
+        silent = bool(content.get("silent", False))
+        store_history = bool(content.get("store_history", not silent))
+        self._allow_stdin = bool(content.get("allow_stdin", False))
+        shell = self.shell
+        count = shell.execution_count
+        if not silent:
+            self.messenger.publish("execute_input", {"code": code, "execution_count": count})
+        self.last_error = None
+        result = shell.run_cell(code, store_history=store_history, silent=silent)
+        self.flush_streams()
+        reply: dict[str, Any] = {"execution_count": count}
+        if result.success:
+            reply["status"] = "ok"
+            reply["user_expressions"] = shell.user_expressions(content.get("user_expressions") or {})
+        else:
+            reply["status"] = "error"
+            reply.update(self.last_error or _error_of(result.error_in_exec or result.error_before_exec))
+            reply["user_expressions"] = {}
+        reply["payload"] = shell.payload_manager.read_payload()
+        shell.payload_manager.clear_payload()
+        self._allow_stdin = False
+        return reply, {"status": reply["status"], "execution_count": shell.execution_count}
+
+    # -------------------------------------------------------- introspection
+    def complete_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        code = msg["content"].get("code", "")
+        cursor = msg["content"].get("cursor_pos")
+        cursor = len(code) if cursor is None else cursor
+        with provisionalcompleter():
+            completions = list(rectify_completions(code, self.shell.Completer.completions(code, cursor)))
+        types = [{"start": c.start, "end": c.end, "text": c.text, "type": c.type,
+                  "signature": c.signature} for c in completions]
+        start = completions[0].start if completions else cursor
+        end = completions[0].end if completions else cursor
+        return {"status": "ok", "matches": [c.text for c in completions], "cursor_start": start,
+                "cursor_end": end, "metadata": {"_jupyter_types_experimental": types}}, {"status": "ok"}
+
+    def inspect_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        content = msg["content"]
+        code = content.get("code", "")
+        cursor = content.get("cursor_pos")
+        name = token_at_cursor(code, len(code) if cursor is None else cursor)
+        reply: dict[str, Any] = {"status": "ok", "found": False, "data": {}, "metadata": {}}
+        try:
+            reply["data"] = self.shell.object_inspect_mime(name, detail_level=content.get("detail_level", 0))
+            reply["found"] = True
+        except KeyError:
+            pass
+        return reply, {"status": "ok"}
+
+    def history_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        c = msg["content"]
+        hm = self.shell.history_manager
+        raw, output = c.get("raw", True), c.get("output", False)
+        kind = c.get("hist_access_type", "tail")
+        if kind == "tail":
+            history = hm.get_tail(c.get("n", 10), raw=raw, output=output, include_latest=True)
+        elif kind == "range":
+            history = hm.get_range(c.get("session", 0), c.get("start", 1), c.get("stop"), raw=raw, output=output)
+        elif kind == "search":
+            history = hm.search(c.get("pattern", "*"), raw=raw, output=output, n=c.get("n"),
+                                unique=c.get("unique", False))
+        else:
+            history = []
+        return {"status": "ok", "history": list(history)}, {"status": "ok"}
+
+    def is_complete_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        status, indent = self.shell.input_transformer_manager.check_complete(msg["content"].get("code", ""))
+        reply: dict[str, Any] = {"status": status}
+        if status == "incomplete":
+            reply["indent"] = " " * (indent or 0)
+        return reply, {"status": "ok"}
+
+    def _comm_handler(self, method: Callable[[Any, Any, dict[str, Any]], None]) -> Handler:
+        def handle(msg: dict[str, Any]) -> tuple[None, dict[str, Any]]:
+            method(None, None, msg)
+            return None, {"status": "ok"}
+        return handle
+
+    # ---------------------------------------------------------------- stdin
+    def raw_input(self, prompt: str = "") -> str:
+        """input() for user code: asks the frontend over the stdin channel."""
+        return self._input(str(prompt), password=False)
+
+    def getpass(self, prompt: str = "Password: ", stream: Any = None) -> str:
+        return self._input(str(prompt), password=True)
+
+    def _input(self, prompt: str, password: bool) -> str:
+        if not self._allow_stdin:
+            raise StdinNotImplementedError(
+                "input() was called, but this frontend does not support input requests "
+                "(allow_stdin is false).")
+        self.flush_streams()
+        while not self.link.input_replies.empty():  # drop replies to an older prompt
+            self.link.input_replies.get_nowait()
+        self.messenger.input_request(prompt, password)
+        reply = self.link.input_replies.get()
+        value = json.loads(reply.payload[3].bytes).get("value", "")
+        return str(value)
+
+
+def _parse(frames: list[Any]) -> dict[str, Any]:
+    header = json.loads(frames[0].bytes)
+    return {
+        "header": header,
+        "msg_id": header.get("msg_id"),
+        "msg_type": header.get("msg_type"),
+        "parent_header": json.loads(frames[1].bytes),
+        "metadata": json.loads(frames[2].bytes),
+        "content": json.loads(frames[3].bytes),
+        "buffers": [memoryview(f) for f in frames[4:]],
+    }
+
+
+def _error_of(exc: BaseException | None) -> dict[str, Any]:
+    if exc is None:
+        return {"ename": "Error", "evalue": "the cell failed", "traceback": []}
+    return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": []}
+
+
+def install_streams(stdout: OutStream, stderr: OutStream) -> None:
+    sys.stdout, sys.stderr = stdout, stderr

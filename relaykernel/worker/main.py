@@ -1,0 +1,125 @@
+"""The worker process: set up, announce READY, wait for ACTIVATE, serve requests.
+
+Runs in the worker's main thread (the one that executes user code).  The
+worker leads its own process group so the supervisor can interrupt it and the
+programs it started as one, and it dies with the supervisor: a parent-death
+signal on Linux, and a watchdog thread that notices a new parent elsewhere.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import zmq
+from jupyter_client.session import Session
+
+from .. import CONNECTION_FILE_ENV, wire
+from .entry import WorkerConfig
+from .link import Link
+from .messages import Messenger
+from .streams import FdCapture, OutStream
+
+log = logging.getLogger("relaykernel.worker")
+
+
+def serve(config: WorkerConfig) -> None:
+    os.setpgrp()
+    _die_with_parent(config.supervisor_pid)
+    os.environ[CONNECTION_FILE_ENV] = config.connection_file
+    crash_log = open(config.crash_log, "w")  # noqa: SIM115 - lives as long as the process
+    faulthandler.enable(file=crash_log, all_threads=False)
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 3000))
+
+    ctx = zmq.Context()
+    link = Link(ctx, config.endpoint)
+    session = Session(key=config.key, signature_scheme=config.signature_scheme,
+                      session=config.session_id, username="kernel")
+    messenger = Messenger(session, link)
+    stdout = OutStream("stdout", messenger.publish, fileno=1)
+    stderr = OutStream("stderr", messenger.publish, fileno=2)
+    capture = FdCapture({1: stdout, 2: stderr})
+    capture.start()
+    _log_to(capture.saved[2], config.log_level)
+    link.tickers.append(lambda: _flush_due(stdout, stderr))
+    link.start()
+
+    from .kernel import WorkerKernel, install_streams
+    from .shell import RelayShell
+
+    install_streams(stdout, stderr)
+    kernel = WorkerKernel(link, messenger, (stdout, stderr), capture)
+    _install_comm_hooks(kernel)
+    shell = RelayShell.instance(kernel=kernel)
+    kernel.shell = shell
+    link.send(wire.READY, {"version": wire.PROTOCOL_VERSION, "pid": os.getpid()})
+    _serve_forever(kernel, link)
+    kernel.flush_streams()
+    link.flush_and_stop()
+    os._exit(0)
+
+
+def _serve_forever(kernel: "WorkerKernel", link: Link) -> None:  # noqa: F821
+    while True:
+        try:
+            lm = link.requests.get()
+        except KeyboardInterrupt:
+            continue  # an interrupt that arrived between cells
+        if lm.kind == wire.REQUEST:
+            try:
+                kernel.handle(list(lm.payload))
+            except KeyboardInterrupt:
+                pass  # the reply was already sent by handle()'s finally
+        elif lm.kind == wire.ACTIVATE:
+            kernel.shell.execution_count = int(lm.meta.get("execution_count", 1))
+        elif lm.kind == wire.SHUTDOWN:
+            return
+
+
+def _install_comm_hooks(kernel: "WorkerKernel") -> None:  # noqa: F821
+    import comm
+
+    from ..comm import Comm
+
+    comm.create_comm = lambda *args, **kwargs: Comm(*args, kernel=kernel, **kwargs)
+    comm.get_comm_manager = lambda: kernel.comm_manager
+
+
+def _flush_due(*streams: OutStream) -> None:
+    now = time.monotonic()
+    for stream in streams:
+        stream.flush_if_due(now)
+
+
+def _log_to(fd: int, level: int) -> None:
+    handler = logging.StreamHandler(os.fdopen(os.dup(fd), "w", buffering=1))
+    handler.setFormatter(logging.Formatter("[relaykernel worker %(levelname)s] %(message)s"))
+    logger = logging.getLogger("relaykernel")
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Exit when the supervisor does, even if it is SIGKILLed."""
+    if sys.platform.startswith("linux"):
+        try:
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if parent_pid and os.getppid() != parent_pid:
+        os._exit(1)  # the supervisor died before we got here
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="relaykernel-parent-watch", daemon=True).start()

@@ -1,0 +1,55 @@
+"""Building and sending Jupyter messages from the worker.
+
+The worker signs its own messages with the kernel's key and the supervisor's
+session id (so the frontend sees one session for the kernel's whole life);
+the supervisor forwards the frames as they are.  Safe from any thread: the
+parent header is read, not mutated, by senders.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jupyter_client.session import Session
+
+from .. import wire
+from .link import Link
+
+
+class Messenger:
+    """Signs messages for the current request and sends them over the link."""
+
+    def __init__(self, session: Session, link: Link) -> None:
+        self.session = session
+        self.link = link
+        self.parent: dict[str, Any] = {}  # header of the request being handled
+
+    def frames(self, msg_type: str, content: dict[str, Any], metadata: dict[str, Any] | None = None,
+               parent: dict[str, Any] | None = None) -> list[bytes]:
+        msg = self.session.msg(msg_type, content, parent=self.parent if parent is None else parent,
+                               metadata=metadata)
+        return self.session.serialize(msg)
+
+    def publish(self, msg_type: str, content: dict[str, Any], metadata: dict[str, Any] | None = None,
+                buffers: list[Any] | None = None, kind: bytes = wire.IOPUB) -> None:
+        """Send an iopub message (signed, topic first) for the supervisor to publish."""
+        frames: list[Any] = [f"kernel.{msg_type}".encode(), *self.frames(msg_type, content, metadata)]
+        meta = None
+        if kind == wire.COMM:
+            meta = {"msg_type": msg_type}
+        if buffers:
+            frames.extend(buffers)
+        self.link.send(kind, meta, frames, copy=not _large(buffers))
+
+    def done(self, reply_type: str | None, content: dict[str, Any] | None, meta: dict[str, Any],
+             metadata: dict[str, Any] | None = None) -> None:
+        """Finish the current request: its signed reply (if it has one) and the DONE meta."""
+        payload = self.frames(reply_type, content or {}, metadata) if reply_type else []
+        self.link.send(wire.DONE, meta, payload)
+
+    def input_request(self, prompt: str, password: bool) -> None:
+        self.link.send(wire.STDIN, None, self.frames("input_request", {"prompt": prompt, "password": password}))
+
+
+def _large(buffers: list[Any] | None) -> bool:
+    return bool(buffers) and any(len(memoryview(b).cast("B")) > 65536 for b in buffers or ())

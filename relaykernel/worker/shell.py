@@ -1,0 +1,101 @@
+"""The IPython shell of the worker and its output hooks.
+
+Runs in the worker's main thread.  Results, displays and tracebacks become
+Jupyter messages through the :class:`~relaykernel.worker.messages.Messenger`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from IPython.core import page, payloadpage
+from IPython.core.displayhook import DisplayHook
+from IPython.core.displaypub import DisplayPublisher
+from IPython.core.interactiveshell import InteractiveShell, InteractiveShellABC
+from traitlets import Any as AnyTrait
+from traitlets import Instance, Type
+
+
+class RelayDisplayPublisher(DisplayPublisher):
+    """display() -> display_data / update_display_data / clear_output."""
+
+    shell = Instance(InteractiveShellABC, allow_none=True)
+
+    def publish(self, data: dict[str, Any], metadata: dict[str, Any] | None = None, source: Any = None,
+                *, transient: dict[str, Any] | None = None, update: bool = False, **kwargs: Any) -> None:
+        kernel = self.shell.kernel
+        kernel.flush_streams()
+        content = {"data": data, "metadata": metadata or {}, "transient": transient or {}}
+        kernel.messenger.publish("update_display_data" if update else "display_data", content)
+
+    def clear_output(self, wait: bool = False) -> None:
+        kernel = self.shell.kernel
+        kernel.flush_streams()
+        kernel.messenger.publish("clear_output", {"wait": wait})
+
+
+class RelayDisplayHook(DisplayHook):
+    """The value of a cell's last expression -> execute_result."""
+
+    def start_displayhook(self) -> None:
+        self._result: dict[str, Any] = {"execution_count": self.prompt_count, "data": {}, "metadata": {}}
+
+    def write_output_prompt(self) -> None:
+        pass
+
+    def write_format_data(self, format_dict: dict[str, Any], md_dict: dict[str, Any] | None = None) -> None:
+        self._result["data"] = format_dict
+        self._result["metadata"] = md_dict or {}
+
+    def finish_displayhook(self) -> None:
+        kernel = self.shell.kernel
+        kernel.flush_streams()
+        if self._result["data"]:
+            kernel.messenger.publish("execute_result", self._result)
+        self._result = {}
+
+
+class RelayShell(InteractiveShell):
+    """InteractiveShell whose outputs go to the frontend through the supervisor."""
+
+    displayhook_class = Type(RelayDisplayHook)
+    display_pub_class = Type(RelayDisplayPublisher)
+    kernel = AnyTrait(help="The worker kernel (relaykernel.worker.kernel.WorkerKernel).")
+
+    def init_environment(self) -> None:
+        import os
+
+        env = os.environ
+        env["TERM"] = "xterm-color"
+        env["CLICOLOR"] = "1"
+        env["PAGER"] = "cat"
+        env["GIT_PAGER"] = "cat"
+        env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+
+    def init_hooks(self) -> None:
+        super().init_hooks()
+        # `?obj`, %pdoc and friends page into a payload, as Jupyter frontends expect
+        self.set_hook("show_in_pager", page.as_hook(payloadpage.page), 99)
+
+    def _showtraceback(self, etype: Any, evalue: Any, stb: list[str]) -> None:
+        kernel = self.kernel
+        kernel.flush_streams()
+        error = {"ename": getattr(etype, "__name__", str(etype)), "evalue": str(evalue), "traceback": stb}
+        kernel.last_error = error
+        kernel.messenger.publish("error", error)
+
+    def set_next_input(self, text: str, replace: bool = False) -> None:
+        self.payload_manager.write_payload({"source": "set_next_input", "text": text, "replace": replace})
+
+    def ask_exit(self) -> None:
+        self.exit_now = True
+        self.payload_manager.write_payload({"source": "ask_exit", "keepkernel": self.keepkernel_on_exit})
+
+    keepkernel_on_exit = False
+
+    def enable_gui(self, gui: str | None = None) -> None:
+        if gui not in (None, "inline"):
+            raise NotImplementedError(f"relaykernel has no event loop integration for GUI {gui!r}")
+
+
+InteractiveShellABC.register(RelayShell)
