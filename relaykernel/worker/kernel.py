@@ -107,7 +107,8 @@ class WorkerKernel:
         self.last_error = None
         result = shell.run_cell(code, store_history=store_history, silent=silent)
         self.flush_streams()
-        reply: dict[str, Any] = {"execution_count": count}
+        # Like ipykernel: the number of the last stored cell (this one, if it was stored).
+        reply: dict[str, Any] = {"execution_count": shell.execution_count - 1}
         if result.success:
             reply["status"] = "ok"
             reply["user_expressions"] = shell.user_expressions(content.get("user_expressions") or {})

@@ -1,0 +1,490 @@
+"""The measurements of issue 6, each returning validated table rows.
+
+Every function treats all kernels identically (same code, same waits) and
+runs them interleaved via :func:`stats.interleave`.  A figure is only added
+after its check passed: all output lines arrived in order, every echo came
+back, buffers are byte-identical, ``1+1`` really gave ``2``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+import psutil
+import zmq
+
+from .harness import (
+    BenchError,
+    Kernel,
+    KernelDied,
+    first_result,
+    launch,
+    new_client,
+    stop_kernel,
+)
+from .stats import Cell, Row, interleave
+
+
+@dataclass
+class Config:
+    """How much work each measurement does; ``quick`` keeps a smoke run < 60 s."""
+
+    startups: int = 10
+    exec_n: int = 500
+    output_lines: int = 200_000
+    output_reps: int = 3
+    comm_seq_n: int = 1000
+    comm_pipe_n: int = 20_000
+    comm_pipe_reps: int = 3
+    comm_window: int = 256
+    buf_sizes: tuple = (1 << 20, 50 << 20)
+    buf_reps: tuple = (20, 5)  # per size in buf_sizes
+    restarts: int = 5
+    crashes: int = 5
+    floor_n: int = 2000
+    timeout: float = 60.0  # generic per-wait timeout, seconds
+
+    @classmethod
+    def quick(cls) -> Config:
+        return cls(
+            startups=3,
+            exec_n=100,
+            output_lines=200_000,
+            output_reps=1,
+            comm_seq_n=200,
+            comm_pipe_n=2000,
+            comm_pipe_reps=1,
+            buf_reps=(3, 1),
+            restarts=2,
+            crashes=2,
+            floor_n=2000,
+            timeout=30.0,
+        )
+
+
+@dataclass
+class Bench:
+    """What the measurements share: the long-lived kernels, in column order."""
+
+    kernels: dict[str, Kernel]
+    cfg: Config
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.kernels)
+
+
+# ---------------------------------------------------------------- 1 startup
+def startup(specs: dict[str, str], ctx: zmq.Context, cfg: Config) -> list[Row]:
+    """Fresh launches, alternated A B A B; each kernel is shut down after timing.
+
+    Both figures are measured from just before ``KernelManager.start_kernel``.
+    """
+    info = {lb: Cell() for lb in specs}
+    result = {lb: Cell() for lb in specs}
+
+    def one(lb: str, i: int) -> float:
+        k, t0 = launch(lb, specs[lb], ctx)
+        try:
+            k.waiter.kernel_info(cfg.timeout, alive=k.alive)
+            t_info = time.perf_counter() - t0
+            try:
+                first_result(k, cfg.timeout)
+                result[lb].samples.append(time.perf_counter() - t0)
+            except Exception as e:  # noqa: BLE001 - only this figure becomes n/a
+                result[lb].note = result[lb].note or str(e)
+        finally:
+            stop_kernel(k)
+        return t_info
+
+    interleave(list(specs), cfg.startups, one, info)
+    for lb in specs:
+        if info[lb].note:
+            result[lb].note = result[lb].note or info[lb].note
+        if result[lb].note:
+            result[lb].samples.clear()
+    return [
+        Row("startup → kernel_info_reply", "ms", info, "≤ 0.3x", 1e3),
+        Row("startup → first `1+1` result", "ms", result, "", 1e3),
+    ]
+
+
+# -------------------------------------------------------- 2 execute round trip
+def execute_rt(b: Bench) -> list[Row]:
+    """Sequential execute_requests; one sample = send → reply AND idle received."""
+    rows = []
+    for code, target in (("pass", "≤ 0.5x"), ("1+1", "≤ 0.5x")):
+        for k in b.kernels.values():
+            k.waiter.drain()
+
+        def one(lb: str, i: int, code=code) -> float:
+            k = b.kernels[lb]
+            r = k.waiter.execute(code, b.cfg.timeout, want_result=(code == "1+1"), alive=k.alive)
+            if r.reply.get("status") != "ok":
+                raise BenchError(f"{code!r} replied {r.reply.get('status')}")
+            if code == "1+1" and r.result != "2":
+                raise BenchError(f"1+1 gave {r.result!r}")
+            return max(r.t_reply, r.t_idle)
+
+        for lb in b.labels:  # warm-up, untimed
+            b.kernels[lb].waiter.execute(code, b.cfg.timeout, alive=b.kernels[lb].alive)
+        cells = interleave(b.labels, b.cfg.exec_n, one)
+        rows.append(Row(f"execute rt `{code}` (n={b.cfg.exec_n})", "ms", cells, target, 1e3))
+    return rows
+
+
+# ------------------------------------------------------------ 3 output flood
+def output(b: Bench) -> list[Row]:
+    """A cell printing N lines: time to idle and MB/s, after checking every line."""
+    n = b.cfg.output_lines
+    code = f"for i in range({n}): print(i)"
+    expected = "".join(f"{i}\n" for i in range(n))
+    nbytes = len(expected.encode())
+    times: dict[str, list[float]] = {lb: [] for lb in b.labels}
+
+    def one(lb: str, i: int) -> float:
+        k = b.kernels[lb]
+        k.waiter.drain()
+        r = k.waiter.execute(code, b.cfg.timeout * 4, collect_stdout=True, alive=k.alive)
+        got = "".join(r.stdout)
+        if got != expected:
+            lines = got.splitlines()
+            bad = next((j for j, s in enumerate(lines) if s != str(j)), len(lines))
+            raise BenchError(f"output mismatch: {len(lines)}/{n} lines, first bad line {bad}")
+        times[lb].append(r.t_idle)
+        return nbytes / r.t_idle
+
+    mbs = interleave(b.labels, b.cfg.output_reps, one)
+    t = {lb: Cell(samples=times[lb] if mbs[lb].ok else [], note=mbs[lb].note) for lb in b.labels}
+    return [
+        Row(f"output {n:,} lines: time to idle", "s", t, ""),
+        Row(
+            f"output throughput ({nbytes / 1e6:.2f} MB)",
+            "MB/s",
+            mbs,
+            "≥ 1.5x",
+            1e-6,
+            higher_is_better=True,
+        ),
+    ]
+
+
+# -------------------------------------------------------------------- 4 comms
+ECHO_SETUP = """
+def _relaybench_echo(comm, msg):
+    comm.on_msg(lambda m: comm.send(m['content']['data'], buffers=m['buffers']))
+get_ipython().kernel.comm_manager.register_target('echo', _relaybench_echo)
+"""
+
+
+class Echo:
+    """A client-side comm to the kernel's ``echo`` target."""
+
+    def __init__(self, k: Kernel, timeout: float) -> None:
+        self.k = k
+        self.timeout = timeout
+        self.comm_id = uuid.uuid4().hex
+        r = k.waiter.execute(ECHO_SETUP, timeout, alive=k.alive)
+        if r.reply.get("status") != "ok":
+            raise BenchError(f"echo target setup failed: {r.reply.get('ename')}")
+        k.waiter.send(
+            k.waiter.session.msg(
+                "comm_open", {"comm_id": self.comm_id, "target_name": "echo", "data": {}}
+            )
+        )
+        # The first echo doubles as "the comm is open" (no reliance on status msgs).
+        self.roundtrip(-1)
+
+    def msg(self, data: dict) -> dict:
+        return self.k.waiter.session.msg("comm_msg", {"comm_id": self.comm_id, "data": data})
+
+    def is_echo(self, chan: str, m: dict) -> bool:
+        return (
+            chan == "iopub"
+            and m["msg_type"] == "comm_msg"
+            and m["content"].get("comm_id") == self.comm_id
+        )
+
+    def roundtrip(self, seq, buffer: bytes | None = None, settle: bool = False) -> float:
+        """One echo; ``settle`` first drains leftovers (status msgs) of earlier requests,
+        so a big transfer is not timed while the kernel still finishes the last one."""
+        w = self.k.waiter
+        if settle:
+            w.drain(quiet=0.02)
+        got: dict = {}
+
+        def on(chan: str, m: dict) -> bool:
+            if self.is_echo(chan, m) and m["content"]["data"].get("seq") == seq:
+                got["m"] = m
+                return True
+            return False
+
+        t0 = time.perf_counter()
+        w.send(self.msg({"seq": seq}), buffers=[buffer] if buffer is not None else None)
+        w.loop(on, self.timeout, self.k.alive, f"comm echo {seq}")
+        dt = time.perf_counter() - t0
+        if buffer is not None:
+            bufs = got["m"]["buffers"]
+            if len(bufs) != 1 or len(bufs[0]) != len(buffer) or bytes(bufs[0]) != buffer:
+                raise BenchError(f"echoed buffer differs ({[len(x) for x in bufs]} bytes)")
+        return dt
+
+    def pipelined(self, n: int, window: int) -> float:
+        """Send n comm_msgs keeping ≤ window in flight; return msgs/s.
+
+        The window keeps iopub below zmq's default high-water marks (a PUB
+        socket silently drops beyond them), so a loss is the kernel's, not
+        the client's.  Echoes must come back exactly 0..n-1 in order.
+        """
+        w = self.k.waiter
+        w.drain()
+        sent = recvd = 0
+        tag = uuid.uuid4().hex[:8]
+        err: list[str] = []
+        batch = max(1, window // 8)
+
+        def on(chan: str, m: dict) -> bool:
+            nonlocal recvd
+            if self.is_echo(chan, m):
+                d = m["content"]["data"]
+                if d.get("tag") == tag:
+                    if d.get("seq") != recvd:
+                        err.append(f"echo {d.get('seq')} arrived when {recvd} expected")
+                        return True
+                    recvd += 1
+            # hand back to the sender once a batch of window slots is free
+            return recvd == n or (sent < n and sent - recvd <= window - batch)
+
+        t0 = time.perf_counter()
+        deadline = t0 + self.timeout * 4
+        while recvd < n:
+            while sent < n and sent - recvd < window:
+                w.send(self.msg({"seq": sent, "tag": tag}))
+                sent += 1
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise BenchError(f"pipelined: {recvd}/{n} echoes before timeout")
+            try:
+                w.loop(on, remaining, self.k.alive, "pipelined echoes")
+            except BenchError as e:
+                raise BenchError(f"pipelined: {recvd}/{n} echoes ({e})") from None
+            if err:
+                raise BenchError(err[0])
+        return n / (time.perf_counter() - t0)
+
+
+def comms(b: Bench) -> list[Row]:
+    cfg = b.cfg
+    echoes: dict[str, Echo] = {}
+    setup_err: dict[str, str] = {}
+    for lb, k in b.kernels.items():
+        try:
+            k.waiter.drain()
+            echoes[lb] = Echo(k, cfg.timeout)
+        except BenchError as e:
+            setup_err[lb] = str(e)
+
+    def cells_with_setup_errors() -> dict[str, Cell]:
+        return {lb: Cell(note=setup_err.get(lb)) for lb in b.labels}
+
+    rows = []
+    seq = interleave(
+        b.labels, cfg.comm_seq_n, lambda lb, i: echoes[lb].roundtrip(i), cells_with_setup_errors()
+    )
+    rows.append(Row(f"comm echo rt sequential (n={cfg.comm_seq_n})", "ms", seq, "", 1e3))
+
+    pipe = interleave(
+        b.labels,
+        cfg.comm_pipe_reps,
+        lambda lb, i: echoes[lb].pipelined(cfg.comm_pipe_n, cfg.comm_window),
+        cells_with_setup_errors(),
+    )
+    rows.append(
+        Row(
+            f"comm pipelined {cfg.comm_pipe_n:,} echoes",
+            "msgs/s",
+            pipe,
+            "≥ 5x",
+            higher_is_better=True,
+        )
+    )
+
+    for size, reps in zip(cfg.buf_sizes, cfg.buf_reps):
+        payload = os.urandom(size)
+        cells = cells_with_setup_errors()
+        # one untimed round trip each: first-touch allocation of a buffer this
+        # size would otherwise land on whichever kernel happens to go first
+        interleave(b.labels, 1, lambda lb, i, p=payload: echoes[lb].roundtrip("warm", p), cells)
+        for c in cells.values():
+            c.samples.clear()
+        cells = interleave(
+            b.labels,
+            reps,
+            lambda lb, i, p=payload: echoes[lb].roundtrip(f"buf{i}", p, settle=True),
+            cells,
+        )
+        rows.append(Row(f"comm {size >> 20} MB buffer round trip", "ms", cells, "", 1e3))
+    return rows
+
+
+# ------------------------------------------------------------------ 5 restart
+def restart(b: Bench, ctx: zmq.Context) -> list[Row]:
+    """``km.restart_kernel()`` until a kernel_info_reply on a *fresh* client."""
+
+    def one(lb: str, i: int) -> float:
+        k = b.kernels[lb]
+        k.kc.stop_channels()
+        t0 = time.perf_counter()
+        k.km.restart_kernel()
+        k.kc, k.waiter = new_client(k.km, ctx)
+        k.waiter.kernel_info(b.cfg.timeout, alive=k.alive)
+        dt = time.perf_counter() - t0
+        first_result(k, b.cfg.timeout)  # untimed: the restarted kernel really works
+        return dt
+
+    return [
+        Row(
+            f"restart → kernel_info (n={b.cfg.restarts})",
+            "ms",
+            interleave(b.labels, b.cfg.restarts, one),
+            "≤ 0.2x",
+            1e3,
+        )
+    ]
+
+
+# ----------------------------------------------------------- 6 crash recovery
+def crash(b: Bench) -> list[Row]:
+    """``os._exit(1)`` in a cell: time from its (error) reply to the next ``1+1`` result.
+
+    A kernel that does not survive this gets ``n/a (kernel died)``; this is
+    detected from the process exiting or from the reply timeout.
+    """
+
+    def one(lb: str, i: int) -> float:
+        k = b.kernels[lb]
+        k.waiter.drain()
+        try:
+            r = k.waiter.execute(
+                "import os; os._exit(1)", b.cfg.timeout, alive=k.alive, wait_idle=False
+            )
+        except KernelDied:
+            raise BenchError("n/a (kernel died)") from None
+        except BenchError:
+            raise BenchError("n/a (kernel died: no reply)") from None
+        if r.reply.get("status") != "error":
+            raise BenchError(f"crash cell replied {r.reply.get('status')!r}, expected error")
+        t0 = r.t_sent + r.t_reply  # when the crash cell's reply arrived
+        nxt = k.waiter.execute("1+1", b.cfg.timeout, want_result=True, alive=k.alive)
+        if nxt.result != "2":
+            raise BenchError(f"after crash 1+1 gave {nxt.result!r}")
+        return time.perf_counter() - t0
+
+    return [
+        Row(
+            f"crash reply → next `1+1` result (n={b.cfg.crashes})",
+            "ms",
+            interleave(b.labels, b.cfg.crashes, one),
+            "< 300 ms abs",
+            1e3,
+        )
+    ]
+
+
+# ------------------------------------------------------------------- 7 memory
+def rss(k: Kernel) -> tuple[float, float]:
+    """RSS (bytes) of the launched process and the sum over all its descendants."""
+    if k.pid is None or not k.alive():
+        raise BenchError("kernel process not running")
+    try:
+        p = psutil.Process(k.pid)
+        own = p.memory_info().rss
+        kids = 0
+        for c in p.children(recursive=True):
+            try:
+                kids += c.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+    except psutil.NoSuchProcess as e:
+        raise BenchError(str(e)) from None
+    return own, kids
+
+
+def memory(b: Bench, when: str) -> list[Row]:
+    sup: dict[str, Cell] = {}
+    wrk: dict[str, Cell] = {}
+    for lb, k in b.kernels.items():
+        try:
+            own, kids = rss(k)
+            sup[lb] = Cell([own], single=True)
+            wrk[lb] = Cell([kids], single=True)
+        except BenchError as e:
+            sup[lb] = Cell(note=str(e))
+            wrk[lb] = Cell(note=str(e))
+    return [
+        Row(f"RSS launched process (supervisor), {when}", "MB", sup, "≤ 40 MB abs", 1e-6),
+        Row(f"RSS children (worker), {when}", "MB", wrk, "", 1e-6),
+    ]
+
+
+# -------------------------------------------------------------------- 8 floor
+_ECHO_SERVER = r"""
+import sys, zmq
+ctx = zmq.Context()
+s = ctx.socket(zmq.ROUTER)
+port = s.bind_to_random_port("tcp://127.0.0.1")
+print(port, flush=True)
+while True:
+    parts = s.recv_multipart()
+    if parts[-1] == b"quit":
+        break
+    s.send_multipart(parts)
+"""
+
+
+def floor(n: int, timeout: float) -> Cell:
+    """Bare pyzmq DEALER→ROUTER→DEALER round trip to a child process over tcp.
+
+    This is the least any kernel can cost per request on this machine (same
+    transport as Jupyter, no serialisation, no signing), so it puts the
+    kernel figures in proportion.
+    """
+    proc = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    try:
+        import select
+
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        if not ready:
+            raise BenchError("floor echo server did not start")
+        s.connect(f"tcp://127.0.0.1:{int(proc.stdout.readline())}")
+        payload = b"x" * 64
+        samples = []
+        for i in range(n + 100):
+            t0 = time.perf_counter()
+            s.send(payload)
+            if not s.poll(timeout * 1000):
+                raise BenchError("floor echo timed out")
+            if s.recv() != payload:
+                raise BenchError("floor echo corrupted")
+            if i >= 100:  # first 100 are warm-up
+                samples.append(time.perf_counter() - t0)
+        s.send(b"quit")
+        return Cell(samples)
+    except BenchError as e:
+        return Cell(note=str(e))
+    finally:
+        s.close()
+        ctx.term()
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,63 @@
+"""The stdin channel: input(), getpass, and allow_stdin=False."""
+
+from __future__ import annotations
+
+from tests.kernel.helpers import collect_iopub_until_idle, execute, get_reply, stream_text
+
+
+def test_input_round_trip(kernel):
+    kc = kernel.kc
+    msg_id = kc.execute("v = input('your name? ')\nprint('hello', v)\nlen(v)", allow_stdin=True)
+    request = kc.get_stdin_msg(timeout=30)
+    assert request["header"]["msg_type"] == "input_request"
+    assert request["parent_header"]["msg_id"] == msg_id
+    assert request["content"]["prompt"] == "your name? "
+    assert request["content"]["password"] is False
+    kc.input("Ada Lovelace")
+    reply = get_reply(kc, msg_id)
+    assert reply["content"]["status"] == "ok"
+    iopub = collect_iopub_until_idle(kc, msg_id)
+    assert "hello Ada Lovelace" in stream_text(iopub)
+    results = [m for m in iopub if m["msg_type"] == "execute_result"]
+    assert results[0]["content"]["data"]["text/plain"] == "12"
+
+    # a second input in the same kernel works too
+    msg_id = kc.execute("w = input()\nw * 2", allow_stdin=True)
+    request = kc.get_stdin_msg(timeout=30)
+    assert request["content"]["prompt"] == ""
+    kc.input("ab")
+    assert get_reply(kc, msg_id)["content"]["status"] == "ok"
+    iopub = collect_iopub_until_idle(kc, msg_id)
+    [result] = [m for m in iopub if m["msg_type"] == "execute_result"]
+    assert result["content"]["data"]["text/plain"] == "'abab'"
+
+
+def test_getpass_sets_password_flag(kernel):
+    kc = kernel.kc
+    msg_id = kc.execute("import getpass\npw = getpass.getpass('Password: ')\nlen(pw)",
+                        allow_stdin=True)
+    request = kc.get_stdin_msg(timeout=30)
+    assert request["content"]["password"] is True
+    assert request["content"]["prompt"] == "Password: "
+    kc.input("s3cret")
+    reply = get_reply(kc, msg_id)
+    assert reply["content"]["status"] == "ok"
+    iopub = collect_iopub_until_idle(kc, msg_id)
+    [result] = [m for m in iopub if m["msg_type"] == "execute_result"]
+    assert result["content"]["data"]["text/plain"] == "6"
+    # the secret is not echoed on iopub
+    assert "s3cret" not in stream_text(iopub)
+
+
+def test_allow_stdin_false_gives_clear_error(kernel):
+    kc = kernel.kc
+    reply, _iopub = execute(kc, "input('never answered: ')", allow_stdin=False, timeout=30)
+    content = reply["content"]
+    assert content["status"] == "error"
+    assert content["ename"] == "StdinNotImplementedError"
+    assert "input" in content["evalue"].lower()
+    # no input_request went out
+    assert kc.stdin_channel.msg_ready() is False
+    # still usable
+    reply, _ = execute(kc, "1 + 1")
+    assert reply["content"]["status"] == "ok"

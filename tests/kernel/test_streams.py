@@ -1,0 +1,112 @@
+"""stdout/stderr capture: Python-level, fd-level, subprocesses, threads, flushing."""
+
+from __future__ import annotations
+
+import time
+from queue import Empty
+
+from tests.kernel.helpers import (
+    Deadline,
+    collect_iopub_until_idle,
+    execute_ok,
+    get_reply,
+    of_type,
+    parent_id,
+    stream_text,
+)
+
+
+def test_stdout_and_stderr_streams(kernel):
+    _, iopub = execute_ok(
+        kernel.kc,
+        "import sys\nprint('to out')\nprint('to err', file=sys.stderr)\n"
+        "sys.stdout.write('no newline')",
+    )
+    streams = of_type(iopub, "stream")
+    assert {m["content"]["name"] for m in streams} == {"stdout", "stderr"}
+    assert stream_text(iopub, "stdout") == "to out\nno newline"
+    assert stream_text(iopub, "stderr") == "to err\n"
+
+
+def test_many_prints_arrive_in_order_before_idle(kernel):
+    n = 20_000
+    _, iopub = execute_ok(kernel.kc, f"for i in range({n}):\n    print(i)", timeout=90)
+    # collect_iopub_until_idle stops at idle: everything must be in before it
+    text = stream_text(iopub, "stdout")
+    lines = text.splitlines()
+    assert len(lines) == n, (len(lines), lines[:3], lines[-3:])
+    assert lines == [str(i) for i in range(n)]
+    assert stream_text(iopub, "stderr") == ""
+
+
+def test_fd_level_output_is_captured(kernel):
+    kc = kernel.kc
+    _, iopub = execute_ok(kc, "import os\nrc = os.system('echo fromfd')\nassert rc == 0")
+    assert "fromfd" in stream_text(iopub, "stdout")
+
+    _, iopub = execute_ok(kc, "import os\nos.write(1, b'raw\\n')\nos.write(2, b'rawerr\\n')")
+    assert "raw\n" in stream_text(iopub, "stdout")
+    assert "rawerr" in stream_text(iopub, "stderr")
+
+    _, iopub = execute_ok(
+        kc,
+        "import subprocess\n"
+        "subprocess.run(['echo', 'sub'], check=True)\n"
+        "subprocess.run(['sh', '-c', 'echo suberr >&2'], check=True)",
+    )
+    assert "sub\n" in stream_text(iopub, "stdout")
+    assert "suberr" in stream_text(iopub, "stderr")
+
+
+def test_fd_output_of_one_cell_does_not_leak_into_next(kernel):
+    kc = kernel.kc
+    _, iopub1 = execute_ok(kc, "import os\nos.system('echo cell-one')")
+    _, iopub2 = execute_ok(kc, "print('cell-two')")
+    assert "cell-one" in stream_text(iopub1)
+    assert "cell-one" not in stream_text(iopub2)
+
+
+def test_background_thread_output_arrives_before_idle(kernel):
+    _, iopub = execute_ok(
+        kernel.kc,
+        "import threading, time\n"
+        "def worker():\n"
+        "    for i in range(3):\n"
+        "        print('thread', i, flush=True)\n"
+        "        time.sleep(0.05)\n"
+        "t = threading.Thread(target=worker)\n"
+        "t.start()\n"
+        "time.sleep(0.5)\n"
+        "t.join()\n"
+        "print('main done')",
+    )
+    text = stream_text(iopub, "stdout")
+    for i in range(3):
+        assert f"thread {i}\n" in text
+    assert text.index("thread 2") < text.index("main done")
+
+
+def test_output_is_flushed_while_cell_runs(kernel):
+    """A print followed by a 2 s sleep: the stream message must arrive long before the reply."""
+    kc = kernel.kc
+    msg_id = kc.execute("import time\nprint('early')\ntime.sleep(2)\n'late'", allow_stdin=False)
+    start = time.monotonic()
+    got_stream_at = None
+    deadline = Deadline(30)
+    while got_stream_at is None and not deadline.expired():
+        try:
+            msg = kc.get_iopub_msg(timeout=min(1.0, deadline.remaining()))
+        except Empty:
+            continue
+        if parent_id(msg) != msg_id:
+            continue
+        if msg["msg_type"] == "stream" and "early" in msg["content"]["text"]:
+            got_stream_at = time.monotonic() - start
+        assert not (msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle")
+    assert got_stream_at is not None, "no stream message"
+    reply = get_reply(kc, msg_id, timeout=30)
+    reply_at = time.monotonic() - start
+    assert reply["content"]["status"] == "ok"
+    assert got_stream_at < 1.0, got_stream_at
+    assert reply_at - got_stream_at > 1.0, (got_stream_at, reply_at)
+    collect_iopub_until_idle(kc, msg_id)
