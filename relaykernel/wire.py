@@ -50,6 +50,8 @@ COMM: Final = b"comm"
 DONE: Final = b"done"
 #: A signed input_request to send on stdin to the requesting frontend.
 STDIN: Final = b"stdin"
+#: ACTIVATE is done (imports made, targets announced): send requests now.
+ACTIVATED: Final = b"activated"
 #: A comm target was registered or unregistered. meta: TargetMeta.
 TARGET: Final = b"target"
 

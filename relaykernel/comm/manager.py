@@ -53,6 +53,23 @@ class CommManager(BaseCommManager):
                 _print_callback_error(f"opening comm with target {content['target_name']!r}")
         comm.close()
 
+    def adopt(self, msg: dict[str, Any]) -> None:
+        """Hand a comm that outlived its worker to its target's handler.
+
+        Raises when the handler fails; the comm is then forgotten here but not
+        closed, so the frontend keeps it."""
+        content = msg["content"]
+        comm = comm_package.create_comm(comm_id=content["comm_id"], primary=False,
+                                        target_name=content["target_name"],
+                                        target_module=content.get("target_module"))
+        self.register_comm(comm)
+        try:
+            self.targets[content["target_name"]](comm, msg)
+        except BaseException:
+            self.comms.pop(comm.comm_id, None)
+            comm._closed = True  # never send comm_close for it
+            raise
+
     def comm_msg(self, stream: Any, ident: Any, msg: dict[str, Any]) -> None:
         comm_id = msg["content"].get("comm_id")
         comm = self.comms.get(comm_id)

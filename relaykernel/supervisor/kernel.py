@@ -21,7 +21,7 @@ from jupyter_client.session import Session
 
 from .. import wire
 from ..worker.entry import WorkerConfig
-from .comm_registry import CommRegistry
+from .comm_registry import WIDGET_TARGET, CommRegistry
 from .kernel_info import kernel_info_content
 from .recovery import WORKER_DIED, Death, read_crash_log
 from .shell_queue import ShellQueue, stops_on_error
@@ -32,6 +32,8 @@ log = logging.getLogger("relaykernel.supervisor")
 
 #: Requests the supervisor answers itself, at once, even while a cell runs.
 IMMEDIATE = ("kernel_info_request", "comm_info_request")
+#: ipywidgets' control comm: request_states is answered from the registry.
+WIDGET_CONTROL_TARGET = "jupyter.widget.control"
 #: Consecutive workers that may die before READY before we slow down.
 MAX_START_FAILURES = 3
 
@@ -75,6 +77,7 @@ class SupervisorLoop:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        self._control_comms: set[str] = set()
         self._by_link: dict[zmq.Socket, WorkerProcess] = {}
         self._by_sentinel: dict[int, WorkerProcess] = {}
         self.shell_handlers: dict[str, Callable[[Incoming], None]] = {
@@ -93,6 +96,7 @@ class SupervisorLoop:
             wire.DONE: self._on_done,
             wire.STDIN: self._on_stdin,
             wire.TARGET: self._on_target,
+            wire.ACTIVATED: self._on_activated,
         }
 
     # ------------------------------------------------------------------ loop
@@ -159,9 +163,11 @@ class SupervisorLoop:
             self._publish_status("busy", msg)
             self.shell_handlers[msg.msg_type](msg)
             self._publish_status("idle", msg)
-        else:
+        elif not self._widget_control(msg):
             if msg.msg_type == "comm_open":
                 self.comms.opened(msg.content, {}, list(msg.buffers), "frontend")
+            elif msg.msg_type == "comm_msg":
+                self.comms.message(msg.content, list(msg.buffers), "frontend")
             self.queue.push(msg)
             self._dispatch()
 
@@ -255,7 +261,43 @@ class SupervisorLoop:
             self.sockets.stdin.send_multipart(request.idents + list(lm.payload), copy=False)
 
     def _on_target(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
-        log.debug("worker %s target %s registered=%s", worker.number, lm.meta.get("name"), lm.meta.get("registered"))
+        """A target appeared in the worker: hand it the preserved comms it can adopt."""
+        name = str(lm.meta.get("name"))
+        if not lm.meta.get("registered") or worker is not self.active:
+            return
+        adoptable = [r.comm_id for r in self.comms.for_target(name) if r.comm_id in worker.orphans]
+        if not adoptable:
+            return
+        worker.orphans.difference_update(adoptable)
+        comms, frames = [], []
+        for comm_id in adoptable:
+            content, metadata, buffers = self.comms.open_message_for_replay(comm_id)
+            comms.append({"content": content, "metadata": metadata, "buffers": len(buffers)})
+            frames.extend(buffers)
+        log.info("replaying %d comm(s) of target %r to worker %s", len(comms), name, worker.number)
+        worker.send(wire.encode(wire.ADOPT, {"comms": comms}, frames))
+
+    def _widget_control(self, msg: Incoming) -> bool:
+        """Serve ipywidgets' control comm here, so a reloaded page gets its widgets
+        back even while the worker is busy or being replaced."""
+        if msg.msg_type not in ("comm_open", "comm_msg", "comm_close"):
+            return False
+        comm_id = msg.content.get("comm_id")
+        if msg.msg_type == "comm_open":
+            if msg.content.get("target_name") != WIDGET_CONTROL_TARGET:
+                return False
+            self._control_comms.add(comm_id)
+        elif comm_id not in self._control_comms:
+            return False
+        self._publish_status("busy", msg)
+        data = msg.content.get("data") or {}
+        if msg.msg_type == "comm_msg" and data.get("method") == "request_states":
+            states, buffers = self.comms.widget_states()
+            self._publish(msg, "comm_msg", {"comm_id": comm_id, "data": states}, buffers)
+        elif msg.msg_type == "comm_close":
+            self._control_comms.discard(comm_id)
+        self._publish_status("idle", msg)
+        return True
 
     # ---------------------------------------------------- immediate handlers
     def _kernel_info(self, msg: Incoming) -> None:
@@ -320,11 +362,21 @@ class SupervisorLoop:
         log.debug("started worker %s (pid %s)", worker.number, worker.pid)
 
     def _activate(self, worker: WorkerProcess) -> None:
-        worker.send(wire.encode(wire.ACTIVATE, {"execution_count": self.execution_count}))
-        worker.state = WorkerState.ACTIVE
+        # Comms open now outlived their worker (or there were none): the new
+        # worker adopts them when it registers their targets.  It imports
+        # ipywidgets itself if there are widgets to bring back.
+        worker.orphans = {r.comm_id for r in self.comms}
+        imports = ["ipywidgets"] if self.comms.for_target(WIDGET_TARGET) else []
+        worker.send(wire.encode(wire.ACTIVATE, {"execution_count": self.execution_count,
+                                                "imports": imports}))
+        worker.state = WorkerState.ACTIVATING
         self.active = worker
-        log.info("worker %s (pid %s) is active", worker.number, worker.pid)
-        self._dispatch()
+
+    def _on_activated(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
+        if worker is self.active:
+            worker.state = WorkerState.ACTIVE
+            log.info("worker %s (pid %s) is active", worker.number, worker.pid)
+            self._dispatch()
 
     def _forget(self, worker: WorkerProcess) -> None:
         self._by_link.pop(worker.link, None)
@@ -341,7 +393,7 @@ class SupervisorLoop:
 
     def _on_worker_exit(self, worker: WorkerProcess) -> None:
         self._drain_link(worker)  # outputs it sent before dying still belong to the user
-        was_active = worker is self.active and worker.state is WorkerState.ACTIVE
+        was_active = worker is self.active
         death = Death(worker.exit_info(), crash_log=read_crash_log(worker.config.crash_log))
         self._forget(worker)
         worker.close()
@@ -409,8 +461,9 @@ class SupervisorLoop:
         self.session.send(self._channel_socket(request), reply_type, content,
                           parent=request.header, ident=request.idents)
 
-    def _publish(self, parent: Incoming | None, msg_type: str, content: dict[str, Any]) -> None:
-        self.session.send(self.sockets.iopub, msg_type, content,
+    def _publish(self, parent: Incoming | None, msg_type: str, content: dict[str, Any],
+                 buffers: list[Any] | None = None) -> None:
+        self.session.send(self.sockets.iopub, msg_type, content, buffers=buffers,
                           parent=parent.header if parent else None, ident=f"kernel.{msg_type}".encode())
 
     def _publish_status(self, state: str, parent: Incoming) -> None:

@@ -29,6 +29,7 @@ log = logging.getLogger("relaykernel.supervisor")
 class WorkerState(enum.Enum):
     STARTING = "starting"  # process launched, IPython loading
     READY = "ready"  # sent READY: a warm standby
+    ACTIVATING = "activating"  # sent ACTIVATE; adopting comms, not yet taking requests
     ACTIVE = "active"  # runs the kernel's requests
     GONE = "gone"  # exited or being stopped
 
@@ -69,11 +70,19 @@ class WorkerProcess:
         self.link.bind(self.endpoint)
         self.config = config.with_endpoint(self.endpoint, number)
         self.state = WorkerState.STARTING
+        #: comms that existed when this worker became active, not yet adopted
+        self.orphans: set[str] = set()
         self.started_at = time.monotonic()
         self.process: Any = self._spawn.Process(
             target=run_worker, args=(self.config,), name=f"relaykernel-worker-{number}"
         )
-        self.process.start()
+        # Start with SIGINT ignored (inherited across exec) until the worker has its
+        # own process group: jupyter_client interrupts the kernel's whole group.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self.process.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
         self.pid: int = self.process.pid
         self.sentinel: int = self.process.sentinel
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import getpass
+import importlib
 import json
 import logging
 import sys
@@ -70,6 +71,37 @@ class WorkerKernel:
 
     def target_changed(self, name: str, registered: bool) -> None:
         self.link.send(wire.TARGET, {"name": name, "registered": registered})
+
+    def activate(self, meta: dict[str, Any]) -> None:
+        """Become the kernel's worker: continue its execution count, and import
+        what preserved comms need (ipywidgets registers its targets on import)."""
+        self.shell.execution_count = int(meta.get("execution_count", 1))
+        for module in meta.get("imports", ()):
+            try:
+                importlib.import_module(module)
+            except Exception as e:
+                log.warning("could not import %s to restore its comms: %s", module, e)
+
+    def adopt(self, meta: dict[str, Any], frames: list[Any]) -> None:
+        """Re-create comms that outlived the previous worker, through their target.
+
+        Unlike a frontend comm_open, a failure here does not close the comm: the
+        frontend keeps it, and a later worker may still adopt it.
+        """
+        self.messenger.parent = {}
+        offset = 0
+        for spec in meta.get("comms", ()):
+            count = int(spec.get("buffers", 0))
+            buffers = [memoryview(f) for f in frames[offset:offset + count]]
+            offset += count
+            content = spec["content"]
+            msg = {"header": {"msg_type": "comm_open", "msg_id": ""}, "parent_header": {},
+                   "metadata": spec.get("metadata") or {}, "content": content, "buffers": buffers}
+            try:
+                self.comm_manager.adopt(msg)
+            except Exception as e:
+                log.warning("could not adopt comm %s: %s", content.get("comm_id"), e)
+        self.flush_streams()
 
     def handle(self, frames: list[Any]) -> None:
         """Run one request and send its DONE, even if the handler raises or is interrupted."""

@@ -31,6 +31,9 @@ log = logging.getLogger("relaykernel.worker")
 
 def serve(config: WorkerConfig) -> None:
     os.setpgrp()
+    # The supervisor spawned us with SIGINT ignored, so an interrupt aimed at its
+    # process group could not kill us half-started; from here on it is ours.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _die_with_parent(config.supervisor_pid)
     os.environ[CONNECTION_FILE_ENV] = config.connection_file
     crash_log = open(config.crash_log, "w")  # noqa: SIM115 - lives as long as the process
@@ -77,7 +80,10 @@ def _serve_forever(kernel: "WorkerKernel", link: Link) -> None:  # noqa: F821
             except KeyboardInterrupt:
                 pass  # the reply was already sent by handle()'s finally
         elif lm.kind == wire.ACTIVATE:
-            kernel.shell.execution_count = int(lm.meta.get("execution_count", 1))
+            kernel.activate(lm.meta)
+            link.send(wire.ACTIVATED)
+        elif lm.kind == wire.ADOPT:
+            kernel.adopt(lm.meta, list(lm.payload))
         elif lm.kind == wire.SHUTDOWN:
             return
 

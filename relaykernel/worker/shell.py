@@ -72,6 +72,12 @@ class RelayShell(InteractiveShell):
         env["GIT_PAGER"] = "cat"
         env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
 
+    def init_magics(self) -> None:
+        super().init_magics()
+        from .magics import RelayMagics
+
+        self.register_magics(RelayMagics)
+
     def init_hooks(self) -> None:
         super().init_hooks()
         # `?obj`, %pdoc and friends page into a payload, as Jupyter frontends expect
