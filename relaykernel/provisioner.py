@@ -1,13 +1,82 @@
-"""A jupyter_client kernel provisioner for relaykernel.
+"""A jupyter_client kernel provisioner that restarts relaykernel in place.
 
-Today it behaves exactly like jupyter_client's LocalProvisioner; it is named
-in the kernelspec so that restarts can later keep the supervisor alive.
+``KernelManager.restart_kernel()`` (JupyterLab, nbclient, jupyter_server)
+normally kills the kernel process and launches a new one, which would throw
+away the supervisor's comm registry and every widget's state.  Named in the
+kernelspec that ``python -m relaykernel install`` writes, this provisioner
+lets the supervisor swap only its worker instead:
+
+* ``pre_launch`` tells the supervisor (env ``RELAYKERNEL_INPLACE_RESTART=1``)
+  that a ``shutdown_request`` with ``restart: true`` means "new worker, same
+  supervisor";
+* during such a restart ``poll``/``wait`` report the old kernel as gone and
+  ``launch_kernel`` hands back the running supervisor's connection info
+  instead of starting a process; ``kill(restart=True)`` (a forced restart)
+  asks for the same swap with SIGHUP.
+
+A supervisor that really died is relaunched normally.  Runs in the client's
+process (jupyter_client), never in the kernel.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+from typing import Any
+
 from jupyter_client.provisioning import LocalProvisioner
+
+INPLACE_ENV = "RELAYKERNEL_INPLACE_RESTART"
 
 
 class RelayProvisioner(LocalProvisioner):  # type: ignore[misc]
-    """Launches the relaykernel supervisor as a local process."""
+    """LocalProvisioner whose restarts keep the supervisor and swap its worker."""
+
+    _swapping = False
+
+    def _supervisor_alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        kwargs = await super().pre_launch(**kwargs)
+        env = dict(kwargs.get("env") or os.environ)
+        env[INPLACE_ENV] = "1"
+        kwargs["env"] = env
+        return kwargs
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        self._swapping = restart and self._supervisor_alive()
+        await super().shutdown_requested(restart=restart)
+
+    async def poll(self) -> int | None:
+        if self._swapping:
+            return 0
+        return await super().poll()
+
+    async def wait(self) -> int | None:
+        if self._swapping:
+            return 0
+        return await super().wait()
+
+    async def kill(self, restart: bool = False) -> None:
+        if restart and self._supervisor_alive():
+            self._swapping = True
+            os.kill(self.process.pid, signal.SIGHUP)
+            return
+        await super().kill(restart=restart)
+
+    async def terminate(self, restart: bool = False) -> None:
+        if self._swapping:
+            return
+        await super().terminate(restart=restart)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        if self._swapping:
+            return  # the supervisor, its ports and its connection file live on
+        await super().cleanup(restart=restart)
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+        swapping, self._swapping = self._swapping, False
+        if swapping and self._supervisor_alive():
+            return self.connection_info
+        return await super().launch_kernel(cmd, **kwargs)

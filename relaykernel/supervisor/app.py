@@ -30,6 +30,7 @@ from .. import CONNECTION_FILE_ENV, __version__
 from ..worker.entry import WorkerConfig
 from .heartbeat import Heartbeat
 from .kernel import SupervisorLoop
+from .resources import GIB, MemoryGuard
 from .sockets import KernelSockets
 
 
@@ -50,6 +51,19 @@ class Supervisor(Application):
                               "Each costs the memory of an idle IPython (~60 MB).")
     interrupt_grace = Float(5.0, config=True, help="Seconds a cell may ignore an interrupt "
                             "(native code that does not check signals) before the worker is replaced.")
+    memory_limit = Float(0.0, config=True, help="Hard memory limit of the worker (with its "
+                         "children) in GiB; past it the worker is replaced with a clear error. 0: off.")
+    memory_soft_limit = Float(0.0, config=True, help="Soft memory limit in GiB; past it the running "
+                              "cell gets a MemoryError and the worker keeps its variables. 0: off.")
+    inplace_restart = Bool(config=True, help="On shutdown_request with restart, swap the worker and "
+                           "keep the supervisor (and comms). On by default when launched by the "
+                           "relaykernel provisioner, which expects it; otherwise the supervisor exits "
+                           "as any kernel does and jupyter_client starts a new one.")
+
+    @default("inplace_restart")
+    def _default_inplace_restart(self) -> bool:
+        return os.environ.get("RELAYKERNEL_INPLACE_RESTART") == "1"
+
     print_connection_hint = Bool(True, config=True, help="Print how to attach when the kernel writes its own connection file.")
 
     aliases = {
@@ -58,6 +72,8 @@ class Supervisor(Application):
         "transport": "Supervisor.transport",
         "standby-workers": "Supervisor.standby_workers",
         "interrupt-grace": "Supervisor.interrupt_grace",
+        "memory-limit": "Supervisor.memory_limit",
+        "memory-soft-limit": "Supervisor.memory_soft_limit",
         "log-level": "Application.log_level",
     }
     flags = {
@@ -114,11 +130,12 @@ class Supervisor(Application):
                 key=key, signature_scheme=session.signature_scheme, session_id=session.session,
                 connection_file=os.path.abspath(self.connection_file),
                 crash_log=os.path.join(private_dir, "crash"), log_level=self.log_level,
-                supervisor_pid=os.getpid())
+                supervisor_pid=os.getpid(), memory_soft_limit=int(self.memory_soft_limit * GIB))
             loop = SupervisorLoop(
                 ctx=ctx, session=session, sockets=sockets, private_dir=private_dir,
                 worker_config=worker_config, standby_workers=self.standby_workers,
-                interrupt_grace=self.interrupt_grace)
+                interrupt_grace=self.interrupt_grace, inplace_restart=self.inplace_restart,
+                memory_guard=MemoryGuard(int(self.memory_soft_limit * GIB), int(self.memory_limit * GIB)))
             loop.run()
         finally:
             heartbeat.stop()

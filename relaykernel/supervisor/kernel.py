@@ -23,6 +23,7 @@ from .. import wire
 from ..worker.entry import WorkerConfig
 from .comm_registry import WIDGET_TARGET, CommRegistry
 from .kernel_info import kernel_info_content
+from .resources import GIB, MemoryGuard, Usage
 from .recovery import WORKER_DIED, Death, read_crash_log
 from .shell_queue import ShellQueue, stops_on_error
 from .sockets import BadMessage, Incoming, KernelSockets, Verifier
@@ -34,6 +35,8 @@ log = logging.getLogger("relaykernel.supervisor")
 IMMEDIATE = ("kernel_info_request", "comm_info_request")
 #: ipywidgets' control comm: request_states is answered from the registry.
 WIDGET_CONTROL_TARGET = "jupyter.widget.control"
+#: Seconds between two samples of the worker's memory (when a limit is set).
+MEMORY_CHECK_INTERVAL = 0.2
 #: Consecutive workers that may die before READY before we slow down.
 MAX_START_FAILURES = 3
 
@@ -51,6 +54,8 @@ class SupervisorLoop:
         worker_config: WorkerConfig,
         standby_workers: int = 1,
         interrupt_grace: float = 5.0,
+        memory_guard: MemoryGuard | None = None,
+        inplace_restart: bool = True,
     ) -> None:
         self.ctx = ctx
         self.session = session
@@ -59,6 +64,10 @@ class SupervisorLoop:
         self.worker_config = worker_config
         self.standby_workers = standby_workers
         self.interrupt_grace = interrupt_grace
+        self.memory_guard = memory_guard or MemoryGuard()
+        self.inplace_restart = inplace_restart
+        self.usage = Usage()
+        self._soft_limit_hit: Incoming | None = None
         self.verifier = Verifier(session)
         self.queue = ShellQueue()
         self.comms = CommRegistry()
@@ -88,6 +97,7 @@ class SupervisorLoop:
             "kernel_info_request": self._kernel_info,
             "shutdown_request": self._shutdown,
             "interrupt_request": self._interrupt_request,
+            "usage_request": self._usage,
         }
         self.link_handlers: dict[bytes, Callable[[WorkerProcess, wire.LinkMessage], None]] = {
             wire.READY: self._on_ready,
@@ -102,10 +112,12 @@ class SupervisorLoop:
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
         """Serve until a shutdown_request or SIGTERM; then stop every worker."""
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self._record_signal)
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         self._ensure_workers()
+        if self.memory_guard.enabled:
+            self._timers.append((time.monotonic(), self._check_memory))
         try:
             while not self._stopping:
                 self._poll_once()
@@ -312,10 +324,32 @@ class SupervisorLoop:
         content = {"status": "ok", "restart": restart}
         self._reply(msg, content)
         self.session.send(self.sockets.iopub, "shutdown_reply", content, parent=msg.header)
-        if restart:
+        if restart and self.inplace_restart:
             self._replace_active("the kernel was restarted")
         else:
             self._stopping = True
+
+    def _usage(self, msg: Incoming) -> None:
+        self._reply(msg, self.usage.reply(self.active.pid if self.active else None))
+
+    def _check_memory(self) -> None:
+        """Every MEMORY_CHECK_INTERVAL: interrupt at the soft limit, replace at the hard one."""
+        self._timers.append((time.monotonic() + MEMORY_CHECK_INTERVAL, self._check_memory))
+        worker = self.active
+        if worker is None or worker.state is not WorkerState.ACTIVE:
+            return
+        level, rss = self.memory_guard.check(worker.pid)
+        if level == "hard":
+            limit = self.memory_guard.hard_limit / GIB
+            self._replace_active(f"memory limit of {limit:g} GiB exceeded (the worker used "
+                                 f"{rss / GIB:.2f} GiB), so the worker was replaced")
+        elif level == "soft" and self.queue.current is not None and self._soft_limit_hit is not self.queue.current:
+            self._soft_limit_hit = self.queue.current
+            log.warning("worker %s passed the soft memory limit (%.2f GiB)", worker.number, rss / GIB)
+            try:
+                os.kill(worker.pid, signal.SIGUSR1)  # the worker raises MemoryError in the cell
+            except ProcessLookupError:
+                pass
 
     def _interrupt_request(self, msg: Incoming) -> None:
         self.interrupt()
@@ -503,6 +537,9 @@ class SupervisorLoop:
             if signum == signal.SIGINT:
                 log.info("SIGINT: interrupting the running cell")
                 self.interrupt()
+            elif signum == signal.SIGHUP:
+                log.info("SIGHUP: restarting the worker in place")
+                self._replace_active("the kernel was restarted")
             elif signum == signal.SIGTERM:
                 log.info("SIGTERM: shutting down")
                 self._stopping = True
@@ -511,7 +548,10 @@ class SupervisorLoop:
         workers = ([self.active] if self.active else []) + list(self.spares)
         for worker in workers:
             self._forget(worker)
-            worker.stop()
+            worker.request_stop()
+        deadline = time.monotonic() + 1.0
+        for worker in workers:
+            worker.stop(grace=max(0.05, deadline - time.monotonic()))
         signal.set_wakeup_fd(-1)
         self._wake_r.close()
         self._wake_w.close()

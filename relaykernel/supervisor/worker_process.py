@@ -106,13 +106,17 @@ class WorkerProcess:
             except (ProcessLookupError, PermissionError):
                 pass
 
+    def request_stop(self) -> None:
+        """Ask the worker to exit (it may be busy or still starting)."""
+        try:
+            self.link.send_multipart(wire.encode(wire.SHUTDOWN), flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
     def stop(self, grace: float = 1.0) -> None:
-        """Ask, wait, SIGTERM, wait, SIGKILL; close the link. Bounded by ~2*grace."""
+        """Ask, wait, SIGTERM, wait, SIGKILL; close the link. Bounded by ~3*grace."""
         if self.process.is_alive():
-            try:
-                self.link.send_multipart(wire.encode(wire.SHUTDOWN), flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+            self.request_stop()
             self.process.join(grace)
         if self.process.is_alive():
             self.signal(signal.SIGTERM)

@@ -34,6 +34,8 @@ def serve(config: WorkerConfig) -> None:
     # The supervisor spawned us with SIGINT ignored, so an interrupt aimed at its
     # process group could not kill us half-started; from here on it is ours.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if config.memory_soft_limit:
+        _raise_memory_error_on_sigusr1(config.memory_soft_limit)
     _die_with_parent(config.supervisor_pid)
     os.environ[CONNECTION_FILE_ENV] = config.connection_file
     crash_log = open(config.crash_log, "w")  # noqa: SIM115 - lives as long as the process
@@ -110,6 +112,16 @@ def _log_to(fd: int, level: int) -> None:
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+
+
+def _raise_memory_error_on_sigusr1(limit: int) -> None:
+    def handler(signum: int, frame: object) -> None:
+        raise MemoryError(
+            f"relaykernel: the worker passed its soft memory limit of {limit / 1024**3:g} GiB, "
+            "so this cell was interrupted. Your variables are kept; free some memory "
+            "(del large objects) before going on.")
+
+    signal.signal(signal.SIGUSR1, handler)
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -1,0 +1,86 @@
+"""Memory guard and resource usage of the kernel's processes.
+
+Used by the supervisor's main thread.  The guard samples the active worker's
+memory (with its children) a few times a second: past the soft limit the
+running cell is interrupted with a MemoryError that says why (the worker keeps
+its variables); past the hard limit the worker is replaced with a clear
+report, before the system's OOM killer takes the whole kernel silently.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+GIB = 1024**3
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory of a process and its descendants, in bytes (0 if gone)."""
+    try:
+        proc = psutil.Process(pid)
+        total = proc.memory_info().rss
+        for child in proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+    except psutil.Error:
+        return 0
+
+
+@dataclass
+class MemoryGuard:
+    soft_limit: int = 0  # bytes; 0 = off
+    hard_limit: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.soft_limit or self.hard_limit)
+
+    def check(self, pid: int) -> tuple[str, int]:
+        """('hard' | 'soft' | '', rss) for the worker with this pid."""
+        rss = tree_rss(pid)
+        if self.hard_limit and rss >= self.hard_limit:
+            return "hard", rss
+        if self.soft_limit and rss >= self.soft_limit:
+            return "soft", rss
+        return "", rss
+
+
+class Usage:
+    """The usage_reply of jupyter-resource-usage, for supervisor plus worker."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+
+    def _sample(self, pid: int | None) -> dict[str, Any]:
+        if pid is None:
+            return {"pid": None, "cpu": 0.0, "memory": 0}
+        try:
+            proc = self._procs.get(pid) or self._procs.setdefault(pid, psutil.Process(pid))
+            return {"pid": pid, "cpu": proc.cpu_percent(None), "memory": tree_rss(pid)}
+        except psutil.Error:
+            self._procs.pop(pid, None)
+            return {"pid": pid, "cpu": 0.0, "memory": 0}
+
+    def reply(self, worker_pid: int | None) -> dict[str, Any]:
+        supervisor = self._sample(os.getpid())
+        supervisor["memory"] = psutil.Process().memory_info().rss
+        worker = self._sample(worker_pid)
+        return {
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "kernel_cpu": supervisor["cpu"] + worker["cpu"],
+            "kernel_memory": supervisor["memory"] + worker["memory"],
+            "host_cpu_percent": psutil.cpu_percent(None),
+            "cpu_count": psutil.cpu_count(),
+            "host_virtual_memory": dict(psutil.virtual_memory()._asdict()),
+            "supervisor": supervisor,
+            "worker": worker,
+        }
