@@ -26,7 +26,7 @@ from .kernel_info import kernel_info_content
 from .resources import GIB, MemoryGuard, Usage
 from .recovery import WORKER_DIED, Death, read_crash_log
 from .shell_queue import ShellQueue, stops_on_error
-from .sockets import BadMessage, Incoming, KernelSockets, Verifier
+from .sockets import BadMessage, Incoming, KernelSockets, Signer, Verifier
 from .worker_process import WorkerProcess, WorkerState
 
 log = logging.getLogger("relaykernel.supervisor")
@@ -69,6 +69,7 @@ class SupervisorLoop:
         self.usage = Usage()
         self._soft_limit_hit: Incoming | None = None
         self.verifier = Verifier(session)
+        self.signer = Signer(session)
         self.queue = ShellQueue()
         self.comms = CommRegistry()
         self.execution_count = 1  # the next cell's number; survives worker replacement
@@ -176,12 +177,19 @@ class SupervisorLoop:
             self.shell_handlers[msg.msg_type](msg)
             self._publish_status("idle", msg)
         elif not self._widget_control(msg):
-            if msg.msg_type == "comm_open":
-                self.comms.opened(msg.content, {}, list(msg.buffers), "frontend")
-            elif msg.msg_type == "comm_msg":
-                self.comms.message(msg.content, list(msg.buffers), "frontend")
+            self._track_frontend_comm(msg)
             self.queue.push(msg)
             self._dispatch()
+
+    def _track_frontend_comm(self, msg: Incoming) -> None:
+        """Keep the registry current; a malformed comm message is still run (and answered)."""
+        try:
+            if msg.msg_type == "comm_open":
+                self.comms.opened(msg.content, _json_frame(msg.frames[2]), list(msg.buffers), "frontend")
+            elif msg.msg_type == "comm_msg":
+                self.comms.message(msg.content, list(msg.buffers), "frontend")
+        except (ValueError, TypeError) as e:
+            log.warning("malformed %s: %s", msg.msg_type, e)
 
     def _drain_link(self, worker: WorkerProcess, budget: int = 256) -> None:
         for _ in range(budget):
@@ -202,16 +210,21 @@ class SupervisorLoop:
 
     # ------------------------------------------------------------- the queue
     def _dispatch(self) -> None:
+        """Send what the queue allows to the worker; the first one sent is now running."""
         worker = self.active
         while worker is not None and worker.state is WorkerState.ACTIVE:
             request = self.queue.next()
             if request is None:
                 return
-            self._publish_status("busy", request)
-            if request.msg_type == "comm_msg" and request.content.get("comm_id") not in self.comms:
-                log.warning("comm_msg for unknown comm_id %r", request.content.get("comm_id"))
+            if self.queue.current is request:
+                self._started(request)
             worker.send(wire.encode(wire.REQUEST, None, request.frames))
-            return
+
+    def _started(self, request: Incoming) -> None:
+        """The worker begins this request: busy goes out before any of its outputs."""
+        self._publish_status("busy", request)
+        if request.msg_type == "comm_msg" and request.content.get("comm_id") not in self.comms:
+            log.warning("comm_msg for unknown comm_id %r", request.content.get("comm_id"))
 
     def _on_done(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
         if worker is not self.active:
@@ -230,6 +243,8 @@ class SupervisorLoop:
         if lm.meta.get("status") == "error" and request.msg_type == "execute_request":
             if stops_on_error(request):
                 self._abort(self.queue.take_executes())
+        if self.queue.current is not None:
+            self._started(self.queue.current)  # already sent (pipelined); running now
         self._dispatch()
 
     def _abort(self, requests: list[Incoming]) -> None:
@@ -257,14 +272,14 @@ class SupervisorLoop:
         if worker is not self.active:
             return
         msg_type = lm.meta.get("msg_type")
-        content = _json_frame(lm.payload[6])
-        buffers = list(lm.payload[7:])
         if msg_type == "comm_open":
-            self.comms.opened(content, _json_frame(lm.payload[5]), buffers, "kernel")
+            self.comms.opened(_json_frame(lm.payload[6]), _json_frame(lm.payload[5]), list(lm.payload[7:]), "kernel")
         elif msg_type == "comm_msg":
-            self.comms.message(content, buffers, "kernel")
+            record = self.comms.get(str(lm.meta.get("comm_id")))
+            if record is not None and record.is_widget:  # only widget state is tracked
+                self.comms.message(_json_frame(lm.payload[6]), list(lm.payload[7:]), "kernel")
         elif msg_type == "comm_close":
-            self.comms.closed(content.get("comm_id", ""))
+            self.comms.closed(str(lm.meta.get("comm_id")))
         self.sockets.iopub.send_multipart(lm.payload, copy=False)
 
     def _on_stdin(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
@@ -457,6 +472,7 @@ class SupervisorLoop:
     def _recover(self, death: Death) -> None:
         """Give the in-flight request its one reply, then abort or keep the queue."""
         request = self.queue.finish()
+        self.queue.requeue_sent()  # pipelined behind it, never started: run on the next worker
         if request is None:
             self._stream_to_all("stderr", death.report(len(self.comms)))
             return
@@ -492,16 +508,17 @@ class SupervisorLoop:
         if content is None or not request.msg_type.endswith("_request"):
             return
         reply_type = request.msg_type[: -len("request")] + "reply"
-        self.session.send(self._channel_socket(request), reply_type, content,
-                          parent=request.header, ident=request.idents)
+        frames = self.signer.frames(reply_type, content, request.header_bytes)
+        self._channel_socket(request).send_multipart(request.idents + frames)
 
-    def _publish(self, parent: Incoming | None, msg_type: str, content: dict[str, Any],
+    def _publish(self, parent: Incoming | None, msg_type: str, content: dict[str, Any] | bytes,
                  buffers: list[Any] | None = None) -> None:
-        self.session.send(self.sockets.iopub, msg_type, content, buffers=buffers,
-                          parent=parent.header if parent else None, ident=f"kernel.{msg_type}".encode())
+        frames = self.signer.frames(msg_type, content, parent.header_bytes if parent else None)
+        self.sockets.iopub.send_multipart([b"kernel." + msg_type.encode(), *frames, *(buffers or ())],
+                                          copy=not buffers)
 
     def _publish_status(self, state: str, parent: Incoming) -> None:
-        self._publish(parent, "status", {"execution_state": state})
+        self._publish(parent, "status", _STATUS[state])
 
     def _publish_stream(self, parent: Incoming | None, name: str, text: str) -> None:
         self._publish(parent, "stream", {"name": name, "text": text})
@@ -548,13 +565,32 @@ class SupervisorLoop:
         workers = ([self.active] if self.active else []) + list(self.spares)
         for worker in workers:
             self._forget(worker)
-            worker.request_stop()
+            if worker.state is WorkerState.STARTING:
+                worker.kill()  # still importing IPython: it would not hear the request
+            else:
+                worker.request_stop()
         deadline = time.monotonic() + 1.0
         for worker in workers:
             worker.stop(grace=max(0.05, deadline - time.monotonic()))
+        _stop_resource_tracker()
         signal.set_wakeup_fd(-1)
         self._wake_r.close()
         self._wake_w.close()
+
+
+#: status contents, packed once: they go out twice per request.
+_STATUS = {state: f'{{"execution_state": "{state}"}}'.encode() for state in ("busy", "idle")}
+
+
+def _stop_resource_tracker() -> None:
+    """multiprocess starts a resource-tracker process for spawn children; end it
+    with the supervisor rather than leaving it to notice on its own."""
+    try:
+        from multiprocess import resource_tracker
+
+        resource_tracker._resource_tracker._stop()
+    except Exception:  # private API: best effort
+        pass
 
 
 def _json_frame(frame: Any) -> dict[str, Any]:

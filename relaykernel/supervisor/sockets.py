@@ -49,6 +49,11 @@ class Incoming:
         return str(self.header.get("msg_id", ""))
 
     @property
+    def header_bytes(self) -> bytes:
+        """The header as received: replies use it verbatim as their parent header."""
+        return self.frames[0].bytes
+
+    @property
     def content(self) -> dict[str, Any]:
         if self._content is None:
             parsed = json.loads(self.frames[3].bytes)
@@ -60,6 +65,23 @@ class Incoming:
     @property
     def buffers(self) -> list[Any]:
         return self.frames[4:]
+
+
+class Signer:
+    """Builds signed wire frames (from the delimiter on) for the supervisor's own messages.
+
+    Takes the parent header as the raw bytes it arrived as, and content either
+    as a dict or already packed, so nothing is packed twice.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def frames(self, msg_type: str, content: dict[str, Any] | bytes, parent: bytes | None) -> list[bytes]:
+        pack = self._session.pack
+        parts = [pack(self._session.msg_header(msg_type)), parent or b"{}", b"{}",
+                 content if isinstance(content, bytes) else pack(content)]
+        return [DELIM, self._session.sign(parts), *parts]
 
 
 class Verifier:

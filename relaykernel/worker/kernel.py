@@ -43,6 +43,7 @@ class WorkerKernel:
         self.shell: Any = None
         self.comm_manager = CommManager(kernel=self)
         self.last_error: dict[str, Any] | None = None
+        self._parent_msg: dict[str, Any] = {}
         self._allow_stdin = False
         self.handlers: dict[str, Handler] = {
             "execute_request": self.execute_request,
@@ -58,19 +59,29 @@ class WorkerKernel:
         getpass.getpass = self.getpass
 
     # ------------------------------------------------------------- plumbing
-    def flush_streams(self) -> None:
-        if self.fd_capture is not None:
+    def flush_streams(self, fds: bool = True) -> None:
+        """Send pending stdout/stderr now, so they precede what is sent next.
+
+        ``fds=False`` skips draining the fd pipes (a syscall or three): comm
+        traffic, which can be thousands of messages a second, only orders
+        itself after Python-level prints; requests still drain fds at their end.
+        """
+        if fds and self.fd_capture is not None:
             self.fd_capture.drain()
         self.stdout.flush()
         self.stderr.flush()
 
     def send_comm(self, msg_type: str, content: dict[str, Any], metadata: dict[str, Any],
                   buffers: list[Any] | None) -> None:
-        self.flush_streams()
+        self.flush_streams(fds=False)
         self.messenger.publish(msg_type, content, metadata, list(buffers or ()), kind=wire.COMM)
 
     def target_changed(self, name: str, registered: bool) -> None:
         self.link.send(wire.TARGET, {"name": name, "registered": registered})
+
+    def get_parent(self, channel: str = "shell") -> dict[str, Any]:
+        """The request being handled (ipywidgets' Output and interact use its msg_id)."""
+        return self._parent_msg
 
     def activate(self, meta: dict[str, Any]) -> None:
         """Become the kernel's worker: continue its execution count, and import
@@ -88,7 +99,7 @@ class WorkerKernel:
         Unlike a frontend comm_open, a failure here does not close the comm: the
         frontend keeps it, and a later worker may still adopt it.
         """
-        self.messenger.parent = {}
+        self.messenger.set_parent({})
         offset = 0
         for spec in meta.get("comms", ()):
             count = int(spec.get("buffers", 0))
@@ -106,8 +117,9 @@ class WorkerKernel:
     def handle(self, frames: list[Any]) -> None:
         """Run one request and send its DONE, even if the handler raises or is interrupted."""
         msg = _parse(frames)
+        self._parent_msg = msg
         msg_type = msg["header"].get("msg_type", "")
-        self.messenger.parent = msg["header"]
+        self.messenger.set_parent(msg["header"], frames[0].bytes)
         handler = self.handlers.get(msg_type)
         reply: dict[str, Any] | None = None
         meta: dict[str, Any] = {"status": "ok"}

@@ -32,11 +32,8 @@ class RelayMagics(Magics):
 
         # The short form works when the file lives in the default runtime dir.
         existing = connection_file
-        try:
-            if os.path.dirname(os.path.abspath(connection_file)) == os.path.abspath(jupyter_runtime_dir()):
-                existing = os.path.basename(connection_file)
-        except Exception:  # noqa: BLE001
-            pass
+        if os.path.dirname(os.path.abspath(connection_file)) == os.path.abspath(jupyter_runtime_dir()):
+            existing = os.path.basename(connection_file)
 
         print(json.dumps(info, indent=2))
         print(

@@ -23,12 +23,20 @@ class Messenger:
         self.session = session
         self.link = link
         self.parent: dict[str, Any] = {}  # header of the request being handled
+        self._parent_bytes = b"{}"
 
-    def frames(self, msg_type: str, content: dict[str, Any], metadata: dict[str, Any] | None = None,
-               parent: dict[str, Any] | None = None) -> list[bytes]:
-        msg = self.session.msg(msg_type, content, parent=self.parent if parent is None else parent,
-                               metadata=metadata)
-        return self.session.serialize(msg)
+    def set_parent(self, header: dict[str, Any], raw: bytes | None = None) -> None:
+        """Outputs from now on answer this request; ``raw`` is its header as received,
+        reused verbatim so it is not packed again for every output."""
+        self.parent = header
+        self._parent_bytes = raw if raw is not None else self.session.pack(header)
+
+    def frames(self, msg_type: str, content: dict[str, Any], metadata: dict[str, Any] | None = None) -> list[bytes]:
+        """Signed wire frames, from the delimiter on."""
+        pack = self.session.pack
+        parts = [pack(self.session.msg_header(msg_type)), self._parent_bytes,
+                 pack(metadata) if metadata else b"{}", pack(content)]
+        return [wire.DELIM, self.session.sign(parts), *parts]
 
     def publish(self, msg_type: str, content: dict[str, Any], metadata: dict[str, Any] | None = None,
                 buffers: list[Any] | None = None, kind: bytes = wire.IOPUB) -> None:
@@ -36,7 +44,7 @@ class Messenger:
         frames: list[Any] = [f"kernel.{msg_type}".encode(), *self.frames(msg_type, content, metadata)]
         meta = None
         if kind == wire.COMM:
-            meta = {"msg_type": msg_type}
+            meta = {"msg_type": msg_type, "comm_id": content.get("comm_id")}
         if buffers:
             frames.extend(buffers)
         self.link.send(kind, meta, frames, copy=not _large(buffers))

@@ -1,0 +1,157 @@
+"""Restarts that keep the supervisor: new namespace, same kernel, comms and widgets kept.
+
+relaykernel only.  The kernelspec is written by ``python -m relaykernel install``,
+so it names the 'relaykernel-provisioner' (which tells the supervisor that a
+restart swaps the worker).  The ``relay`` fixture asserts at teardown that the
+kernel shut down without any process having to be SIGKILLed and left none behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from tests.kernel.comm_helpers import (
+    ECHO_TARGET,
+    comm_info,
+    comm_msg,
+    comm_open,
+    comms_of,
+    handled,
+    new_comm_id,
+)
+from tests.kernel.crash_helpers import (  # noqa: F401  (relay is a fixture)
+    Recorder,
+    install_spec,
+    relay,
+    supervisor_pid,
+)
+from tests.kernel.helpers import (
+    evaluate,
+    execute,
+    execute_ok,
+    get_reply,
+    of_type,
+    pid_exists,
+    relaykernel_only,
+    wait_for,
+)
+
+pytestmark = relaykernel_only
+
+#: Restarting in place must be quick: a warm standby worker takes over.
+RESTART_BUDGET = 1.0
+
+SLIDER_VALUES = ("[x.value for x in __import__('ipywidgets').Widget.widgets.values() "
+                 "if isinstance(x, __import__('ipywidgets').IntSlider)]")
+
+
+@pytest.fixture(scope="module")
+def spec() -> str:
+    return install_spec("relaykernel-provisioned")
+
+
+def _prepare(kc) -> dict[str, Any]:
+    """A variable, a slider moved by the frontend to 5, and a frontend comm on 'echo'."""
+    pytest.importorskip("ipywidgets", minversion="8")
+    _, iopub = execute_ok(kc, ECHO_TARGET + "\nimport ipywidgets\nx = 1\n"
+                              "s = ipywidgets.IntSlider(value=3)\n")
+    slider = [m["content"]["comm_id"] for m in comms_of(iopub, "comm_open")
+              if m["content"]["data"]["state"].get("_model_name") == "IntSliderModel"][0]
+    handled(kc, comm_msg(kc, slider, {"method": "update", "state": {"value": 5},
+                                      "buffer_paths": []}))
+    echo = new_comm_id()
+    handled(kc, comm_open(kc, echo, "echo"))
+    assert evaluate(kc, "x") == "1"
+    return {"slider": slider, "echo": echo, "comms": comm_info(kc)}
+
+
+def _check_swapped(h, before: dict[str, Any], sup: int, old_worker: int) -> None:
+    """Same supervisor, new worker with a fresh namespace, comms and widget state kept."""
+    kc = h.kc
+    assert supervisor_pid(h) == sup and pid_exists(sup)
+    assert h.km.is_alive()
+    reply, _ = execute(kc, "x")
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "NameError", reply["content"]
+    assert h.worker_pid() != old_worker
+    wait_for(lambda: not pid_exists(old_worker), 10, what="the old worker to be gone")
+    after = comm_info(kc)
+    assert set(before["comms"]) <= set(after), (before["comms"], after)
+    assert evaluate(kc, SLIDER_VALUES) == "[5]"
+    # the echo comm comes back as soon as its target does
+    execute_ok(kc, ECHO_TARGET)
+    iopub = handled(kc, comm_msg(kc, before["echo"], {"hello": "again"}))
+    assert [m["content"]["data"] for m in comms_of(iopub, "comm_msg", before["echo"])] == [
+        {"hello": "again"}]
+
+
+def test_shutdown_request_with_restart_swaps_the_worker(relay, spec) -> None:
+    h = relay.start(spec)
+    kc = h.kc
+    rec = Recorder(kc)
+    before = _prepare(kc)
+    sup, old_worker = supervisor_pid(h), h.worker_pid()
+    relay.track(h)
+
+    started = time.monotonic()
+    msg_id = kc.shutdown(restart=True)
+    reply = get_reply(kc, msg_id, channel="control", timeout=10)
+    assert reply["content"] == {"status": "ok", "restart": True}
+    first = kc.execute("1+1")
+    first_reply = get_reply(kc, first, timeout=10)
+    elapsed = time.monotonic() - started
+    print(f"in-place restart (shutdown_request restart=True -> first reply): {elapsed:.3f}s")
+    assert first_reply["content"]["status"] == "ok", first_reply["content"]
+    assert elapsed < RESTART_BUDGET, elapsed
+
+    _check_swapped(h, before, sup, old_worker)
+    relay.track(h)
+    rec.assert_one_reply_each()
+
+
+@pytest.mark.parametrize("now", [False, True], ids=["graceful", "now"])
+def test_kernel_manager_restart_keeps_the_supervisor(relay, spec, now: bool) -> None:
+    """KernelManager.restart_kernel(): shutdown_request (graceful) or SIGHUP (now=True)."""
+    h = relay.start(spec)
+    kc = h.kc
+    before = _prepare(kc)
+    sup, old_worker = supervisor_pid(h), h.worker_pid()
+    relay.track(h)
+
+    started = time.monotonic()
+    h.km.restart_kernel(now=now)
+    kc.wait_for_ready(timeout=10)
+    elapsed = time.monotonic() - started
+    print(f"KernelManager.restart_kernel(now={now}) until ready: {elapsed:.3f}s")
+    assert elapsed < RESTART_BUDGET, elapsed
+
+    _check_swapped(h, before, sup, old_worker)
+    relay.track(h)
+
+
+def test_restart_of_a_dead_supervisor_launches_a_new_one(relay, spec) -> None:
+    h = relay.start(spec)
+    old_sup, old_worker = supervisor_pid(h), h.worker_pid()
+    relay.track(h)
+    os.kill(old_sup, signal.SIGKILL)
+    wait_for(lambda: not h.km.is_alive(), 10, what="the supervisor to be dead")
+    wait_for(lambda: not pid_exists(old_worker), 10, what="its worker to follow it")
+
+    h.km.restart_kernel(now=True)
+    relay.relaunched(h)
+    new_sup = supervisor_pid(h)
+    assert new_sup != old_sup and pid_exists(new_sup)
+    old_kc = h.kc
+    h.kc = h.km.client()
+    old_kc.stop_channels()
+    h.kc.start_channels()
+    h.kc.wait_for_ready(timeout=30)
+    _, iopub = execute_ok(h.kc, "1+1")
+    assert of_type(iopub, "execute_result")[0]["content"]["data"]["text/plain"] == "2"
+    assert comm_info(h.kc) == {}  # a new kernel: nothing was kept
+    relay.track(h)
