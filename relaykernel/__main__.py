@@ -17,9 +17,12 @@ def main(argv: list[str] | None = None) -> None:
 
         install_main(args[1:])
         return
+    from .supervisor.early import begin
+
+    early = begin(args)  # the first worker starts importing IPython now
     from .supervisor.app import Supervisor
 
-    Supervisor.launch_instance(args)
+    Supervisor.launch_instance(args, early=early)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ PROTOCOL_VERSION: Final = 1
 # worker -> supervisor ------------------------------------------------------
 #: The worker has imported IPython and waits for ACTIVATE. meta: ReadyMeta.
 READY: Final = b"ready"
-#: Signed iopub frames (topic first) to publish as they are. meta: empty.
+#: Signed iopub frames (topic first) to publish as they are. meta: empty, or
+#: {"started": true} on an execute_input (the worker began running the cell).
 IOPUB: Final = b"iopub"
 #: Signed iopub frames of a comm_open/comm_msg/comm_close sent by the worker.
 #: The supervisor reads the content to keep its comm registry, then publishes.

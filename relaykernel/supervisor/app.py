@@ -15,19 +15,19 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import uuid
 from typing import Any
 
 import zmq
 from jupyter_client.connect import write_connection_file
 from jupyter_client.session import Session
-from jupyter_core.paths import jupyter_config_path, jupyter_runtime_dir
+from jupyter_core.paths import jupyter_config_path
+from traitlets import Any as AnyTrait
 from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode, default
 from traitlets.config import Application
 
 from .. import CONNECTION_FILE_ENV, __version__
-from ..worker.entry import WorkerConfig
+from .early import EarlyStart, begin
 from .heartbeat import Heartbeat
 from .kernel import SupervisorLoop
 from .resources import GIB, MemoryGuard
@@ -63,6 +63,8 @@ class Supervisor(Application):
     @default("inplace_restart")
     def _default_inplace_restart(self) -> bool:
         return os.environ.get("RELAYKERNEL_INPLACE_RESTART") == "1"
+
+    early = AnyTrait(None, allow_none=True, help="An EarlyStart from __main__: its worker is already starting.")
 
     print_connection_hint = Bool(True, config=True, help="Print how to attach when the kernel writes its own connection file.")
 
@@ -110,42 +112,51 @@ class Supervisor(Application):
         return {"ip": self.ip, "transport": self.transport, "key": str(uuid.uuid4()),
                 "signature_scheme": "hmac-sha256"}
 
+    def _early(self) -> EarlyStart:
+        """The early start from __main__, or one made now (when run another way)."""
+        if self.early is None:
+            self.early = begin(["-f", self.connection_file] if self.connection_file else [])
+        if not self.connection_file:
+            self.connection_file = self.early.connection_file
+        return self.early
+
     def start(self) -> None:
+        early = self._early()
         info = self._read_connection()
-        key = info.get("key", "")
-        key = key.encode() if isinstance(key, str) else key
+        info["key"], info["signature_scheme"] = early.key, early.signature_scheme
+        key = early.key
         transport, ip = info.get("transport", "tcp"), info.get("ip", "127.0.0.1")
         ctx = zmq.Context.instance()
-        session = Session(key=key, signature_scheme=info.get("signature_scheme", "hmac-sha256"),
+        session = Session(key=key, signature_scheme=early.signature_scheme, session=early.session_id,
                           username="kernel")
         sockets = KernelSockets.bind_all(ctx, transport, ip, info)
         heartbeat = Heartbeat(ctx, transport, ip, int(info.get("hb_port", 0)))
-        if not (self.connection_file and os.path.exists(self.connection_file)):
+        wrote_connection_file = not os.path.exists(self.connection_file)
+        if wrote_connection_file:
             self._write_connection_file(info, sockets.ports, heartbeat.port, key)
         os.environ[CONNECTION_FILE_ENV] = os.path.abspath(self.connection_file)
         heartbeat.start()
-        private_dir = tempfile.mkdtemp(prefix="relaykernel-")  # 0700: the link stays ours
+        private_dir = early.private_dir
         try:
-            worker_config = WorkerConfig(
-                key=key, signature_scheme=session.signature_scheme, session_id=session.session,
-                connection_file=os.path.abspath(self.connection_file),
-                crash_log=os.path.join(private_dir, "crash"), log_level=self.log_level,
-                supervisor_pid=os.getpid(), memory_soft_limit=int(self.memory_soft_limit * GIB))
             loop = SupervisorLoop(
                 ctx=ctx, session=session, sockets=sockets, private_dir=private_dir,
-                worker_config=worker_config, standby_workers=self.standby_workers,
-                interrupt_grace=self.interrupt_grace, inplace_restart=self.inplace_restart,
+                worker_config=early.worker.config, first_worker=early.worker,
+                standby_workers=self.standby_workers, interrupt_grace=self.interrupt_grace,
+                inplace_restart=self.inplace_restart, log_level=self.log_level,
                 memory_guard=MemoryGuard(int(self.memory_soft_limit * GIB), int(self.memory_limit * GIB)))
             loop.run()
         finally:
             heartbeat.stop()
             sockets.close()
             shutil.rmtree(private_dir, ignore_errors=True)
+            if wrote_connection_file:  # ours to remove, as ipykernel does
+                try:
+                    os.unlink(self.connection_file)
+                except OSError:
+                    pass
 
     def _write_connection_file(self, info: dict[str, Any], ports: dict[str, int], hb_port: int, key: bytes) -> None:
-        if not self.connection_file:
-            os.makedirs(jupyter_runtime_dir(), exist_ok=True)
-            self.connection_file = os.path.join(jupyter_runtime_dir(), f"kernel-{uuid.uuid4()}.json")
+        os.makedirs(os.path.dirname(self.connection_file), exist_ok=True)
         write_connection_file(
             self.connection_file, ip=info["ip"], key=key, transport=info["transport"],
             shell_port=ports["shell"], iopub_port=ports["iopub"], stdin_port=ports["stdin"],

@@ -56,6 +56,8 @@ class SupervisorLoop:
         interrupt_grace: float = 5.0,
         memory_guard: MemoryGuard | None = None,
         inplace_restart: bool = True,
+        first_worker: WorkerProcess | None = None,
+        log_level: int = logging.WARNING,
     ) -> None:
         self.ctx = ctx
         self.session = session
@@ -75,7 +77,8 @@ class SupervisorLoop:
         self.execution_count = 1  # the next cell's number; survives worker replacement
         self.active: WorkerProcess | None = None
         self.spares: list[WorkerProcess] = []
-        self._numbers = iter(range(1, 1 << 30))
+        self.log_level = log_level
+        self._numbers = iter(range(2 if first_worker else 1, 1 << 30))
         self._start_failures = 0
         self._timers: list[tuple[float, Callable[[], None]]] = []
         self._stopping = False
@@ -90,6 +93,8 @@ class SupervisorLoop:
         self._control_comms: set[str] = set()
         self._by_link: dict[zmq.Socket, WorkerProcess] = {}
         self._by_sentinel: dict[int, WorkerProcess] = {}
+        if first_worker is not None:
+            self._adopt_worker(first_worker)
         self.shell_handlers: dict[str, Callable[[Incoming], None]] = {
             "kernel_info_request": self._kernel_info,
             "comm_info_request": self._comm_info,
@@ -266,6 +271,8 @@ class SupervisorLoop:
 
     def _on_iopub(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
         if worker is self.active:
+            if lm.meta and self.queue.current is not None:  # the worker began the cell
+                self.queue.current.started = True
             self.sockets.iopub.send_multipart(lm.payload, copy=False)
 
     def _on_worker_comm(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
@@ -402,7 +409,9 @@ class SupervisorLoop:
                 self._start_worker()
 
     def _start_worker(self) -> None:
-        worker = WorkerProcess(self.ctx, next(self._numbers), self.private_dir, self.worker_config)
+        self._adopt_worker(WorkerProcess(self.ctx, next(self._numbers), self.private_dir, self.worker_config))
+
+    def _adopt_worker(self, worker: WorkerProcess) -> None:
         self.spares.append(worker)
         self._by_link[worker.link] = worker
         self._by_sentinel[worker.sentinel] = worker
@@ -416,8 +425,9 @@ class SupervisorLoop:
         # ipywidgets itself if there are widgets to bring back.
         worker.orphans = {r.comm_id for r in self.comms}
         imports = ["ipywidgets"] if self.comms.for_target(WIDGET_TARGET) else []
-        worker.send(wire.encode(wire.ACTIVATE, {"execution_count": self.execution_count,
-                                                "imports": imports}))
+        worker.send(wire.encode(wire.ACTIVATE, {
+            "execution_count": self.execution_count, "imports": imports, "log_level": self.log_level,
+            "memory_soft_limit": self.memory_guard.soft_limit}))
         worker.state = WorkerState.ACTIVATING
         self.active = worker
 
@@ -476,8 +486,13 @@ class SupervisorLoop:
         if request is None:
             self._stream_to_all("stderr", death.report(len(self.comms)))
             return
+        if request.msg_type == "execute_request" and not request.started and not request.content.get("silent"):
+            # the worker died before its execute_input left: the cell must still show up
+            self._publish(request, "execute_input", {"code": request.content.get("code", ""),
+                                                     "execution_count": self.execution_count})
         self._publish_stream(request, "stderr", death.report(len(self.comms)))
-        error = {"status": "error", "ename": WORKER_DIED, "evalue": death.evalue, "traceback": []}
+        error = {"status": "error", "ename": WORKER_DIED, "evalue": death.evalue,
+                 "traceback": death.traceback()}
         if request.msg_type == "execute_request":
             content = request.content
             if not content.get("silent") and content.get("store_history", True):

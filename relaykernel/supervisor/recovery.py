@@ -41,6 +41,11 @@ class Death:
         what = self.exit.describe()
         return f"{self.reason} ({what})" if self.reason else f"the worker process ended: {what}"
 
+    def traceback(self) -> list[str]:
+        """Lines a frontend draws for the error: frontends show the traceback, not evalue."""
+        return [f"{WORKER_DIED}: {self.evalue}", f"Probable cause: {self.probable_cause()}.",
+                "The worker's variables are lost; the kernel, its history and its comms are kept."]
+
     def probable_cause(self) -> str:
         if self.reason:
             return self.reason

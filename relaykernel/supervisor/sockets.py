@@ -39,6 +39,8 @@ class Incoming:
     header: dict[str, Any]
     frames: list[Any]  # header, parent, metadata, content, buffers... (zmq.Frame)
     _content: dict[str, Any] | None = field(default=None, repr=False)
+    #: the worker announced it began running this request (execute_input)
+    started: bool = False
 
     @property
     def msg_type(self) -> str:

@@ -24,7 +24,6 @@ class WorkerConfig:
     number: int = 0
     log_level: int = 30
     supervisor_pid: int = 0
-    memory_soft_limit: int = 0  # bytes; the supervisor sends SIGUSR1 past it
 
     def with_endpoint(self, endpoint: str, number: int) -> "WorkerConfig":
         return dataclasses.replace(self, endpoint=endpoint, number=number,

@@ -87,6 +87,11 @@ class WorkerKernel:
         """Become the kernel's worker: continue its execution count, and import
         what preserved comms need (ipywidgets registers its targets on import)."""
         self.shell.execution_count = int(meta.get("execution_count", 1))
+        logging.getLogger("relaykernel").setLevel(int(meta.get("log_level", logging.WARNING)))
+        if meta.get("memory_soft_limit"):
+            from .main import raise_memory_error_on_sigusr1
+
+            raise_memory_error_on_sigusr1(int(meta["memory_soft_limit"]))
         for module in meta.get("imports", ()):
             try:
                 importlib.import_module(module)
@@ -147,7 +152,8 @@ class WorkerKernel:
         shell = self.shell
         count = shell.execution_count
         if not silent:
-            self.messenger.publish("execute_input", {"code": code, "execution_count": count})
+            self.messenger.publish("execute_input", {"code": code, "execution_count": count},
+                                   started=True)
         self.last_error = None
         result = shell.run_cell(code, store_history=store_history, silent=silent)
         self.flush_streams()

@@ -34,8 +34,6 @@ def serve(config: WorkerConfig) -> None:
     # The supervisor spawned us with SIGINT ignored, so an interrupt aimed at its
     # process group could not kill us half-started; from here on it is ours.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    if config.memory_soft_limit:
-        _raise_memory_error_on_sigusr1(config.memory_soft_limit)
     _die_with_parent(config.supervisor_pid)
     os.environ[CONNECTION_FILE_ENV] = config.connection_file
     crash_log = open(config.crash_log, "w")  # noqa: SIM115 - lives as long as the process
@@ -55,6 +53,7 @@ def serve(config: WorkerConfig) -> None:
     link.tickers.append(lambda: _flush_due(stdout, stderr))
     link.start()
 
+    from . import compat
     from .kernel import WorkerKernel, install_streams
     from .shell import RelayShell
 
@@ -62,6 +61,7 @@ def serve(config: WorkerConfig) -> None:
     kernel = WorkerKernel(link, messenger, (stdout, stderr), capture)
     _install_comm_hooks(kernel)
     shell = RelayShell.instance(kernel=kernel)
+    compat.install(RelayShell)
     kernel.shell = shell
     link.send(wire.READY, {"version": wire.PROTOCOL_VERSION, "pid": os.getpid()})
     _serve_forever(kernel, link)
@@ -114,7 +114,8 @@ def _log_to(fd: int, level: int) -> None:
     logger.propagate = False
 
 
-def _raise_memory_error_on_sigusr1(limit: int) -> None:
+def raise_memory_error_on_sigusr1(limit: int) -> None:
+    """The supervisor sends SIGUSR1 when the worker passes its soft memory limit."""
     def handler(signum: int, frame: object) -> None:
         raise MemoryError(
             f"relaykernel: the worker passed its soft memory limit of {limit / 1024**3:g} GiB, "

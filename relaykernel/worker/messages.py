@@ -39,10 +39,12 @@ class Messenger:
         return [wire.DELIM, self.session.sign(parts), *parts]
 
     def publish(self, msg_type: str, content: dict[str, Any], metadata: dict[str, Any] | None = None,
-                buffers: list[Any] | None = None, kind: bytes = wire.IOPUB) -> None:
-        """Send an iopub message (signed, topic first) for the supervisor to publish."""
+                buffers: list[Any] | None = None, kind: bytes = wire.IOPUB, started: bool = False) -> None:
+        """Send an iopub message (signed, topic first) for the supervisor to publish.
+
+        ``started`` marks the execute_input: the supervisor learns the cell began."""
         frames: list[Any] = [f"kernel.{msg_type}".encode(), *self.frames(msg_type, content, metadata)]
-        meta = None
+        meta = {"started": True} if started else None
         if kind == wire.COMM:
             meta = {"msg_type": msg_type, "comm_id": content.get("comm_id")}
         if buffers:

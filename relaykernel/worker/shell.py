@@ -13,7 +13,8 @@ from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell, InteractiveShellABC
 from traitlets import Any as AnyTrait
-from traitlets import Instance, Type
+from IPython.core.autocall import ExitAutocall
+from traitlets import Instance, Type, default
 
 
 class RelayDisplayPublisher(DisplayPublisher):
@@ -55,8 +56,20 @@ class RelayDisplayHook(DisplayHook):
         self._result = {}
 
 
+class RelayExitAutocall(ExitAutocall):
+    """``exit`` / ``exit(keep_kernel=True)``: ask the frontend to close, like ipykernel."""
+
+    def __call__(self, keep_kernel: bool = False) -> None:  # type: ignore[override]
+        self._ip.keepkernel_on_exit = keep_kernel
+        self._ip.ask_exit()
+
+
 class RelayShell(InteractiveShell):
     """InteractiveShell whose outputs go to the frontend through the supervisor."""
+
+    @default("exiter")
+    def _exiter_default(self) -> RelayExitAutocall:
+        return RelayExitAutocall(self)
 
     displayhook_class = Type(RelayDisplayHook)
     display_pub_class = Type(RelayDisplayPublisher)
