@@ -457,7 +457,7 @@ class SupervisorLoop:
         self._forget(worker)
         worker.close()
         if was_active:
-            log.warning("active worker %s died: %s", worker.number, death.exit.describe())
+            log.info("active worker %s died: %s", worker.number, death.exit.describe())
             self._recover(death)
         else:
             self._start_failures += 1

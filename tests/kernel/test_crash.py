@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.kernel import crash_helpers
 from tests.kernel.comm_helpers import (
     ECHO_TARGET,
     comm_info,
@@ -28,11 +29,10 @@ from tests.kernel.comm_helpers import (
     new_comm_id,
     wait_iopub,
 )
-from tests.kernel.crash_helpers import (  # noqa: F401  (relay is a fixture)
+from tests.kernel.crash_helpers import (
     Recorder,
     collect,
     install_spec,
-    relay,
     stderr_text,
     supervisor_pid,
 )
@@ -51,6 +51,9 @@ from tests.kernel.helpers import (
 )
 
 pytestmark = relaykernel_only
+
+#: the fixture that starts kernels and checks, at teardown, that none left a process behind
+relay = crash_helpers.relay
 
 #: The hard memory limit of the kernels that test it (GiB); the cells allocate 600 MiB.
 MEMORY_LIMIT = 0.4

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.kernel import crash_helpers
 from tests.kernel.comm_helpers import (
     ECHO_TARGET,
     comm_info,
@@ -24,10 +25,9 @@ from tests.kernel.comm_helpers import (
     handled,
     new_comm_id,
 )
-from tests.kernel.crash_helpers import (  # noqa: F401  (relay is a fixture)
+from tests.kernel.crash_helpers import (
     Recorder,
     install_spec,
-    relay,
     supervisor_pid,
 )
 from tests.kernel.helpers import (
@@ -42,6 +42,9 @@ from tests.kernel.helpers import (
 )
 
 pytestmark = relaykernel_only
+
+#: the fixture that starts kernels and checks, at teardown, that none left a process behind
+relay = crash_helpers.relay
 
 #: Restarting in place must be quick: a warm standby worker takes over.
 RESTART_BUDGET = 1.0
@@ -60,8 +63,8 @@ def _prepare(kc) -> dict[str, Any]:
     pytest.importorskip("ipywidgets", minversion="8")
     _, iopub = execute_ok(kc, ECHO_TARGET + "\nimport ipywidgets\nx = 1\n"
                               "s = ipywidgets.IntSlider(value=3)\n")
-    slider = [m["content"]["comm_id"] for m in comms_of(iopub, "comm_open")
-              if m["content"]["data"]["state"].get("_model_name") == "IntSliderModel"][0]
+    slider = next(m["content"]["comm_id"] for m in comms_of(iopub, "comm_open")
+              if m["content"]["data"]["state"].get("_model_name") == "IntSliderModel")
     handled(kc, comm_msg(kc, slider, {"method": "update", "state": {"value": 5},
                                       "buffer_paths": []}))
     echo = new_comm_id()
@@ -114,7 +117,17 @@ def test_shutdown_request_with_restart_swaps_the_worker(relay, spec) -> None:
     rec.assert_one_reply_each()
 
 
-@pytest.mark.parametrize("now", [False, True], ids=["graceful", "now"])
+#: jupyter_client (8.10) implements restart_kernel(now=True) as provisioner.kill()
+#: *without* restart=True, then launches again; RelayProvisioner only swaps in place
+#: on kill(restart=True) (reached only from finish_shutdown's timeouts), so a forced
+#: restart kills the supervisor and its comms.  See the report of issue 5.
+FORCED_RESTART_BUG = pytest.mark.xfail(
+    strict=True, reason="restart_kernel(now=True) relaunches the supervisor: "
+    "jupyter_client calls provisioner.kill() without restart=True")
+
+
+@pytest.mark.parametrize("now", [False, pytest.param(True, marks=FORCED_RESTART_BUG)],
+                         ids=["graceful", "now"])
 def test_kernel_manager_restart_keeps_the_supervisor(relay, spec, now: bool) -> None:
     """KernelManager.restart_kernel(): shutdown_request (graceful) or SIGHUP (now=True)."""
     h = relay.start(spec)
