@@ -29,8 +29,9 @@ processes can use it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Sequence
+from typing import Any, Final
 
 #: Bumped whenever a kind or meta field changes meaning.  The worker announces
 #: it in READY and the supervisor refuses a worker that speaks another version.

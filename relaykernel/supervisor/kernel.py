@@ -14,17 +14,18 @@ import os
 import signal
 import socket
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 from jupyter_client.session import Session
 
 from .. import wire
 from ..worker.entry import WorkerConfig
-from .comm_registry import WIDGET_TARGET, CommRegistry
+from .comm_relay import CommRelay
 from .kernel_info import kernel_info_content
-from .resources import GIB, MemoryGuard, Usage
 from .recovery import WORKER_DIED, Death, read_crash_log
+from .resources import GIB, MemoryGuard, Usage
 from .shell_queue import ShellQueue, stops_on_error
 from .sockets import BadMessage, Incoming, KernelSockets, Signer, Verifier
 from .worker_process import WorkerProcess, WorkerState
@@ -33,8 +34,6 @@ log = logging.getLogger("relaykernel.supervisor")
 
 #: Requests the supervisor answers itself, at once, even while a cell runs.
 IMMEDIATE = ("kernel_info_request", "comm_info_request")
-#: ipywidgets' control comm: request_states is answered from the registry.
-WIDGET_CONTROL_TARGET = "jupyter.widget.control"
 #: Seconds between two samples of the worker's memory (when a limit is set).
 MEMORY_CHECK_INTERVAL = 0.2
 #: Consecutive workers that may die before READY before we slow down.
@@ -73,7 +72,7 @@ class SupervisorLoop:
         self.verifier = Verifier(session)
         self.signer = Signer(session)
         self.queue = ShellQueue()
-        self.comms = CommRegistry()
+        self.comms = CommRelay()
         self.execution_count = 1  # the next cell's number; survives worker replacement
         self.active: WorkerProcess | None = None
         self.spares: list[WorkerProcess] = []
@@ -90,7 +89,6 @@ class SupervisorLoop:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
-        self._control_comms: set[str] = set()
         self._by_link: dict[zmq.Socket, WorkerProcess] = {}
         self._by_sentinel: dict[int, WorkerProcess] = {}
         if first_worker is not None:
@@ -181,20 +179,16 @@ class SupervisorLoop:
             self._publish_status("busy", msg)
             self.shell_handlers[msg.msg_type](msg)
             self._publish_status("idle", msg)
-        elif not self._widget_control(msg):
-            self._track_frontend_comm(msg)
+        elif self.comms.is_control(msg):
+            self._publish_status("busy", msg)
+            answer = self.comms.control(msg)
+            if answer is not None:
+                self._publish(msg, "comm_msg", *answer)
+            self._publish_status("idle", msg)
+        else:
+            self.comms.from_frontend(msg)
             self.queue.push(msg)
             self._dispatch()
-
-    def _track_frontend_comm(self, msg: Incoming) -> None:
-        """Keep the registry current; a malformed comm message is still run (and answered)."""
-        try:
-            if msg.msg_type == "comm_open":
-                self.comms.opened(msg.content, _json_frame(msg.frames[2]), list(msg.buffers), "frontend")
-            elif msg.msg_type == "comm_msg":
-                self.comms.message(msg.content, list(msg.buffers), "frontend")
-        except (ValueError, TypeError) as e:
-            log.warning("malformed %s: %s", msg.msg_type, e)
 
     def _drain_link(self, worker: WorkerProcess, budget: int = 256) -> None:
         for _ in range(budget):
@@ -243,7 +237,7 @@ class SupervisorLoop:
         if "execution_count" in lm.meta:
             self.execution_count = int(lm.meta["execution_count"])
         if request.msg_type == "comm_close":
-            self.comms.closed(request.content.get("comm_id", ""))
+            self.comms.frontend_closed(request.content.get("comm_id", ""))
         self._publish_status("idle", request)
         if lm.meta.get("status") == "error" and request.msg_type == "execute_request":
             if stops_on_error(request):
@@ -278,15 +272,7 @@ class SupervisorLoop:
     def _on_worker_comm(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
         if worker is not self.active:
             return
-        msg_type = lm.meta.get("msg_type")
-        if msg_type == "comm_open":
-            self.comms.opened(_json_frame(lm.payload[6]), _json_frame(lm.payload[5]), list(lm.payload[7:]), "kernel")
-        elif msg_type == "comm_msg":
-            record = self.comms.get(str(lm.meta.get("comm_id")))
-            if record is not None and record.is_widget:  # only widget state is tracked
-                self.comms.message(_json_frame(lm.payload[6]), list(lm.payload[7:]), "kernel")
-        elif msg_type == "comm_close":
-            self.comms.closed(str(lm.meta.get("comm_id")))
+        self.comms.from_worker(lm)
         self.sockets.iopub.send_multipart(lm.payload, copy=False)
 
     def _on_stdin(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
@@ -299,39 +285,9 @@ class SupervisorLoop:
         name = str(lm.meta.get("name"))
         if not lm.meta.get("registered") or worker is not self.active:
             return
-        adoptable = [r.comm_id for r in self.comms.for_target(name) if r.comm_id in worker.orphans]
-        if not adoptable:
-            return
-        worker.orphans.difference_update(adoptable)
-        comms, frames = [], []
-        for comm_id in adoptable:
-            content, metadata, buffers = self.comms.open_message_for_replay(comm_id)
-            comms.append({"content": content, "metadata": metadata, "buffers": len(buffers)})
-            frames.extend(buffers)
-        log.info("replaying %d comm(s) of target %r to worker %s", len(comms), name, worker.number)
-        worker.send(wire.encode(wire.ADOPT, {"comms": comms}, frames))
-
-    def _widget_control(self, msg: Incoming) -> bool:
-        """Serve ipywidgets' control comm here, so a reloaded page gets its widgets
-        back even while the worker is busy or being replaced."""
-        if msg.msg_type not in ("comm_open", "comm_msg", "comm_close"):
-            return False
-        comm_id = msg.content.get("comm_id")
-        if msg.msg_type == "comm_open":
-            if msg.content.get("target_name") != WIDGET_CONTROL_TARGET:
-                return False
-            self._control_comms.add(comm_id)
-        elif comm_id not in self._control_comms:
-            return False
-        self._publish_status("busy", msg)
-        data = msg.content.get("data") or {}
-        if msg.msg_type == "comm_msg" and data.get("method") == "request_states":
-            states, buffers = self.comms.widget_states()
-            self._publish(msg, "comm_msg", {"comm_id": comm_id, "data": states}, buffers)
-        elif msg.msg_type == "comm_close":
-            self._control_comms.discard(comm_id)
-        self._publish_status("idle", msg)
-        return True
+        adopt = self.comms.adoption(name, worker.orphans)
+        if adopt is not None:
+            worker.send(adopt)
 
     # ---------------------------------------------------- immediate handlers
     def _kernel_info(self, msg: Incoming) -> None:
@@ -423,8 +379,8 @@ class SupervisorLoop:
         # Comms open now outlived their worker (or there were none): the new
         # worker adopts them when it registers their targets.  It imports
         # ipywidgets itself if there are widgets to bring back.
-        worker.orphans = {r.comm_id for r in self.comms}
-        imports = ["ipywidgets"] if self.comms.for_target(WIDGET_TARGET) else []
+        worker.orphans = self.comms.open_ids()
+        imports = self.comms.imports_for_new_worker()
         worker.send(wire.encode(wire.ACTIVATE, {
             "execution_count": self.execution_count, "imports": imports, "log_level": self.log_level,
             "memory_soft_limit": self.memory_guard.soft_limit}))
@@ -607,9 +563,3 @@ def _stop_resource_tracker() -> None:
     except Exception:  # private API: best effort
         pass
 
-
-def _json_frame(frame: Any) -> dict[str, Any]:
-    import json
-
-    value = json.loads(frame.bytes if hasattr(frame, "bytes") else frame)
-    return value if isinstance(value, dict) else {}

@@ -14,7 +14,7 @@ executes (``stop_on_error``).
 from __future__ import annotations
 
 import collections
-from typing import Iterator
+from collections.abc import Iterator
 
 from .sockets import Incoming
 

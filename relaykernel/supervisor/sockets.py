@@ -165,7 +165,7 @@ class KernelSockets:
     ports: dict[str, int]
 
     @classmethod
-    def bind_all(cls, ctx: zmq.Context, transport: str, ip: str, ports: dict[str, int]) -> "KernelSockets":
+    def bind_all(cls, ctx: zmq.Context, transport: str, ip: str, ports: dict[str, int]) -> KernelSockets:
         socks = {}
         bound = {}
         for name, kind in (("shell", zmq.ROUTER), ("control", zmq.ROUTER),

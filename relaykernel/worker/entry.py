@@ -25,7 +25,7 @@ class WorkerConfig:
     log_level: int = 30
     supervisor_pid: int = 0
 
-    def with_endpoint(self, endpoint: str, number: int) -> "WorkerConfig":
+    def with_endpoint(self, endpoint: str, number: int) -> WorkerConfig:
         return dataclasses.replace(self, endpoint=endpoint, number=number,
                                    crash_log=f"{self.crash_log}-{number}")
 

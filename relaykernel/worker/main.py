@@ -70,7 +70,7 @@ def serve(config: WorkerConfig) -> None:
     os._exit(0)
 
 
-def _serve_forever(kernel: "WorkerKernel", link: Link) -> None:  # noqa: F821
+def _serve_forever(kernel: WorkerKernel, link: Link) -> None:  # noqa: F821
     while True:
         try:
             lm = link.requests.get()
@@ -90,7 +90,7 @@ def _serve_forever(kernel: "WorkerKernel", link: Link) -> None:  # noqa: F821
             return
 
 
-def _install_comm_hooks(kernel: "WorkerKernel") -> None:  # noqa: F821
+def _install_comm_hooks(kernel: WorkerKernel) -> None:  # noqa: F821
     import comm
 
     from ..comm import Comm

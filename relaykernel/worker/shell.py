@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from IPython.core import page, payloadpage
+from IPython.core.autocall import ExitAutocall
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell, InteractiveShellABC
 from traitlets import Any as AnyTrait
-from IPython.core.autocall import ExitAutocall
 from traitlets import Instance, Type, default
 
 

@@ -22,7 +22,8 @@ import select
 import termios
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: Longest a written line waits before it is sent (seconds). Short enough to
 #: feel live, long enough to batch a print loop into large messages.
