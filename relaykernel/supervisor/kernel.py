@@ -25,7 +25,7 @@ from ..worker.entry import WorkerConfig
 from .comm_relay import CommRelay
 from .kernel_info import kernel_info_content
 from .recovery import WORKER_DIED, Death, read_crash_log
-from .resources import GIB, MemoryGuard, Usage
+from .resources import GIB, MemoryGuard, Usage, release_freed_memory
 from .shell_queue import ShellQueue, stops_on_error
 from .sockets import BadMessage, Incoming, KernelSockets, Signer, Verifier
 from .worker_process import WorkerProcess, WorkerState
@@ -36,6 +36,8 @@ log = logging.getLogger("relaykernel.supervisor")
 IMMEDIATE = ("kernel_info_request", "comm_info_request")
 #: Seconds between two samples of the worker's memory (when a limit is set).
 MEMORY_CHECK_INTERVAL = 0.2
+#: Buffers above this size (bytes) make the supervisor trim its heap afterwards.
+LARGE_BUFFER = 1 << 20
 #: Consecutive workers that may die before READY before we slow down.
 MAX_START_FAILURES = 3
 
@@ -69,6 +71,7 @@ class SupervisorLoop:
         self.inplace_restart = inplace_restart
         self.usage = Usage()
         self._soft_limit_hit: Incoming | None = None
+        self._trim_scheduled = False
         self.verifier = Verifier(session)
         self.signer = Signer(session)
         self.queue = ShellQueue()
@@ -187,6 +190,7 @@ class SupervisorLoop:
             self._publish_status("idle", msg)
         else:
             self.comms.from_frontend(msg)
+            self._after_large(msg.buffers)
             self.queue.push(msg)
             self._dispatch()
 
@@ -273,6 +277,7 @@ class SupervisorLoop:
         if worker is not self.active:
             return
         self.comms.from_worker(lm)
+        self._after_large(lm.payload[7:])
         self.sockets.iopub.send_multipart(lm.payload, copy=False)
 
     def _on_stdin(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
@@ -306,6 +311,16 @@ class SupervisorLoop:
             self._replace_active("the kernel was restarted")
         else:
             self._stopping = True
+
+    def _after_large(self, buffers: Any) -> None:
+        """Once large buffers have passed, trim the heap (at most once a second)."""
+        if not self._trim_scheduled and any(len(b) > LARGE_BUFFER for b in buffers):
+            self._trim_scheduled = True
+
+            def trim() -> None:
+                self._trim_scheduled = False
+                release_freed_memory()
+            self._timers.append((time.monotonic() + 1.0, trim))
 
     def _usage(self, msg: Incoming) -> None:
         self._reply(msg, self.usage.reply(self.active.pid if self.active else None))
