@@ -11,17 +11,19 @@ lets the supervisor swap only its worker instead:
   supervisor";
 * during such a restart ``poll``/``wait`` report the old kernel as gone and
   ``launch_kernel`` hands back the running supervisor's connection info
-  instead of starting a process; ``kill(restart=True)`` (a forced restart)
-  asks for the same swap with SIGHUP.
+  instead of starting a process.
 
-A supervisor that really died is relaunched normally.  Runs in the client's
+A supervisor that really died is relaunched normally.  A *forced* restart
+(``restart_kernel(now=True)``) also relaunches it: jupyter_client then kills
+the kernel without telling the provisioner that a restart is under way, and
+a provisioner that refused ``kill()`` would break ``kill_kernel()``.  To swap
+the worker by signal, send the supervisor SIGHUP.  Runs in the client's
 process (jupyter_client), never in the kernel.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
@@ -57,13 +59,6 @@ class RelayProvisioner(LocalProvisioner):  # type: ignore[misc]
         if self._swapping:
             return 0
         return await super().wait()
-
-    async def kill(self, restart: bool = False) -> None:
-        if restart and self._supervisor_alive():
-            self._swapping = True
-            os.kill(self.process.pid, signal.SIGHUP)
-            return
-        await super().kill(restart=restart)
 
     async def terminate(self, restart: bool = False) -> None:
         if self._swapping:

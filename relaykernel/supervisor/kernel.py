@@ -36,6 +36,7 @@ log = logging.getLogger("relaykernel.supervisor")
 IMMEDIATE = ("kernel_info_request", "comm_info_request")
 #: Seconds between two samples of the worker's memory (when a limit is set).
 MEMORY_CHECK_INTERVAL = 0.2
+RESTARTED = "the kernel was restarted"
 #: Buffers above this size (bytes) make the supervisor trim its heap afterwards.
 LARGE_BUFFER = 1 << 20
 #: Consecutive workers that may die before READY before we slow down.
@@ -308,7 +309,7 @@ class SupervisorLoop:
         self._reply(msg, content)
         self.session.send(self.sockets.iopub, "shutdown_reply", content, parent=msg.header)
         if restart and self.inplace_restart:
-            self._replace_active("the kernel was restarted")
+            self._restart()
         else:
             self._stopping = True
 
@@ -336,8 +337,9 @@ class SupervisorLoop:
             limit = self.memory_guard.hard_limit / GIB
             self._replace_active(f"memory limit of {limit:g} GiB exceeded (the worker used "
                                  f"{rss / GIB:.2f} GiB), so the worker was replaced")
-        elif level == "soft" and self.queue.current is not None and self._soft_limit_hit is not self.queue.current:
-            self._soft_limit_hit = self.queue.current
+        elif (level == "soft" and (request := self.queue.current) is not None and request.started
+              and self._soft_limit_hit is not request):
+            self._soft_limit_hit = request
             log.warning("worker %s passed the soft memory limit (%.2f GiB)", worker.number, rss / GIB)
             try:
                 os.kill(worker.pid, signal.SIGUSR1)  # the worker raises MemoryError in the cell
@@ -439,13 +441,18 @@ class SupervisorLoop:
                 return
         self._ensure_workers()
 
-    def _replace_active(self, reason: str) -> None:
+    def _restart(self) -> None:
+        """A restart the user asked for: fresh worker and namespace, count from 1, comms kept."""
+        self.execution_count = 1
+        self._replace_active(RESTARTED, restart=True)
+
+    def _replace_active(self, reason: str, restart: bool = False) -> None:
         worker = self.active
         if worker is None:
             return
         self._forget(worker)
         worker.kill()
-        death = Death(worker.exit_info(timeout=2.0), reason=reason)
+        death = Death(worker.exit_info(timeout=2.0), reason=reason, restart=restart)
         worker.close()
         self._recover(death)
         self._ensure_workers()
@@ -455,7 +462,8 @@ class SupervisorLoop:
         request = self.queue.finish()
         self.queue.requeue_sent()  # pipelined behind it, never started: run on the next worker
         if request is None:
-            self._stream_to_all("stderr", death.report(len(self.comms)))
+            if not death.restart:  # a restart of an idle kernel needs no words
+                self._stream_to_all("stderr", death.report(len(self.comms)))
             return
         if request.msg_type == "execute_request" and not request.started and not request.content.get("silent"):
             # the worker died before its execute_input left: the cell must still show up
@@ -542,7 +550,7 @@ class SupervisorLoop:
                 self.interrupt()
             elif signum == signal.SIGHUP:
                 log.info("SIGHUP: restarting the worker in place")
-                self._replace_active("the kernel was restarted")
+                self._restart()
             elif signum == signal.SIGTERM:
                 log.info("SIGTERM: shutting down")
                 self._stopping = True

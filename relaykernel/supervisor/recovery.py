@@ -8,7 +8,6 @@ knows the kernel is still there and what to re-run.
 
 from __future__ import annotations
 
-import os
 import signal
 from dataclasses import dataclass
 
@@ -35,10 +34,13 @@ class Death:
     exit: ExitInfo
     reason: str = ""  # set when the supervisor replaced the worker on purpose
     crash_log: str = ""  # faulthandler's output, when the worker left one
+    restart: bool = False  # the user asked for it: not a crash
 
     @property
     def evalue(self) -> str:
         what = self.exit.describe()
+        if self.restart:
+            return self.reason
         return f"{self.reason} ({what})" if self.reason else f"the worker process ended: {what}"
 
     def traceback(self) -> list[str]:
@@ -58,6 +60,9 @@ class Death:
         return f"the process exited with code {code} (for example os._exit({code}) or a fatal error)"
 
     def report(self, open_comms: int) -> str:
+        if self.restart:
+            return (f"relaykernel: {self.reason} while this request ran; a fresh worker has "
+                    f"taken over ({open_comms} open comm(s) kept).\n")
         lines = [
             f"relaykernel: the worker process running your code died: {self.exit.describe()}.",
             f"Probable cause: {self.probable_cause()}.",
@@ -72,16 +77,17 @@ class Death:
         return "\n".join(lines) + "\n"
 
 
-def read_crash_log(path: str, limit: int = 4000) -> str:
-    """The tail of the worker's faulthandler file, or '' if it wrote none."""
+def read_crash_log(path: str, head: int = 1500, tail: int = 2500) -> str:
+    """The worker's faulthandler output ('' if none): its start, which names the
+    fatal error, and its end, which holds the innermost frames of a deep stack."""
     try:
         with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            return f.read().decode("utf-8", "replace")
+            data = f.read()
     except OSError:
         return ""
+    if len(data) > head + tail:
+        data = data[:head] + b"\n    ...\n" + data[-tail:]
+    return data.decode("utf-8", "replace")
 
 
 def _indent(text: str) -> str:

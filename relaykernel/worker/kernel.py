@@ -45,6 +45,8 @@ class WorkerKernel:
         self.comm_manager = CommManager(kernel=self)
         self.last_error: dict[str, Any] | None = None
         self._parent_msg: dict[str, Any] = {}
+        #: True while user code of an execute_request runs (the soft memory limit's window)
+        self.running_cell = False
         self._allow_stdin = False
         self.handlers: dict[str, Handler] = {
             "execute_request": self.execute_request,
@@ -92,7 +94,7 @@ class WorkerKernel:
         if meta.get("memory_soft_limit"):
             from .main import raise_memory_error_on_sigusr1
 
-            raise_memory_error_on_sigusr1(int(meta["memory_soft_limit"]))
+            raise_memory_error_on_sigusr1(int(meta["memory_soft_limit"]), self)
         for module in meta.get("imports", ()):
             try:
                 importlib.import_module(module)
@@ -137,6 +139,8 @@ class WorkerKernel:
         except BaseException as e:  # a late KeyboardInterrupt must not lose the reply
             self.flush_streams()
             error = {"status": "error", "ename": type(e).__name__, "evalue": str(e), "traceback": []}
+            if msg_type == "execute_request":
+                error.update(execution_count=self.shell.execution_count - 1, user_expressions={})
             reply, meta = (error if msg_type.endswith("_request") else None), {"status": "error"}
         finally:
             self.flush_streams()
@@ -156,7 +160,11 @@ class WorkerKernel:
             self.messenger.publish("execute_input", {"code": code, "execution_count": count},
                                    started=True)
         self.last_error = None
-        result = shell.run_cell(code, store_history=store_history, silent=silent)
+        self.running_cell = True
+        try:
+            result = shell.run_cell(code, store_history=store_history, silent=silent)
+        finally:
+            self.running_cell = False
         self.flush_streams()
         # Like ipykernel: the number of the last stored cell (this one, if it was stored).
         reply: dict[str, Any] = {"execution_count": shell.execution_count - 1}

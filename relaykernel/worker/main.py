@@ -74,7 +74,7 @@ def _serve_forever(kernel: WorkerKernel, link: Link) -> None:  # noqa: F821
     while True:
         try:
             lm = link.requests.get()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, MemoryError):
             continue  # an interrupt that arrived between cells
         if lm.kind == wire.REQUEST:
             try:
@@ -114,9 +114,15 @@ def _log_to(fd: int, level: int) -> None:
     logger.propagate = False
 
 
-def raise_memory_error_on_sigusr1(limit: int) -> None:
-    """The supervisor sends SIGUSR1 when the worker passes its soft memory limit."""
+def raise_memory_error_on_sigusr1(limit: int, kernel: "WorkerKernel") -> None:  # noqa: F821
+    """The supervisor sends SIGUSR1 when the worker passes its soft memory limit.
+
+    Only a running cell is interrupted: between requests (or in the worker's
+    own bookkeeping) the signal is ignored, so it can never kill the worker.
+    """
     def handler(signum: int, frame: object) -> None:
+        if not kernel.running_cell:
+            return
         raise MemoryError(
             f"relaykernel: the worker passed its soft memory limit of {limit / 1024**3:g} GiB, "
             "so this cell was interrupted. Your variables are kept; free some memory "

@@ -127,7 +127,9 @@ def _check_report(text: str, words: str, open_comms: int) -> None:
 
 
 @pytest.mark.parametrize("situation", SITUATIONS)
-@pytest.mark.parametrize("cause_name", list(CAUSES))
+@pytest.mark.parametrize("cause_name", [
+    pytest.param(name, marks=pytest.mark.slow) if CAUSES[name].spec_args else name
+    for name in CAUSES])
 def test_crash_matrix(relay, cause_name: str, situation: str) -> None:
     cause = CAUSES[cause_name]
     h = relay.start(_spec_for(cause))

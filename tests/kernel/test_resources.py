@@ -66,12 +66,21 @@ def test_soft_memory_limit_interrupts_the_cell_and_keeps_variables(relay, soft_s
     assert "soft memory limit" in content["evalue"], content["evalue"]
     assert [e["content"]["ename"] for e in of_type(iopub, "error")] == ["MemoryError"]
 
+    # The worker is still above the soft limit, and the supervisor interrupts every
+    # request that is running when it samples (every 0.2 s) -- so even this short
+    # cell, which frees the memory as the error message advises, may get a
+    # MemoryError itself.  Retry it (bounded); the variables must be there throughout.
+    reply = None
+    for _ in range(5):
+        reply, _ = execute(kc, "n = len(l)\ndel l\nimport gc; gc.collect()")
+        if reply["content"].get("ename") != "MemoryError":
+            break
+    assert reply is not None and reply["content"]["status"] == "ok", reply["content"]
     # interrupted part way: past 0.3 GiB, far from the 100 chunks (2 GiB)
-    n = int(evaluate(kc, "len(l)"))
+    n = int(evaluate(kc, "n"))
     assert 5 <= n < 100, n
     assert evaluate(kc, "kept") == "42"
     assert h.worker_pid() == worker  # not replaced: the variables are still there
-    execute_ok(kc, "del l\nimport gc; gc.collect()")
     _, iopub = execute_ok(kc, "kept + 1")
     assert of_type(iopub, "execute_result")[0]["content"]["data"]["text/plain"] == "43"
     assert h.worker_pid() == worker
@@ -103,11 +112,7 @@ def test_usage_request_reports_supervisor_and_worker(relay) -> None:
     assert usage["kernel_memory"] > 0
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "race: while the worker stays above the soft limit the supervisor SIGUSR1s it for every "
-    "new request; a signal landing between requests raises MemoryError in "
-    "worker/main.py:_serve_forever (which only catches KeyboardInterrupt) and the worker "
-    "dies with exit code 1"))
+@pytest.mark.slow
 def test_staying_above_the_soft_limit_never_kills_the_worker(relay, soft_spec) -> None:
     h = relay.start(soft_spec)
     kc = h.kc
