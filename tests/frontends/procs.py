@@ -13,7 +13,7 @@ import uuid
 
 import psutil
 
-from tests.kernel.helpers import kernel_env
+from tests.kernel.helpers import kernel_env, reap
 
 MARKER_VAR = "RELAYKERNEL_TEST_MARKER"
 
@@ -50,14 +50,4 @@ def reap_marked(marker: str, wait: float = 10.0) -> list[int]:
 
     Returns the pids that had to be killed.
     """
-    procs = find_marked(marker)
-    _, alive = psutil.wait_procs(procs, timeout=wait)
-    killed = []
-    for proc in alive:
-        try:
-            proc.kill()
-            killed.append(proc.pid)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    return killed
+    return reap(find_marked(marker), wait)

@@ -14,7 +14,6 @@ import pytest
 from tests.frontends.procs import marked_env, new_marker, reap_marked
 from tests.frontends.tmux import TmuxSession, requires_tmux
 from tests.kernel.helpers import (
-    IS_IPYKERNEL,
     KernelHandle,
     evaluate,
     execute,

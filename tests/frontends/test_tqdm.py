@@ -8,7 +8,6 @@ from queue import Empty
 import pytest
 
 from tests.kernel.helpers import (
-    IS_IPYKERNEL,
     Deadline,
     KernelHandle,
     collect_iopub_until_idle,

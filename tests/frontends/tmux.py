@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import psutil
 import pytest
 
+from tests.kernel.helpers import reap
+
 TMUX = shutil.which("tmux")
 
 #: Skip tests that need tmux where it is missing (deploy/apt-packages.txt lists it).
@@ -108,14 +110,4 @@ class TmuxSession:
         """Kill this session's tmux server and everything it started, by pid."""
         self.remember_processes()
         self._tmux("kill-server", check=False)
-        procs = [p for pid, p in self._procs.items() if pid != os.getpid()]
-        _, alive = psutil.wait_procs(procs, timeout=wait)
-        killed = []
-        for p in alive:
-            try:
-                p.kill()
-                killed.append(p.pid)
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=5)
-        return killed
+        return reap([p for pid, p in self._procs.items() if pid != os.getpid()], wait)

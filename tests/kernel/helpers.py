@@ -226,6 +226,20 @@ def _descendants(pid: int) -> list[int]:
         return []
 
 
+def reap(procs: list[psutil.Process], wait: float) -> list[int]:
+    """Wait (bounded) for these processes to end, SIGKILL the survivors; return their pids."""
+    _, alive = psutil.wait_procs(procs, timeout=wait)
+    killed = []
+    for proc in alive:
+        try:
+            proc.kill()
+            killed.append(proc.pid)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return killed
+
+
 def stop_kernel(handle: KernelHandle, wait: float = 10.0) -> list[int]:
     """Shut down politely (bounded), then SIGKILL any survivors by pid.
 
@@ -247,15 +261,7 @@ def stop_kernel(handle: KernelHandle, wait: float = 10.0) -> list[int]:
             handle.km.shutdown_kernel(now=False)
     except Exception:
         pass
-    _, alive = psutil.wait_procs(procs, timeout=wait)
-    killed = []
-    for proc in alive:
-        try:
-            proc.kill()
-            killed.append(proc.pid)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    killed = reap(procs, wait)
     try:
         handle.km.cleanup_resources()
     except Exception:
