@@ -192,10 +192,13 @@ def kernel_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
 
 
-def start_kernel(kernel_name: str = KERNEL_NAME, ready_timeout: float = 60.0) -> KernelHandle:
-    km = KernelManager(kernel_name=kernel_name)
+def start_kernel(kernel_name: str = KERNEL_NAME, ready_timeout: float = 60.0,
+                 env: dict[str, str] | None = None, **manager_options: Any) -> KernelHandle:
+    """Start a kernel through jupyter_client; ``env`` adds to the kernel's environment,
+    ``manager_options`` go to the KernelManager (e.g. ``transport="ipc"``)."""
+    km = KernelManager(kernel_name=kernel_name, **manager_options)
     km.shutdown_wait_time = 5.0
-    km.start_kernel(env=kernel_env())
+    km.start_kernel(env={**kernel_env(), **(env or {})})
     kc = km.client()
     kc.start_channels()
     try:
