@@ -22,6 +22,7 @@ from IPython.utils.tokenutil import token_at_cursor
 
 from .. import wire
 from ..comm import CommManager
+from .interrupts import InterruptGate
 from .link import Link
 from .messages import Messenger
 from .streams import FdCapture, OutStream
@@ -45,8 +46,7 @@ class WorkerKernel:
         self.comm_manager = CommManager(kernel=self)
         self.last_error: dict[str, Any] | None = None
         self._parent_msg: dict[str, Any] = {}
-        #: True while user code of an execute_request runs (the soft memory limit's window)
-        self.running_cell = False
+        self.gate = InterruptGate()
         self._allow_stdin = False
         self.handlers: dict[str, Handler] = {
             "execute_request": self.execute_request,
@@ -91,10 +91,12 @@ class WorkerKernel:
         what preserved comms need (ipywidgets registers its targets on import)."""
         self.shell.execution_count = int(meta.get("execution_count", 1))
         logging.getLogger("relaykernel").setLevel(int(meta.get("log_level", logging.WARNING)))
-        if meta.get("memory_soft_limit"):
-            from .main import raise_memory_error_on_sigusr1
-
-            raise_memory_error_on_sigusr1(int(meta["memory_soft_limit"]), self)
+        limit = int(meta.get("memory_soft_limit") or 0)
+        if limit:
+            self.gate.memory_error = lambda: MemoryError(
+                f"relaykernel: the worker passed its soft memory limit of {limit / 1024**3:g} GiB, "
+                "so this cell was interrupted. Your variables are kept; free some memory "
+                "(del large objects) before going on.")
         for module in meta.get("imports", ()):
             try:
                 importlib.import_module(module)
@@ -160,11 +162,8 @@ class WorkerKernel:
             self.messenger.publish("execute_input", {"code": code, "execution_count": count},
                                    started=True)
         self.last_error = None
-        self.running_cell = True
-        try:
+        with self.gate.user_code():
             result = shell.run_cell(code, store_history=store_history, silent=silent)
-        finally:
-            self.running_cell = False
         self.flush_streams()
         # Like ipykernel: the number of the last stored cell (this one, if it was stored).
         reply: dict[str, Any] = {"execution_count": shell.execution_count - 1}
@@ -232,7 +231,8 @@ class WorkerKernel:
 
     def _comm_handler(self, method: Callable[[Any, Any, dict[str, Any]], None]) -> Handler:
         def handle(msg: dict[str, Any]) -> tuple[None, dict[str, Any]]:
-            method(None, None, msg)
+            with self.gate.user_code():  # comm callbacks are user code too
+                method(None, None, msg)
             return None, {"status": "ok"}
         return handle
 

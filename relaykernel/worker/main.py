@@ -30,10 +30,10 @@ log = logging.getLogger("relaykernel.worker")
 
 
 def serve(config: WorkerConfig) -> None:
-    os.setpgrp()
     # The supervisor spawned us with SIGINT ignored, so an interrupt aimed at its
-    # process group could not kill us half-started; from here on it is ours.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # process group could not kill us half-started; our own group keeps it so, and
+    # the kernel's InterruptGate takes SIGINT over once it exists.
+    os.setpgrp()
     _die_with_parent(config.supervisor_pid)
     os.environ[CONNECTION_FILE_ENV] = config.connection_file
     crash_log = open(config.crash_log, "w")  # noqa: SIM115 - lives as long as the process
@@ -59,6 +59,7 @@ def serve(config: WorkerConfig) -> None:
 
     install_streams(stdout, stderr)
     kernel = WorkerKernel(link, messenger, (stdout, stderr), capture)
+    kernel.gate.install()
     _install_comm_hooks(kernel)
     shell = RelayShell.instance(kernel=kernel)
     compat.install(RelayShell)
@@ -72,15 +73,10 @@ def serve(config: WorkerConfig) -> None:
 
 def _serve_forever(kernel: WorkerKernel, link: Link) -> None:  # noqa: F821
     while True:
-        try:
-            lm = link.requests.get()
-        except (KeyboardInterrupt, MemoryError):
-            continue  # an interrupt that arrived between cells
+        kernel.gate.idle()
+        lm = link.requests.get()
         if lm.kind == wire.REQUEST:
-            try:
-                kernel.handle(list(lm.payload))
-            except KeyboardInterrupt:
-                pass  # the reply was already sent by handle()'s finally
+            kernel.handle(list(lm.payload))
         elif lm.kind == wire.ACTIVATE:
             kernel.activate(lm.meta)
             link.send(wire.ACTIVATED)
@@ -112,23 +108,6 @@ def _log_to(fd: int, level: int) -> None:
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
-
-
-def raise_memory_error_on_sigusr1(limit: int, kernel: "WorkerKernel") -> None:  # noqa: F821
-    """The supervisor sends SIGUSR1 when the worker passes its soft memory limit.
-
-    Only a running cell is interrupted: between requests (or in the worker's
-    own bookkeeping) the signal is ignored, so it can never kill the worker.
-    """
-    def handler(signum: int, frame: object) -> None:
-        if not kernel.running_cell:
-            return
-        raise MemoryError(
-            f"relaykernel: the worker passed its soft memory limit of {limit / 1024**3:g} GiB, "
-            "so this cell was interrupted. Your variables are kept; free some memory "
-            "(del large objects) before going on.")
-
-    signal.signal(signal.SIGUSR1, handler)
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -330,3 +330,24 @@ def test_kernel_under_test_is_selected_one(kernel):
     cmdline = kernel.process().cmdline()
     module = "ipykernel_launcher" if IS_IPYKERNEL else "relaykernel"
     assert module in cmdline, (TEST_KERNEL, cmdline)
+
+
+@relaykernel_only
+def test_interrupts_racing_requests_never_lose_a_reply(kernel):
+    """SIGINTs landing anywhere (idle, parsing, replying, in the cell) cost at most the
+    cell they hit: every request still gets its one reply and the worker survives."""
+    kc = kernel.kc
+    pgid = os.getpgid(kernel.pid)
+    assert pgid != os.getpgid(0)
+    worker = kernel.worker_pid()
+    statuses = []
+    for i in range(40):
+        msg_id = kc.execute(f"{i} + 1")
+        if i % 2:
+            os.killpg(pgid, signal.SIGINT)
+        reply = get_reply(kc, msg_id, timeout=30)
+        statuses.append(reply["content"]["status"])
+        assert reply["content"]["status"] == "ok" or reply["content"]["ename"] == "KeyboardInterrupt"
+    assert kernel.worker_pid() == worker
+    assert evaluate(kc, "2 + 2") == "4"
+    assert statuses.count("ok") >= 20  # the even ones were never signalled

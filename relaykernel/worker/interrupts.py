@@ -1,0 +1,54 @@
+"""When a signal may interrupt the worker's main thread: only inside user code.
+
+SIGINT (an interrupt) and SIGUSR1 (the soft memory limit) raise in the cell
+that runs user code.  Anywhere else -- waiting for the next request, parsing
+it, sending its reply -- an exception would lose a reply or kill the worker,
+so the signal is only remembered: if it arrived while a request was being
+handled, the request's user code is interrupted as soon as it starts; if it
+arrived while the worker was idle, there is nothing to interrupt.
+
+Runs in the worker's main thread (Python runs signal handlers there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from typing import Callable, Iterator
+
+
+class InterruptGate:
+    def __init__(self, memory_error: Callable[[], BaseException] | None = None) -> None:
+        self._open = False
+        self._pending = False
+        self.memory_error = memory_error  # set when a soft memory limit is configured
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._on_sigint)
+        signal.signal(signal.SIGUSR1, self._on_sigusr1)
+
+    def idle(self) -> None:
+        """The worker waits for a request: forget an interrupt meant for the last one."""
+        self._pending = False
+
+    @contextlib.contextmanager
+    def user_code(self) -> Iterator[None]:
+        """Signals raise inside this block (and a pending interrupt fires at once)."""
+        self._open = True
+        try:
+            if self._pending:
+                self._pending = False
+                os.kill(os.getpid(), signal.SIGINT)  # raised at the next bytecode, in the cell
+            yield
+        finally:
+            self._open = False
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        if self._open:
+            raise KeyboardInterrupt
+        self._pending = True
+
+    def _on_sigusr1(self, signum: int, frame: object) -> None:
+        if self._open and self.memory_error is not None:
+            raise self.memory_error()
