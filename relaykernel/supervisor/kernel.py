@@ -39,6 +39,8 @@ MEMORY_CHECK_INTERVAL = 0.2
 RESTARTED = "the kernel was restarted"
 #: Buffers above this size (bytes) make the supervisor trim its heap afterwards.
 LARGE_BUFFER = 1 << 20
+#: Seconds without large buffers before the heap is trimmed.
+TRIM_QUIET = 3.0
 #: Consecutive workers that may die before READY before we slow down.
 MAX_START_FAILURES = 3
 
@@ -73,6 +75,7 @@ class SupervisorLoop:
         self.usage = Usage()
         self._soft_limit_hit: Incoming | None = None
         self._trim_scheduled = False
+        self._last_large = 0.0
         self.verifier = Verifier(session)
         self.signer = Signer(session)
         self.queue = ShellQueue()
@@ -135,10 +138,11 @@ class SupervisorLoop:
     def _poll_once(self) -> None:
         events = dict(self.poller.poll(self._next_timeout()))
         s = self.sockets
+        if events.pop(self._wake_r.fileno(), 0):
+            # before control: jupyter_client interrupts, then asks for a restart
+            self._handle_signals()
         if events.pop(s.control, 0):
             self._drain(s.control, "control")
-        if events.pop(self._wake_r.fileno(), 0):
-            self._handle_signals()
         for key in list(events):
             if isinstance(key, int) and key in self._by_sentinel:
                 self._on_worker_exit(self._by_sentinel[key])
@@ -314,14 +318,24 @@ class SupervisorLoop:
             self._stopping = True
 
     def _after_large(self, buffers: Any) -> None:
-        """Once large buffers have passed, trim the heap (at most once a second)."""
-        if not self._trim_scheduled and any(len(b) > LARGE_BUFFER for b in buffers):
-            self._trim_scheduled = True
+        """Trim the heap once large buffers stop passing for TRIM_QUIET seconds.
 
-            def trim() -> None:
-                self._trim_scheduled = False
-                release_freed_memory()
-            self._timers.append((time.monotonic() + 1.0, trim))
+        Not sooner: a burst of large transfers reuses the freed pages, and giving
+        them back in between would make every transfer fault them in again."""
+        if not any(len(b) > LARGE_BUFFER for b in buffers):
+            return
+        self._last_large = time.monotonic()
+        if not self._trim_scheduled:
+            self._trim_scheduled = True
+            self._timers.append((self._last_large + TRIM_QUIET, self._trim_when_quiet))
+
+    def _trim_when_quiet(self) -> None:
+        quiet_since = time.monotonic() - self._last_large
+        if quiet_since < TRIM_QUIET:
+            self._timers.append((time.monotonic() + TRIM_QUIET - quiet_since, self._trim_when_quiet))
+            return
+        self._trim_scheduled = False
+        release_freed_memory()
 
     def _usage(self, msg: Incoming) -> None:
         self._reply(msg, self.usage.reply(self.active.pid if self.active else None))

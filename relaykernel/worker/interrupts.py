@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 class InterruptGate:
     def __init__(self, memory_error: Callable[[], BaseException] | None = None) -> None:
         self._open = False
+        self._idle = True
         self._pending = False
         self.memory_error = memory_error  # set when a soft memory limit is configured
 
@@ -29,8 +30,13 @@ class InterruptGate:
         signal.signal(signal.SIGUSR1, self._on_sigusr1)
 
     def idle(self) -> None:
-        """The worker waits for a request: forget an interrupt meant for the last one."""
+        """The worker waits for a request: interrupts now have nothing to interrupt."""
+        self._idle = True
         self._pending = False
+
+    def busy(self) -> None:
+        """A request arrived: an interrupt from now on is meant for it."""
+        self._idle = False
 
     @contextlib.contextmanager
     def user_code(self) -> Iterator[None]:
@@ -47,7 +53,8 @@ class InterruptGate:
     def _on_sigint(self, signum: int, frame: object) -> None:
         if self._open:
             raise KeyboardInterrupt
-        self._pending = True
+        if not self._idle:
+            self._pending = True
 
     def _on_sigusr1(self, signum: int, frame: object) -> None:
         if self._open and self.memory_error is not None:

@@ -75,6 +75,7 @@ def _serve_forever(kernel: WorkerKernel, link: Link) -> None:  # noqa: F821
     while True:
         kernel.gate.idle()
         lm = link.requests.get()
+        kernel.gate.busy()
         if lm.kind == wire.REQUEST:
             kernel.handle(list(lm.payload))
         elif lm.kind == wire.ACTIVATE:
