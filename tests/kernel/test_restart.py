@@ -171,3 +171,18 @@ def test_restart_of_a_dead_supervisor_launches_a_new_one(relay, spec) -> None:
     assert of_type(iopub, "execute_result")[0]["content"]["data"]["text/plain"] == "2"
     assert comm_info(h.kc) == {}  # a new kernel: nothing was kept
     relay.track(h)
+
+
+def test_first_cell_after_restart_kernel_runs(relay, spec) -> None:
+    """jupyter_client interrupts the kernel before asking for the restart: that interrupt
+    must not land in the fresh worker's first cell (it once did, as a KeyboardInterrupt)."""
+    h = relay.start(spec)
+    kc = h.kc
+    sup = supervisor_pid(h)
+    for _ in range(3):
+        h.km.restart_kernel()
+        kc.wait_for_ready(timeout=30)
+        reply, _ = execute(kc, "1 + 1")
+        assert reply["content"]["status"] == "ok", reply["content"]
+    assert supervisor_pid(h) == sup
+    relay.track(h)
