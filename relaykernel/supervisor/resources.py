@@ -13,15 +13,18 @@ import ctypes
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 GIB = 1024**3
 
 
 def tree_rss(pid: int) -> int:
     """Resident memory of a process and its descendants, in bytes (0 if gone)."""
+    import psutil  # only when a limit or usage is asked for: keeps the idle supervisor small
+
     try:
         proc = psutil.Process(pid)
         total = proc.memory_info().rss
@@ -75,6 +78,8 @@ class Usage:
         self._procs: dict[int, psutil.Process] = {}
 
     def _sample(self, pid: int | None) -> dict[str, Any]:
+        import psutil
+
         if pid is None:
             return {"pid": None, "cpu": 0.0, "memory": 0}
         try:
@@ -85,6 +90,8 @@ class Usage:
             return {"pid": pid, "cpu": 0.0, "memory": 0}
 
     def reply(self, worker_pid: int | None) -> dict[str, Any]:
+        import psutil
+
         supervisor = self._sample(os.getpid())
         supervisor["memory"] = psutil.Process().memory_info().rss
         worker = self._sample(worker_pid)
