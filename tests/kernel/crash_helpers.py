@@ -38,8 +38,8 @@ from tests.kernel.helpers import (
     Deadline,
     KernelHandle,
     _descendants,
-    _get,
     _kernel_pid,
+    collect_iopub_until_idle,
     parent_id,
     start_kernel,
     stop_kernel,
@@ -144,19 +144,7 @@ class Recorder:
 def collect(kc: BlockingKernelClient, msg_id: str, timeout: float = DEFAULT_TIMEOUT,
             on_msg: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Iopub messages with parent ``msg_id`` up to its status idle; ``on_msg`` sees each."""
-    deadline = Deadline(timeout)
-    msgs: list[dict[str, Any]] = []
-    while not deadline.expired():
-        msg = _get(kc.get_iopub_msg, deadline)
-        if msg is None or parent_id(msg) != msg_id:
-            continue
-        msgs.append(msg)
-        if on_msg is not None:
-            on_msg(msg)
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            return msgs
-    raise AssertionError(f"no idle for {msg_id} within {timeout}s: "
-                         f"{[m['msg_type'] for m in msgs]}")
+    return collect_iopub_until_idle(kc, msg_id, timeout, on_msg)
 
 
 def stderr_text(iopub: list[dict[str, Any]]) -> str:

@@ -89,10 +89,12 @@ def get_reply(kc: BlockingKernelClient, msg_id: str, timeout: float = DEFAULT_TI
 
 
 def collect_iopub_until_idle(kc: BlockingKernelClient, msg_id: str,
-                             timeout: float = DEFAULT_TIMEOUT) -> list[dict[str, Any]]:
+                             timeout: float = DEFAULT_TIMEOUT,
+                             on_msg: Callable[[dict[str, Any]], None] | None = None,
+                             ) -> list[dict[str, Any]]:
     """All iopub messages whose parent is ``msg_id``, up to and including status idle.
 
-    Messages with other parents are dropped.
+    Messages with other parents are dropped; ``on_msg`` sees each kept one as it arrives.
     """
     deadline = Deadline(timeout)
     msgs: list[dict[str, Any]] = []
@@ -101,6 +103,8 @@ def collect_iopub_until_idle(kc: BlockingKernelClient, msg_id: str,
         if msg is None or parent_id(msg) != msg_id:
             continue
         msgs.append(msg)
+        if on_msg is not None:
+            on_msg(msg)
         if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             return msgs
     types = [m["msg_type"] for m in msgs]

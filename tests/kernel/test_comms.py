@@ -33,7 +33,6 @@ from tests.kernel.comm_helpers import (
     send_shell,
 )
 from tests.kernel.helpers import (
-    IS_IPYKERNEL,
     Deadline,
     _get,
     collect_iopub_until_idle,

@@ -15,7 +15,7 @@ from tests.kernel.comm_helpers import (
     new_comm_id,
     only,
 )
-from tests.kernel.helpers import IS_IPYKERNEL, evaluate, execute_ok, of_type, parent_id, stream_text
+from tests.kernel.helpers import evaluate, execute_ok, of_type, parent_id, stream_text
 
 pytest.importorskip("ipywidgets", minversion="8")
 
