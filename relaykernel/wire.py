@@ -60,13 +60,13 @@ TARGET: Final = b"target"
 # supervisor -> worker ------------------------------------------------------
 #: Become the active worker. meta: ActivateMeta.
 ACTIVATE: Final = b"activate"
-#: A verified shell request. meta: RequestMeta; payload: header, parent,
+#: A verified shell request. meta: empty; payload: header, parent,
 #: metadata, content, buffers...
 REQUEST: Final = b"request"
 #: A verified input_reply. payload: header, parent, metadata, content.
 INPUT_REPLY: Final = b"input_reply"
 #: Replay comm_opens for preserved comms of a target the worker just
-#: registered. meta: {"comms": [PreservedComm, ...]}
+#: registered. meta: {"comms": [AdoptedComm, ...]}; payload: their buffers.
 ADOPT: Final = b"adopt"
 #: Exit cleanly. meta: empty.
 SHUTDOWN: Final = b"shutdown"
@@ -129,11 +129,10 @@ class ReadyMeta(TypedDict):
 
 
 class ActivateMeta(TypedDict):
-    execution_count: int
-
-
-class RequestMeta(TypedDict, total=False):
-    channel: str  # "shell" or "control"
+    execution_count: int  # the next cell's number (continues across workers)
+    imports: list[str]  # modules to import so preserved comms find their targets
+    log_level: int
+    memory_soft_limit: int  # bytes; 0 = off (SIGUSR1 then interrupts the cell)
 
 
 class DoneMeta(TypedDict, total=False):
@@ -146,10 +145,9 @@ class TargetMeta(TypedDict):
     registered: bool
 
 
-class PreservedComm(TypedDict):
-    comm_id: str
-    target_name: str
-    target_module: str | None
-    data: dict[str, Any]
+class AdoptedComm(TypedDict):
+    """One entry of ADOPT's meta["comms"]; its buffers follow in the payload, in order."""
+
+    content: dict[str, Any]  # a comm_open content: comm_id, target_name, data (latest state)
     metadata: dict[str, Any]
-    buffers_count: int
+    buffers: int  # how many payload frames belong to this comm
