@@ -32,8 +32,6 @@ from .worker_process import WorkerProcess, WorkerState
 
 log = logging.getLogger("relaykernel.supervisor")
 
-#: Requests the supervisor answers itself, at once, even while a cell runs.
-IMMEDIATE = ("kernel_info_request", "comm_info_request")
 #: Seconds between two samples of the worker's memory (when a limit is set).
 MEMORY_CHECK_INTERVAL = 0.2
 RESTARTED = "the kernel was restarted"
@@ -183,7 +181,7 @@ class SupervisorLoop:
         elif msg.channel == "stdin":
             if msg.msg_type == "input_reply" and self.active is not None:
                 self.active.send(wire.encode(wire.INPUT_REPLY, None, msg.frames))
-        elif msg.msg_type in IMMEDIATE:
+        elif msg.msg_type in self.shell_handlers:  # answered here, at once, even mid-cell
             self._publish_status("busy", msg)
             self.shell_handlers[msg.msg_type](msg)
             self._publish_status("idle", msg)

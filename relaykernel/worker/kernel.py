@@ -125,7 +125,9 @@ class WorkerKernel:
         self.flush_streams()
 
     def handle(self, frames: list[Any]) -> None:
-        """Run one request and send its DONE, even if the handler raises or is interrupted."""
+        """Run one request and send its DONE, even if the handler raises or is interrupted.
+
+        Streams (and fd pipes) are flushed once, here, right before the DONE."""
         msg = _parse(frames)
         self._parent_msg = msg
         msg_type = msg["header"].get("msg_type", "")
@@ -139,7 +141,6 @@ class WorkerKernel:
             else:
                 reply, meta = handler(msg)
         except BaseException as e:  # a late KeyboardInterrupt must not lose the reply
-            self.flush_streams()
             error = {"status": "error", "ename": type(e).__name__, "evalue": str(e), "traceback": []}
             if msg_type == "execute_request":
                 error.update(execution_count=self.shell.execution_count - 1, user_expressions={})
@@ -164,7 +165,6 @@ class WorkerKernel:
         self.last_error = None
         with self.gate.user_code():
             result = shell.run_cell(code, store_history=store_history, silent=silent)
-        self.flush_streams()
         # Like ipykernel: the number of the last stored cell (this one, if it was stored).
         reply: dict[str, Any] = {"execution_count": shell.execution_count - 1}
         if result.success:
