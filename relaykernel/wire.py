@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .signing import DELIM  # the <IDS|MSG> delimiter; re-exported for the link code
+
 #: Bumped whenever a kind or meta field changes meaning.  The worker announces
 #: it in READY and the supervisor refuses a worker that speaks another version.
 PROTOCOL_VERSION: Final = 1
@@ -70,9 +72,6 @@ INPUT_REPLY: Final = b"input_reply"
 ADOPT: Final = b"adopt"
 #: Exit cleanly. meta: empty.
 SHUTDOWN: Final = b"shutdown"
-
-#: The ``<IDS|MSG>`` delimiter of the Jupyter wire protocol.
-DELIM: Final = b"<IDS|MSG>"
 
 
 class WireError(ValueError):

@@ -19,8 +19,6 @@ import uuid
 from typing import Any
 
 import zmq
-from jupyter_client.connect import write_connection_file
-from jupyter_client.session import Session
 from jupyter_core.paths import jupyter_config_path
 from traitlets import Any as AnyTrait
 from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode, default
@@ -31,7 +29,7 @@ from .early import EarlyStart, begin
 from .heartbeat import Heartbeat
 from .kernel import SupervisorLoop
 from .resources import GIB, MemoryGuard
-from .sockets import KernelSockets
+from .sockets import KernelSockets, Verifier
 
 
 class Supervisor(Application):
@@ -124,26 +122,28 @@ class Supervisor(Application):
         early = self._early()
         info = self._read_connection()
         info["key"], info["signature_scheme"] = early.key, early.signature_scheme
-        key = early.key
         transport, ip = info.get("transport", "tcp"), info.get("ip", "127.0.0.1")
         ctx = zmq.Context.instance()
-        session = Session(key=key, signature_scheme=early.signature_scheme, session=early.session_id,
-                          username="kernel")
-        sockets = KernelSockets.bind_all(ctx, transport, ip, info)
-        heartbeat = Heartbeat(ctx, transport, ip, int(info.get("hb_port", 0)))
+        sockets, heartbeat = early.sockets, early.heartbeat
+        if sockets is None or heartbeat is None:  # no connection file yet: bind, then write it
+            sockets = KernelSockets.bind_all(ctx, transport, ip, info)
+            heartbeat = Heartbeat(ctx, transport, ip, int(info.get("hb_port", 0)))
+            heartbeat.start()
         wrote_connection_file = not os.path.exists(self.connection_file)
         if wrote_connection_file:
-            self._write_connection_file(info, sockets.ports, heartbeat.port, key)
+            self._write_connection_file(info, sockets.ports, heartbeat.port, early.key)
         os.environ[CONNECTION_FILE_ENV] = os.path.abspath(self.connection_file)
-        heartbeat.start()
         private_dir = early.private_dir
+        held = early.responder.handover() if early.responder else None  # the sockets are ours now
         try:
             loop = SupervisorLoop(
-                ctx=ctx, session=session, sockets=sockets, private_dir=private_dir,
+                ctx=ctx, signer=early.signer, verifier=early.verifier or Verifier(early.signer),
+                sockets=sockets, private_dir=private_dir,
                 worker_config=early.worker.config, first_worker=early.worker,
                 standby_workers=self.standby_workers, interrupt_grace=self.interrupt_grace,
                 inplace_restart=self.inplace_restart, log_level=self.log_level,
-                memory_guard=MemoryGuard(int(self.memory_soft_limit * GIB), int(self.memory_limit * GIB)))
+                memory_guard=MemoryGuard(int(self.memory_soft_limit * GIB), int(self.memory_limit * GIB)),
+                held=held)
             loop.run()
         finally:
             heartbeat.stop()
@@ -156,6 +156,8 @@ class Supervisor(Application):
                     pass
 
     def _write_connection_file(self, info: dict[str, Any], ports: dict[str, int], hb_port: int, key: bytes) -> None:
+        from jupyter_client.connect import write_connection_file
+
         os.makedirs(os.path.dirname(self.connection_file), exist_ok=True)
         write_connection_file(
             self.connection_file, ip=info["ip"], key=key, transport=info["transport"],

@@ -1,14 +1,20 @@
-"""Start the first worker before the supervisor's heavier imports.
+"""The first ~50 ms of the supervisor: bind, answer kernel_info, start the worker.
 
-A frontend waits for the kernel's first result, and most of that wait is the
-worker importing IPython.  Launching the worker first thing (zmq and
-multiprocess are all it needs) lets that import run while the supervisor
-imports jupyter_client and traitlets and binds its sockets, on another core.
+A frontend that launches a kernel polls it with kernel_info_request until it
+answers, then waits for its first result.  So before anything heavy is
+imported (traitlets, multiprocess), this step, on zmq and the standard library
+alone:
 
-Reads only what the worker needs from the command line (the connection file,
-for its key) and decides what the supervisor will use too: the session id,
-the private link directory, the connection file's path.  Runs in the
-supervisor's main thread, before the Application exists.
+1. reads the connection file and binds the kernel's sockets and heartbeat;
+2. starts :class:`EarlyResponder`, a thread that answers kernel_info (which
+   needs no worker) and holds every other request, in order, for the loop;
+3. launches the first worker, so IPython imports on another core while the
+   supervisor loads the rest and builds its Application.
+
+The loop takes the sockets and the held requests over with
+:meth:`EarlyResponder.handover`; from then on the main thread owns them.
+When no connection file exists yet nobody is waiting on the ports: only step
+3 happens here, and the Application binds and writes the file.
 """
 
 from __future__ import annotations
@@ -16,28 +22,105 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
+import signal
+import socket
+import sys
+import threading
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
 
-from ..worker.entry import WorkerConfig
-from .worker_process import WorkerProcess
+from ..signing import Signer
+from .heartbeat import Heartbeat
+from .kernel_info import kernel_info_content
+from .outbox import Outbox
+from .sockets import BadMessage, Incoming, KernelSockets, Verifier
+
+log = logging.getLogger("relaykernel.supervisor")
 
 _CONNECTION_FILE_FLAGS = ("-f", "--f", "--Supervisor.connection_file")
+#: GIL switch interval while the responder shares the process with imports:
+#: it gets the GIL within 1 ms of a request instead of 5.
+_EARLY_SWITCH_INTERVAL = 0.001
+
+
+class EarlyResponder(threading.Thread):
+    """Owns shell and control until the loop runs: answers kernel_info, holds the rest."""
+
+    def __init__(self, sockets: KernelSockets, verifier: Verifier, out: Outbox) -> None:
+        super().__init__(name="relaykernel-early", daemon=True)
+        self._sockets = sockets
+        self._verifier = verifier
+        self._out = out
+        self._held: list[Incoming] = []
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        channels = {self._sockets.control: "control", self._sockets.shell: "shell"}
+        for sock in channels:
+            poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        while True:
+            events = dict(poller.poll())
+            if self._wake_r.fileno() in events:
+                return
+            for sock, channel in channels.items():  # control first, as in the loop
+                if events.get(sock):
+                    self._drain(sock, channel)
+
+    def _drain(self, sock: zmq.Socket, channel: str) -> None:
+        while True:
+            try:
+                raw = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                msg = self._verifier.verify(channel, raw)
+            except BadMessage as e:
+                log.warning("dropped a message on %s: %s", channel, e)
+                continue
+            if msg.msg_type == "kernel_info_request":  # the loop, too, answers it at once
+                self._out.status("busy", msg)
+                self._out.reply(msg, kernel_info_content())
+                self._out.status("idle", msg)
+            else:
+                self._held.append(msg)  # the loop routes them first, in arrival order
+
+    def start(self) -> None:
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(_EARLY_SWITCH_INTERVAL)
+        super().start()
+
+    def handover(self) -> list[Incoming]:
+        """Stop; the caller's thread owns the sockets now. Returns the held requests."""
+        self._wake_w.send(b"x")
+        self.join()
+        sys.setswitchinterval(self._switch_interval)
+        self._wake_r.close()
+        self._wake_w.close()
+        held, self._held = self._held, []
+        return held
 
 
 @dataclass
 class EarlyStart:
-    """What the early step decided, handed to the Application."""
+    """What the early step decided and started, handed to the Application."""
 
     key: bytes
     signature_scheme: str
     session_id: str
-    private_dir: str
     connection_file: str  # absolute; may not exist yet (the app then writes it)
-    worker: WorkerProcess
+    signer: Signer
+    private_dir: str = ""
+    worker: Any = None  # WorkerProcess (imported after the responder is up)
+    #: bound from an existing connection file, else None (the app binds)
+    sockets: KernelSockets | None = None
+    heartbeat: Heartbeat | None = None
+    verifier: Verifier | None = None
+    responder: EarlyResponder | None = None
 
 
 def connection_file_arg(args: list[str]) -> str:
@@ -52,6 +135,10 @@ def connection_file_arg(args: list[str]) -> str:
 
 
 def begin(args: list[str]) -> EarlyStart:
+    # Frontends may interrupt as soon as kernel_info is answered, which is now
+    # before the loop installs its handlers; no cell runs yet, so there is
+    # nothing to interrupt, but the default handler would kill the supervisor.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     path = connection_file_arg(args)
     info = {}
     if path and os.path.exists(path):
@@ -62,17 +149,33 @@ def begin(args: list[str]) -> EarlyStart:
 
         path = os.path.join(jupyter_runtime_dir(), f"kernel-{uuid.uuid4()}.json")
     key = info.get("key") or str(uuid.uuid4())
-    early = EarlyStart(
-        key=key.encode() if isinstance(key, str) else key,
-        signature_scheme=info.get("signature_scheme", "hmac-sha256"),
-        session_id=str(uuid.uuid4()),
-        private_dir=tempfile.mkdtemp(prefix="relaykernel-"),  # 0700: the link stays ours
-        connection_file=os.path.abspath(path),
-        worker=None,  # type: ignore[arg-type]
-    )
+    key = key.encode() if isinstance(key, str) else key
+    scheme = info.get("signature_scheme", "hmac-sha256")
+    session_id = str(uuid.uuid4())
+    signer = Signer(key, scheme, session_id)
+    early = EarlyStart(key=key, signature_scheme=scheme, session_id=session_id,
+                       connection_file=os.path.abspath(path), signer=signer)
+    ctx = zmq.Context.instance()
+    if info:
+        transport, ip = info.get("transport", "tcp"), info.get("ip", "127.0.0.1")
+        early.sockets = KernelSockets.bind_all(ctx, transport, ip, info)
+        early.heartbeat = Heartbeat(ctx, transport, ip, int(info.get("hb_port", 0)))
+        early.heartbeat.start()
+        early.verifier = Verifier(signer)
+        early.responder = EarlyResponder(early.sockets, early.verifier, Outbox(early.sockets, signer))
+        early.responder.start()
+
+    # the rest waits until kernel_info can be answered
+    import tempfile
+
+    from ..worker.entry import WorkerConfig
+    from .worker_process import WorkerProcess  # multiprocess: ~70 ms
+
+    early.private_dir = tempfile.mkdtemp(prefix="relaykernel-")  # 0700: the link stays ours
+
     config = WorkerConfig(
-        key=early.key, signature_scheme=early.signature_scheme, session_id=early.session_id,
+        key=key, signature_scheme=scheme, session_id=session_id,
         connection_file=early.connection_file, crash_log=os.path.join(early.private_dir, "crash"),
         log_level=logging.DEBUG if "--debug" in args else logging.WARNING, supervisor_pid=os.getpid())
-    early.worker = WorkerProcess(zmq.Context.instance(), 1, early.private_dir, config)
+    early.worker = WorkerProcess(ctx, 1, early.private_dir, config)
     return early

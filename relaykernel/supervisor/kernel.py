@@ -18,16 +18,17 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
-from jupyter_client.session import Session
 
 from .. import wire
+from ..signing import Signer
 from ..worker.entry import WorkerConfig
 from .comm_relay import CommRelay
 from .kernel_info import kernel_info_content
 from .recovery import WORKER_DIED, Death, read_crash_log
 from .resources import GIB, MemoryGuard, Usage, release_freed_memory
 from .shell_queue import ShellQueue, stops_on_error
-from .sockets import BadMessage, Incoming, KernelSockets, Signer, Verifier
+from .outbox import Outbox
+from .sockets import BadMessage, Incoming, KernelSockets, Verifier
 from .worker_process import WorkerProcess, WorkerState
 
 log = logging.getLogger("relaykernel.supervisor")
@@ -50,7 +51,8 @@ class SupervisorLoop:
         self,
         *,
         ctx: zmq.Context,
-        session: Session,
+        signer: Signer,
+        verifier: Verifier,
         sockets: KernelSockets,
         private_dir: str,
         worker_config: WorkerConfig,
@@ -60,9 +62,9 @@ class SupervisorLoop:
         inplace_restart: bool = True,
         first_worker: WorkerProcess | None = None,
         log_level: int = logging.WARNING,
+        held: list[Incoming] | None = None,
     ) -> None:
         self.ctx = ctx
-        self.session = session
         self.sockets = sockets
         self.private_dir = private_dir
         self.worker_config = worker_config
@@ -74,8 +76,10 @@ class SupervisorLoop:
         self._soft_limit_hit: Incoming | None = None
         self._trim_scheduled = False
         self._last_large = 0.0
-        self.verifier = Verifier(session)
-        self.signer = Signer(session)
+        self.verifier = verifier
+        self.out = Outbox(sockets, signer)
+        #: requests that arrived before the loop ran (the early responder kept them)
+        self._held = list(held or ())
         self.queue = ShellQueue()
         self.comms = CommRelay()
         self.execution_count = 1  # the next cell's number; survives worker replacement
@@ -125,6 +129,9 @@ class SupervisorLoop:
             signal.signal(signum, self._record_signal)
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         self._ensure_workers()
+        for msg in self._held:
+            self._route(msg)
+        self._held.clear()
         if self.memory_guard.enabled:
             self._timers.append((time.monotonic(), self._check_memory))
         try:
@@ -172,25 +179,25 @@ class SupervisorLoop:
     def _route(self, msg: Incoming) -> None:
         if msg.channel == "control":
             handler = self.control_handlers.get(msg.msg_type)
-            self._publish_status("busy", msg)
+            self.out.status("busy", msg)
             if handler is None:
                 log.warning("unknown control message type %r", msg.msg_type)
             else:
                 handler(msg)
-            self._publish_status("idle", msg)
+            self.out.status("idle", msg)
         elif msg.channel == "stdin":
             if msg.msg_type == "input_reply" and self.active is not None:
                 self.active.send(wire.encode(wire.INPUT_REPLY, None, msg.frames))
         elif msg.msg_type in self.shell_handlers:  # answered here, at once, even mid-cell
-            self._publish_status("busy", msg)
+            self.out.status("busy", msg)
             self.shell_handlers[msg.msg_type](msg)
-            self._publish_status("idle", msg)
+            self.out.status("idle", msg)
         elif self.comms.is_control(msg):
-            self._publish_status("busy", msg)
+            self.out.status("busy", msg)
             answer = self.comms.control(msg)
             if answer is not None:
-                self._publish(msg, "comm_msg", *answer)
-            self._publish_status("idle", msg)
+                self.out.publish(msg, "comm_msg", *answer)
+            self.out.status("idle", msg)
         else:
             self.comms.from_frontend(msg)
             self._after_large(msg.buffers)
@@ -228,9 +235,12 @@ class SupervisorLoop:
 
     def _started(self, request: Incoming) -> None:
         """The worker begins this request: busy goes out before any of its outputs."""
-        self._publish_status("busy", request)
+        self.out.status("busy", request)
         if request.msg_type == "comm_msg" and request.content.get("comm_id") not in self.comms:
             log.warning("comm_msg for unknown comm_id %r", request.content.get("comm_id"))
+
+    def _reply_socket(self, msg: Incoming) -> zmq.Socket:
+        return self.sockets.control if msg.channel == "control" else self.sockets.shell
 
     def _on_done(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
         if worker is not self.active:
@@ -240,12 +250,12 @@ class SupervisorLoop:
             log.warning("worker finished a request the supervisor did not send")
             return
         if lm.payload:
-            self._channel_socket(request).send_multipart(request.idents + list(lm.payload), copy=False)
+            self._reply_socket(request).send_multipart(request.idents + list(lm.payload), copy=False)
         if "execution_count" in lm.meta:
             self.execution_count = int(lm.meta["execution_count"])
         if request.msg_type == "comm_close":
             self.comms.frontend_closed(request.content.get("comm_id", ""))
-        self._publish_status("idle", request)
+        self.out.status("idle", request)
         if lm.meta.get("status") == "error" and request.msg_type == "execute_request":
             if stops_on_error(request):
                 self._abort(self.queue.take_executes())
@@ -255,9 +265,9 @@ class SupervisorLoop:
 
     def _abort(self, requests: list[Incoming]) -> None:
         for request in requests:
-            self._publish_status("busy", request)
-            self._reply(request, {"status": "aborted"})
-            self._publish_status("idle", request)
+            self.out.status("busy", request)
+            self.out.reply(request, {"status": "aborted"})
+            self.out.status("idle", request)
 
     # ------------------------------------------------------- worker messages
     def _on_ready(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
@@ -299,17 +309,17 @@ class SupervisorLoop:
 
     # ---------------------------------------------------- immediate handlers
     def _kernel_info(self, msg: Incoming) -> None:
-        self._reply(msg, kernel_info_content())
+        self.out.reply(msg, kernel_info_content())
 
     def _comm_info(self, msg: Incoming) -> None:
         target = msg.content.get("target_name")
-        self._reply(msg, {"status": "ok", "comms": self.comms.info(target or None)})
+        self.out.reply(msg, {"status": "ok", "comms": self.comms.info(target or None)})
 
     def _shutdown(self, msg: Incoming) -> None:
         restart = bool(msg.content.get("restart", False))
         content = {"status": "ok", "restart": restart}
-        self._reply(msg, content)
-        self.session.send(self.sockets.iopub, "shutdown_reply", content, parent=msg.header)
+        self.out.reply(msg, content)
+        self.out.publish(msg, "shutdown_reply", content)  # for every frontend, as the spec asks
         if restart and self.inplace_restart:
             self._restart()
         else:
@@ -336,7 +346,7 @@ class SupervisorLoop:
         release_freed_memory()
 
     def _usage(self, msg: Incoming) -> None:
-        self._reply(msg, self.usage.reply(self.active.pid if self.active else None))
+        self.out.reply(msg, self.usage.reply(self.active.pid if self.active else None))
 
     def _check_memory(self) -> None:
         """Every MEMORY_CHECK_INTERVAL: interrupt at the soft limit, replace at the hard one."""
@@ -360,7 +370,7 @@ class SupervisorLoop:
 
     def _interrupt_request(self, msg: Incoming) -> None:
         self.interrupt()
-        self._reply(msg, {"status": "ok"})
+        self.out.reply(msg, {"status": "ok"})
 
     def interrupt(self) -> None:
         """SIGINT the running cell; replace the worker if it has not stopped after the grace period."""
@@ -475,13 +485,13 @@ class SupervisorLoop:
         self.queue.requeue_sent()  # pipelined behind it, never started: run on the next worker
         if request is None:
             if not death.restart:  # a restart of an idle kernel needs no words
-                self._stream_to_all("stderr", death.report(len(self.comms)))
+                self.out.stream(None, "stderr", death.report(len(self.comms)))
             return
         if request.msg_type == "execute_request" and not request.started and not request.content.get("silent"):
             # the worker died before its execute_input left: the cell must still show up
-            self._publish(request, "execute_input", {"code": request.content.get("code", ""),
+            self.out.publish(request, "execute_input", {"code": request.content.get("code", ""),
                                                      "execution_count": self.execution_count})
-        self._publish_stream(request, "stderr", death.report(len(self.comms)))
+        self.out.stream(request, "stderr", death.report(len(self.comms)))
         error = {"status": "error", "ename": WORKER_DIED, "evalue": death.evalue,
                  "traceback": death.traceback()}
         if request.msg_type == "execute_request":
@@ -491,46 +501,20 @@ class SupervisorLoop:
                 self.execution_count += 1
             else:
                 error["execution_count"] = self.execution_count
-            self._publish(request, "error", {k: error[k] for k in ("ename", "evalue", "traceback")})
-        self._reply(request, error if request.msg_type.endswith("_request") else None)
-        self._publish_status("idle", request)
+            self.out.publish(request, "error", {k: error[k] for k in ("ename", "evalue", "traceback")})
+        self.out.reply(request, error if request.msg_type.endswith("_request") else None)
+        self.out.status("idle", request)
         if request.msg_type == "execute_request" and stops_on_error(request):
             self._abort(self.queue.take_executes())
 
     def _fail_queued(self, death: Death) -> None:
         for request in self.queue.take_all():
-            self._publish_status("busy", request)
-            self._publish_stream(request, "stderr", "relaykernel: no worker could start: "
+            self.out.status("busy", request)
+            self.out.stream(request, "stderr", "relaykernel: no worker could start: "
                                  f"{death.exit.describe()}\n{death.crash_log}")
-            self._reply(request, {"status": "error", "ename": "WorkerStartFailed",
+            self.out.reply(request, {"status": "error", "ename": "WorkerStartFailed",
                                   "evalue": death.exit.describe(), "traceback": []})
-            self._publish_status("idle", request)
-
-    # --------------------------------------------------------------- sending
-    def _channel_socket(self, msg: Incoming) -> zmq.Socket:
-        return self.sockets.control if msg.channel == "control" else self.sockets.shell
-
-    def _reply(self, request: Incoming, content: dict[str, Any] | None) -> None:
-        if content is None or not request.msg_type.endswith("_request"):
-            return
-        reply_type = request.msg_type[: -len("request")] + "reply"
-        frames = self.signer.frames(reply_type, content, request.header_bytes)
-        self._channel_socket(request).send_multipart(request.idents + frames)
-
-    def _publish(self, parent: Incoming | None, msg_type: str, content: dict[str, Any] | bytes,
-                 buffers: list[Any] | None = None) -> None:
-        frames = self.signer.frames(msg_type, content, parent.header_bytes if parent else None)
-        self.sockets.iopub.send_multipart([b"kernel." + msg_type.encode(), *frames, *(buffers or ())],
-                                          copy=not buffers)
-
-    def _publish_status(self, state: str, parent: Incoming) -> None:
-        self._publish(parent, "status", _STATUS[state])
-
-    def _publish_stream(self, parent: Incoming | None, name: str, text: str) -> None:
-        self._publish(parent, "stream", {"name": name, "text": text})
-
-    def _stream_to_all(self, name: str, text: str) -> None:
-        self._publish_stream(None, name, text)
+            self.out.status("idle", request)
 
     # ------------------------------------------------------ timers, signals
     def _next_timeout(self) -> int | None:
@@ -582,10 +566,6 @@ class SupervisorLoop:
         signal.set_wakeup_fd(-1)
         self._wake_r.close()
         self._wake_w.close()
-
-
-#: status contents, packed once: they go out twice per request.
-_STATUS = {state: f'{{"execution_state": "{state}"}}'.encode() for state in ("busy", "idle")}
 
 
 def _stop_resource_tracker() -> None:

@@ -9,7 +9,6 @@ verification happen here and nowhere else in the supervisor: everything past
 from __future__ import annotations
 
 import collections
-import hmac
 import json
 import logging
 import os
@@ -17,9 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
-from jupyter_client.session import Session
 
-from ..wire import DELIM
+from ..signing import DELIM, Signer
 
 log = logging.getLogger("relaykernel.supervisor")
 
@@ -69,32 +67,15 @@ class Incoming:
         return self.frames[4:]
 
 
-class Signer:
-    """Builds signed wire frames (from the delimiter on) for the supervisor's own messages.
-
-    Takes the parent header as the raw bytes it arrived as, and content either
-    as a dict or already packed, so nothing is packed twice.
-    """
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-
-    def frames(self, msg_type: str, content: dict[str, Any] | bytes, parent: bytes | None) -> list[bytes]:
-        pack = self._session.pack
-        parts = [pack(self._session.msg_header(msg_type)), parent or b"{}", b"{}",
-                 content if isinstance(content, bytes) else pack(content)]
-        return [DELIM, self._session.sign(parts), *parts]
-
-
 class Verifier:
     """Checks HMAC signatures and refuses replays, like jupyter_client's Session.
 
-    Kept apart from Session.deserialize so the supervisor parses only the
-    header of a message it merely relays.
+    Parses only the header: the supervisor merely relays most messages, and
+    their content and buffers stay the zmq frames they arrived as.
     """
 
-    def __init__(self, session: Session, history_size: int = 2**16) -> None:
-        self._session = session
+    def __init__(self, signer: Signer, history_size: int = 2**16) -> None:
+        self._signer = signer
         self._seen: set[bytes] = set()
         self._order: collections.deque[bytes] = collections.deque()
         self._history_size = history_size
@@ -109,11 +90,10 @@ class Verifier:
         if len(body) < 5:
             raise BadMessage(f"{len(body)} frames after the delimiter, expected at least 5")
         signature = body[0].bytes
-        if self._session.auth is not None:
+        if self._signer.signs:
             if not signature:
                 raise BadMessage("unsigned message")
-            expected = self._session.sign([f.bytes for f in body[1:5]])
-            if not hmac.compare_digest(signature, expected):
+            if not self._signer.verify(signature, [f.bytes for f in body[1:5]]):
                 raise BadMessage("invalid signature")
             if signature in self._seen:
                 raise BadMessage("replayed signature")

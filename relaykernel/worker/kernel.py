@@ -39,7 +39,6 @@ class WorkerKernel:
                  fd_capture: FdCapture | None) -> None:
         self.link = link
         self.messenger = messenger
-        self.session = messenger.session
         self.stdout, self.stderr = streams
         self.fd_capture = fd_capture
         self.shell: Any = None

@@ -18,9 +18,8 @@ import threading
 import time
 
 import zmq
-from jupyter_client.session import Session
-
 from .. import CONNECTION_FILE_ENV, wire
+from ..signing import Signer
 from .entry import WorkerConfig
 from .link import Link
 from .messages import Messenger
@@ -42,9 +41,7 @@ def serve(config: WorkerConfig) -> None:
 
     ctx = zmq.Context()
     link = Link(ctx, config.endpoint)
-    session = Session(key=config.key, signature_scheme=config.signature_scheme,
-                      session=config.session_id, username="kernel")
-    messenger = Messenger(session, link)
+    messenger = Messenger(Signer(config.key, config.signature_scheme, config.session_id), link)
     stdout = OutStream("stdout", messenger.publish, fileno=1)
     stderr = OutStream("stderr", messenger.publish, fileno=2)
     capture = FdCapture({1: stdout, 2: stderr})

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from jupyter_client.session import Session
-
 from .. import wire
+from ..signing import Signer, pack
 from .link import Link
 
 
 class Messenger:
     """Signs messages for the current request and sends them over the link."""
 
-    def __init__(self, session: Session, link: Link) -> None:
-        self.session = session
+    def __init__(self, signer: Signer, link: Link) -> None:
+        self.signer = signer
         self.link = link
         self.parent: dict[str, Any] = {}  # header of the request being handled
         self._parent_bytes = b"{}"
@@ -29,14 +28,11 @@ class Messenger:
         """Outputs from now on answer this request; ``raw`` is its header as received,
         reused verbatim so it is not packed again for every output."""
         self.parent = header
-        self._parent_bytes = raw if raw is not None else self.session.pack(header)
+        self._parent_bytes = raw if raw is not None else pack(header)
 
     def frames(self, msg_type: str, content: dict[str, Any], metadata: dict[str, Any] | None = None) -> list[bytes]:
         """Signed wire frames, from the delimiter on."""
-        pack = self.session.pack
-        parts = [pack(self.session.msg_header(msg_type)), self._parent_bytes,
-                 pack(metadata) if metadata else b"{}", pack(content)]
-        return [wire.DELIM, self.session.sign(parts), *parts]
+        return self.signer.frames(msg_type, content, self._parent_bytes, metadata)
 
     def publish(self, msg_type: str, content: dict[str, Any], metadata: dict[str, Any] | None = None,
                 buffers: list[Any] | None = None, kind: bytes = wire.IOPUB, started: bool = False) -> None:

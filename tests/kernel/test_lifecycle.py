@@ -160,6 +160,25 @@ def test_interrupt_via_sigint_to_process_group(kernel):
     assert pid_exists(kernel.pid)
 
 
+def test_interrupt_right_after_kernel_info_does_no_harm():
+    """kernel_info is answered while the supervisor is still starting; an
+    interrupt sent then (a frontend's Interrupt button, SIGINT to the group)
+    must not kill it, and requests sent meanwhile are all answered."""
+    handle = start_kernel()
+    try:
+        kc = handle.kc
+        pgid = os.getpgid(handle.pid)
+        assert pgid != os.getpgid(0), "kernel shares the test runner's process group"
+        handle.km.interrupt_kernel()  # SIGINT, at once after the first kernel_info_reply
+        for _ in range(60):  # and through the rest of the start (~0.3 s on 2 cores)
+            os.killpg(pgid, signal.SIGINT)
+            time.sleep(0.01)
+        assert evaluate(kc, "21 * 2") == "42"
+        assert pid_exists(handle.pid)
+    finally:
+        stop_kernel(handle)
+
+
 def test_interrupt_request_message_mode():
     handle = start_kernel(KERNEL_NAME_MSG_INTERRUPT)
     try:

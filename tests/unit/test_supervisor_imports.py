@@ -15,3 +15,18 @@ def test_supervisor_modules_do_not_import_ipython():
             + "assert not bad, bad\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_early_step_needs_only_zmq_and_the_standard_library():
+    """What runs before kernel_info can be answered must stay light: no
+    jupyter_client (its package import loads asyncio and tornado), no traitlets,
+    no multiprocess.  The running supervisor does not need jupyter_client at all."""
+    code = ("import sys\n"
+            "import relaykernel.supervisor.early, relaykernel.signing\n"
+            "bad = sorted({m.split('.')[0] for m in sys.modules}\n"
+            "             & {'jupyter_client', 'traitlets', 'multiprocess', 'tornado', 'asyncio', 'IPython'})\n"
+            "assert not bad, bad\n"
+            "import relaykernel.supervisor.app, relaykernel.supervisor.kernel\n"
+            "assert 'jupyter_client' not in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

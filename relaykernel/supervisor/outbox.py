@@ -1,0 +1,47 @@
+"""The supervisor's own messages to frontends: replies, status and streams.
+
+Most of what frontends receive was signed by the worker and is forwarded as
+it is; this is the rest (kernel_info, busy/idle, crash reports, aborts).
+Used by whichever thread owns the sockets: the early responder first, then
+the supervisor loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..signing import Signer
+from .sockets import Incoming, KernelSockets
+
+#: status contents, packed once: they go out twice per request.
+_STATUS = {state: f'{{"execution_state": "{state}"}}'.encode() for state in ("busy", "idle", "starting")}
+
+
+class Outbox:
+    """Signs and sends on the kernel's sockets."""
+
+    def __init__(self, sockets: KernelSockets, signer: Signer) -> None:
+        self.sockets = sockets
+        self.signer = signer
+
+    def reply(self, request: Incoming, content: dict[str, Any] | None) -> None:
+        """The ``*_reply`` to a ``*_request``, on the socket it came from."""
+        if content is None or not request.msg_type.endswith("_request"):
+            return
+        reply_type = request.msg_type[: -len("request")] + "reply"
+        frames = self.signer.frames(reply_type, content, request.header_bytes)
+        sock = self.sockets.control if request.channel == "control" else self.sockets.shell
+        sock.send_multipart(request.idents + frames)
+
+    def publish(self, parent: Incoming | None, msg_type: str, content: dict[str, Any] | bytes,
+                buffers: list[Any] | None = None) -> None:
+        frames = self.signer.frames(msg_type, content, parent.header_bytes if parent else None)
+        self.sockets.iopub.send_multipart([b"kernel." + msg_type.encode(), *frames, *(buffers or ())],
+                                          copy=not buffers)
+
+    def status(self, state: str, parent: Incoming | None) -> None:
+        self.publish(parent, "status", _STATUS[state])
+
+    def stream(self, parent: Incoming | None, name: str, text: str) -> None:
+        """A stream message; without a parent it reaches every frontend's output area."""
+        self.publish(parent, "stream", {"name": name, "text": text})
