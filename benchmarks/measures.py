@@ -133,9 +133,31 @@ def execute_rt(b: Bench) -> list[Row]:
 
         for lb in b.labels:  # warm-up, untimed
             b.kernels[lb].waiter.execute(code, b.cfg.timeout, alive=b.kernels[lb].alive)
+        cpu_before = {lb: cpu_seconds(k) for lb, k in b.kernels.items()}
         cells = interleave(b.labels, b.cfg.exec_n, one)
         rows.append(Row(f"execute rt `{code}` (n={b.cfg.exec_n})", "ms", cells, target, 1e3))
+        if code == "pass":
+            cpu = {}
+            for lb, k in b.kernels.items():
+                try:
+                    spent = cpu_seconds(k) - cpu_before[lb]
+                    cpu[lb] = Cell([spent / b.cfg.exec_n], single=True) if cells[lb].ok else Cell(note="n/a")
+                except BenchError as e:
+                    cpu[lb] = Cell(note=str(e))
+            rows.append(Row(f"CPU of the launched process (supervisor) per `pass` execute", "ms", cpu,
+                            "relay ≤ 3x floor", 1e3))
     return rows
+
+
+def cpu_seconds(k: Kernel) -> float:
+    """User + system CPU time of the launched process (not its children)."""
+    if k.pid is None:
+        raise BenchError("no kernel pid")
+    try:
+        t = psutil.Process(k.pid).cpu_times()
+    except psutil.NoSuchProcess as e:
+        raise BenchError(str(e)) from None
+    return t.user + t.system
 
 
 # ------------------------------------------------------------ 3 output flood

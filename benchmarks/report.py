@@ -122,6 +122,14 @@ def floor_notes(rows: list[Row], floor: Cell | None, subject: str) -> list[str]:
         return []
     notes = []
     for r in rows:
+        if r.name.startswith("CPU of the launched process"):
+            c = r.cells.get(subject)
+            if c is not None and c.ok:
+                notes.append(
+                    f"- {subject} supervisor CPU per relayed `pass` execute (request, busy, "
+                    f"execute_input, reply, idle) / bare pyzmq hop median = "
+                    f"{c.median / floor.median:.1f}x (target ≤ 3x: the relay's own cost)"
+                )
         if r.name.startswith(("execute rt `pass`", "comm echo rt")):
             c = r.cells.get(subject)
             if c is not None and c.ok:

@@ -250,7 +250,7 @@ class SupervisorLoop:
             log.warning("worker finished a request the supervisor did not send")
             return
         if lm.payload:
-            self._reply_socket(request).send_multipart(request.idents + list(lm.payload), copy=False)
+            wire.send_frames(self._reply_socket(request), request.idents + list(lm.payload))
         if "execution_count" in lm.meta:
             self.execution_count = int(lm.meta["execution_count"])
         if request.msg_type == "comm_close":
@@ -284,19 +284,19 @@ class SupervisorLoop:
         if worker is self.active:
             if lm.meta and self.queue.current is not None:  # the worker began the cell
                 self.queue.current.started = True
-            self.sockets.iopub.send_multipart(lm.payload, copy=False)
+            wire.send_frames(self.sockets.iopub, lm.payload)
 
     def _on_worker_comm(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
         if worker is not self.active:
             return
         self.comms.from_worker(lm)
         self._after_large(lm.payload[7:])
-        self.sockets.iopub.send_multipart(lm.payload, copy=False)
+        wire.send_frames(self.sockets.iopub, lm.payload)
 
     def _on_stdin(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
         request = self.queue.current
         if worker is self.active and request is not None:
-            self.sockets.stdin.send_multipart(request.idents + list(lm.payload), copy=False)
+            wire.send_frames(self.sockets.stdin, request.idents + list(lm.payload))
 
     def _on_target(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
         """A target appeared in the worker: hand it the preserved comms it can adopt."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..signing import Signer
+from ..wire import send_frames
 from .sockets import Incoming, KernelSockets
 
 #: status contents, packed once: they go out twice per request.
@@ -31,13 +32,12 @@ class Outbox:
         reply_type = request.msg_type[: -len("request")] + "reply"
         frames = self.signer.frames(reply_type, content, request.header_bytes)
         sock = self.sockets.control if request.channel == "control" else self.sockets.shell
-        sock.send_multipart(request.idents + frames)
+        send_frames(sock, request.idents + frames)
 
     def publish(self, parent: Incoming | None, msg_type: str, content: dict[str, Any] | bytes,
                 buffers: list[Any] | None = None) -> None:
         frames = self.signer.frames(msg_type, content, parent.header_bytes if parent else None)
-        self.sockets.iopub.send_multipart([b"kernel." + msg_type.encode(), *frames, *(buffers or ())],
-                                          copy=not buffers)
+        send_frames(self.sockets.iopub, [b"kernel." + msg_type.encode(), *frames, *(buffers or ())])
 
     def status(self, state: str, parent: Incoming | None) -> None:
         self.publish(parent, "status", _STATUS[state])

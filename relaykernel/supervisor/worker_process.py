@@ -87,7 +87,7 @@ class WorkerProcess:
         self.sentinel: int = self.process.sentinel
 
     def send(self, frames: list[Any]) -> None:
-        self.link.send_multipart(frames, copy=False)
+        wire.send_frames(self.link, frames)
 
     def is_alive(self) -> bool:
         return self.state is not WorkerState.GONE and self.process.is_alive()

@@ -130,7 +130,7 @@ class WorkerKernel:
         msg = _parse(frames)
         self._parent_msg = msg
         msg_type = msg["header"].get("msg_type", "")
-        self.messenger.set_parent(msg["header"], frames[0].bytes)
+        self.messenger.set_parent(msg["header"], wire.as_bytes(frames[0]))
         handler = self.handlers.get(msg_type)
         reply: dict[str, Any] | None = None
         meta: dict[str, Any] = {"status": "ok"}
@@ -253,19 +253,19 @@ class WorkerKernel:
             self.link.input_replies.get_nowait()
         self.messenger.input_request(prompt, password)
         reply = self.link.input_replies.get()
-        value = json.loads(reply.payload[3].bytes).get("value", "")
+        value = json.loads(wire.as_bytes(reply.payload[3])).get("value", "")
         return str(value)
 
 
 def _parse(frames: list[Any]) -> dict[str, Any]:
-    header = json.loads(frames[0].bytes)
+    header = json.loads(wire.as_bytes(frames[0]))
     return {
         "header": header,
         "msg_id": header.get("msg_id"),
         "msg_type": header.get("msg_type"),
-        "parent_header": json.loads(frames[1].bytes),
-        "metadata": json.loads(frames[2].bytes),
-        "content": json.loads(frames[3].bytes),
+        "parent_header": json.loads(wire.as_bytes(frames[1])),
+        "metadata": json.loads(wire.as_bytes(frames[2])),
+        "content": json.loads(wire.as_bytes(frames[3])),
         "buffers": [memoryview(f) for f in frames[4:]],
     }
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -51,11 +51,11 @@ class Link:
     def start(self) -> None:
         self._thread.start()
 
-    def send(self, kind: bytes, meta: dict[str, Any] | None = None, payload: list[Any] = (), copy: bool = True) -> None:
+    def send(self, kind: bytes, meta: dict[str, Any] | None = None, payload: Sequence[Any] = ()) -> None:
         """Queue a link message for the supervisor; safe from any thread."""
         frames = wire.encode(kind, meta, payload)
         with self._push_lock:
-            self._push.send_multipart(frames, copy=copy)
+            wire.send_frames(self._push, frames)
 
     def _pump(self) -> None:
         poller = zmq.Poller()
@@ -71,7 +71,7 @@ class Link:
             if pull in events:
                 for _ in range(1000):
                     try:
-                        pair.send_multipart(pull.recv_multipart(zmq.NOBLOCK, copy=False), copy=False)
+                        wire.send_frames(pair, pull.recv_multipart(zmq.NOBLOCK, copy=False))
                     except zmq.Again:
                         break
             if pair in events:
@@ -100,6 +100,6 @@ class Link:
         self._thread.join(timeout)
         try:
             while True:
-                self._pair.send_multipart(self._pull.recv_multipart(zmq.NOBLOCK, copy=False), copy=False)
+                wire.send_frames(self._pair, self._pull.recv_multipart(zmq.NOBLOCK, copy=False))
         except zmq.ZMQError:
             pass

@@ -45,7 +45,7 @@ class Messenger:
             meta = {"msg_type": msg_type, "comm_id": content.get("comm_id")}
         if buffers:
             frames.extend(buffers)
-        self.link.send(kind, meta, frames, copy=not _large(buffers))
+        self.link.send(kind, meta, frames)
 
     def done(self, reply_type: str | None, content: dict[str, Any] | None, meta: dict[str, Any],
              metadata: dict[str, Any] | None = None) -> None:
@@ -55,7 +55,3 @@ class Messenger:
 
     def input_request(self, prompt: str, password: bool) -> None:
         self.link.send(wire.STDIN, None, self.frames("input_request", {"prompt": prompt, "password": password}))
-
-
-def _large(buffers: list[Any] | None) -> bool:
-    return bool(buffers) and any(len(memoryview(b).cast("B")) > 65536 for b in buffers or ())
