@@ -8,13 +8,14 @@ Every link message carries ``kind``, ``meta`` and ``payload``:
 * ``payload`` is a list of frames, forwarded without being decoded whenever
   possible.
 
-On the socket that is the multipart zmq message ``[kind, meta, layout,
-*large]``: every payload frame under :data:`PACK_LIMIT` bytes travels packed
-in ``layout`` (a length table, then the bytes), larger ones (binary buffers)
-as zmq frames of their own, sent by reference and never copied.  A Jupyter
-message has seven small frames; packing them saves six zmq sends and receives
-per message on each of the link's three hops (worker thread -> link thread ->
-supervisor), which is most of a comm echo's cost.  :func:`decode` gives the
+On the socket that is the multipart zmq message ``[packed, *large]``:
+``packed`` holds kind, meta and every payload frame under
+:data:`PACK_LIMIT` bytes (a size table, then the bytes); larger payload
+frames (binary buffers) follow as zmq frames of their own, sent by reference
+and never copied.  A Jupyter message has seven small frames, so this saves
+eight zmq sends and receives per message on each of the link's three hops
+(worker thread -> link thread -> supervisor): each costs microseconds and,
+between the worker's threads, a GIL hand-off.  :func:`decode` gives the
 payload back as the list it was, small frames as ``bytes``.
 
 * Jupyter messages travel as their wire frames.  Worker -> supervisor they are
@@ -109,16 +110,16 @@ def _nbytes(frame: Any) -> int:
 
 
 def encode(kind: bytes, meta: dict[str, Any] | None = None, payload: Sequence[Any] = ()) -> list[Any]:
-    """Frames for :func:`send_frames`: ``[kind, meta-json, layout, *large]``
-    (just ``[kind, meta-json]`` without payload).  Payload frames may be bytes,
-    memoryviews or zmq.Frames."""
-    head = [kind, json.dumps(meta).encode() if meta else b""]
-    if not payload:
-        return head
+    """Frames for :func:`send_frames`: ``[packed, *large]``.
+
+    ``packed`` holds ``kind``, the meta JSON and every payload frame under
+    PACK_LIMIT: a count, a table of sizes, then the bytes.  Payload frames may
+    be bytes, memoryviews or zmq.Frames."""
+    parts = [kind, json.dumps(meta).encode() if meta else b"", *payload]
     sizes: list[int] = []
     small: list[Any] = []
     large: list[Any] = []
-    for frame in payload:
+    for frame in parts:
         size = _nbytes(frame)
         if size < PACK_LIMIT:
             sizes.append(size)
@@ -126,8 +127,7 @@ def encode(kind: bytes, meta: dict[str, Any] | None = None, payload: Sequence[An
         else:
             sizes.append(_SEPARATE)
             large.append(frame)
-    layout = struct.pack(f"<I{len(sizes)}q", len(sizes), *sizes) + b"".join(small)
-    return [*head, layout, *large]
+    return [struct.pack(f"<I{len(sizes)}q", len(sizes), *sizes) + b"".join(small), *large]
 
 
 def decode(frames: Sequence[Any]) -> LinkMessage:
@@ -136,44 +136,44 @@ def decode(frames: Sequence[Any]) -> LinkMessage:
     Raises :class:`WireError` for anything malformed, so a receiver has one
     exception to catch.
     """
-    if len(frames) < 2:
-        raise WireError(f"link message has {len(frames)} frame(s), expected at least 2")
-    kind = as_bytes(frames[0])
-    raw_meta = as_bytes(frames[1])
+    if not frames:
+        raise WireError("empty link message")
+    parts = _unpack(as_bytes(frames[0]), frames[1:])
+    if len(parts) < 2 or not isinstance(parts[0], bytes) or not isinstance(parts[1], bytes):
+        raise WireError("link message without kind and meta")
+    kind, raw_meta = parts[0], parts[1]
     try:
         meta = json.loads(raw_meta) if raw_meta else {}
     except ValueError as e:
         raise WireError(f"bad meta on {kind!r}: {e}") from None
     if not isinstance(meta, dict):
         raise WireError(f"meta of {kind!r} is not an object")
-    if len(frames) == 2:
-        return LinkMessage(kind, meta, ())
-    return LinkMessage(kind, meta, _unpack(as_bytes(frames[2]), frames[3:], kind))
+    return LinkMessage(kind, meta, parts[2:])
 
 
-def _unpack(layout: bytes, large: Sequence[Any], kind: bytes) -> list[Any]:
+def _unpack(packed: bytes, large: Sequence[Any]) -> list[Any]:
     try:
-        (count,) = _COUNT.unpack_from(layout)
-        sizes = struct.unpack_from(f"<{count}q", layout, _COUNT.size)
+        (count,) = _COUNT.unpack_from(packed)
+        sizes = struct.unpack_from(f"<{count}q", packed, _COUNT.size)
     except struct.error as e:
-        raise WireError(f"bad layout on {kind!r}: {e}") from None
+        raise WireError(f"bad size table: {e}") from None
     pos = _COUNT.size + 8 * count
-    payload: list[Any] = []
+    parts: list[Any] = []
     separate = iter(large)
     for size in sizes:
         if size == _SEPARATE:
             frame = next(separate, None)
             if frame is None:
-                raise WireError(f"layout of {kind!r} names more frames than arrived")
-            payload.append(frame)
-        elif 0 <= size <= len(layout) - pos:
-            payload.append(layout[pos : pos + size])
+                raise WireError("the size table names more frames than arrived")
+            parts.append(frame)
+        elif 0 <= size <= len(packed) - pos:
+            parts.append(packed[pos : pos + size])
             pos += size
         else:
-            raise WireError(f"layout of {kind!r} overruns its frame")
-    if pos != len(layout) or next(separate, None) is not None:
-        raise WireError(f"layout of {kind!r} does not match the frames that arrived")
-    return payload
+            raise WireError("a size overruns the packed frame")
+    if pos != len(packed) or next(separate, None) is not None:
+        raise WireError("the size table does not match the frames that arrived")
+    return parts
 
 
 def as_bytes(frame: Any) -> bytes:

@@ -14,28 +14,42 @@ def test_round_trip_keeps_payload_frames_undecoded():
     assert list(lm.payload) == [b"a", b"\x00\xff"]
 
 
-def test_empty_meta_is_empty_bytes_on_the_wire():
-    assert wire.encode(wire.SHUTDOWN)[1] == b""
-    assert wire.decode(wire.encode(wire.SHUTDOWN)).meta == {}
+def test_a_message_without_large_buffers_is_one_frame():
+    frames = wire.encode(wire.SHUTDOWN)
+    assert len(frames) == 1
+    assert wire.decode(frames).meta == {}
+    assert len(wire.encode(wire.IOPUB, {"started": True}, [b"a"] * 7)) == 1
 
 
 def test_decode_accepts_zmq_frames():
-    lm = wire.decode([zmq.Frame(wire.READY), zmq.Frame(b'{"version": 1, "pid": 7}')])
+    lm = wire.decode([zmq.Frame(wire.encode(wire.READY, {"version": 1, "pid": 7})[0])])
     assert lm.meta["pid"] == 7
 
 
-@pytest.mark.parametrize("frames", [[], [b"done"], [b"done", b"{not json"], [b"done", b"[1, 2]"]])
+@pytest.mark.parametrize("frames", [
+    [],
+    [b"done"],
+    [b"\x01\x00\x00\x00" + (4).to_bytes(8, "little", signed=True) + b"done"],  # no meta
+    [wire.encode(b"done")[0].replace(b"done", b"don")],  # sizes do not add up
+])
 def test_malformed_messages_raise_wire_error(frames):
     with pytest.raises(wire.WireError):
         wire.decode(frames)
+
+
+@pytest.mark.parametrize("meta", [b"{not json", b"[1, 2]"])
+def test_bad_meta_raises_wire_error(meta):
+    frame = b"\x02\x00\x00\x00" + (4).to_bytes(8, "little", signed=True) + len(meta).to_bytes(8, "little", signed=True)
+    with pytest.raises(wire.WireError, match="meta"):
+        wire.decode([frame + b"done" + meta])
 
 
 def test_small_frames_are_packed_and_large_ones_stay_separate_in_order():
     big = bytes(range(256)) * 1024  # 256 KiB
     payload = [b"topic", memoryview(b"header"), big, zmq.Frame(b"content"), b"", bytearray(b"z")]
     frames = wire.encode(wire.COMM, {"comm_id": "c"}, payload)
-    assert len(frames) == 4  # kind, meta, layout, the one large buffer
-    assert frames[3] is big  # by reference, not copied
+    assert len(frames) == 2  # packed, then the one large buffer
+    assert frames[1] is big  # by reference, not copied
     lm = wire.decode(frames)
     assert [bytes(f) for f in lm.payload] == [b"topic", b"header", big, b"content", b"", b"z"]
 
@@ -58,20 +72,26 @@ def test_packed_frames_cross_a_socket(tmp_path):
         ctx.term()
 
 
-@pytest.mark.parametrize("layout", [
+def _table(*sizes: int) -> bytes:
+    kind_and_meta = (4).to_bytes(8, "little", signed=True) + (0).to_bytes(8, "little", signed=True)
+    return ((2 + len(sizes)).to_bytes(4, "little") + kind_and_meta
+            + b"".join(s.to_bytes(8, "little", signed=True) for s in sizes) + b"done")
+
+
+@pytest.mark.parametrize("packed", [
     b"",  # no count
-    b"\x02\x00\x00\x00" + (3).to_bytes(8, "little", signed=True),  # count says 2, one size
-    b"\x01\x00\x00\x00" + (9).to_bytes(8, "little", signed=True) + b"abc",  # size past the end
-    b"\x01\x00\x00\x00" + (1).to_bytes(8, "little", signed=True) + b"abc",  # bytes left over
-    b"\x01\x00\x00\x00" + (-1).to_bytes(8, "little", signed=True),  # names a frame that is missing
-    b"\x01\x00\x00\x00" + (-7).to_bytes(8, "little", signed=True),  # nonsense size
+    b"\x03\x00\x00\x00" + (3).to_bytes(8, "little", signed=True),  # count says 3, one size
+    _table(9) + b"abc",  # size past the end
+    _table(1) + b"abc",  # bytes left over
+    _table(-1),  # names a frame that is missing
+    _table(-7),  # nonsense size
 ])
-def test_malformed_layouts_raise_wire_error(layout):
+def test_malformed_size_tables_raise_wire_error(packed):
     with pytest.raises(wire.WireError):
-        wire.decode([wire.IOPUB, b"", layout])
+        wire.decode([packed])
 
 
-def test_extra_frames_beyond_the_layout_raise_wire_error():
+def test_extra_frames_beyond_the_size_table_raise_wire_error():
     frames = wire.encode(wire.IOPUB, None, [b"a"])
     with pytest.raises(wire.WireError):
         wire.decode([*frames, b"stray"])
