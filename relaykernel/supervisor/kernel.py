@@ -163,7 +163,7 @@ class SupervisorLoop:
         """Read what is waiting on a frontend socket; bad input is logged, never raised."""
         for _ in range(budget):
             try:
-                raw = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                raw = wire.recv_frames(sock)
             except zmq.Again:
                 return
             try:
@@ -209,7 +209,7 @@ class SupervisorLoop:
             if worker.state is WorkerState.GONE:
                 return
             try:
-                frames = worker.link.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = wire.recv_frames(worker.link)
             except zmq.Again:
                 return
             try:

@@ -71,13 +71,13 @@ class Link:
             if pull in events:
                 for _ in range(1000):
                     try:
-                        wire.send_frames(pair, pull.recv_multipart(zmq.NOBLOCK, copy=False))
+                        wire.send_frames(pair, wire.recv_frames(pull))
                     except zmq.Again:
                         break
             if pair in events:
                 for _ in range(1000):
                     try:
-                        frames = pair.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames = wire.recv_frames(pair)
                     except zmq.Again:
                         break
                     self._deliver(frames)
