@@ -123,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
                 1e3,
             )
         )
+        size = cfg.buf_sizes[-1]
+        log(f"floor: bare pyzmq {size >> 20} MB round trips, direct and through a relay process")
+        direct, relayed = M.floor_large(size, cfg.buf_reps[-1], cfg.timeout)
+        no_kernel = {lb: Cell(note="— (no kernel)") for lb in labels[1:]}
+        rows.append(Row(f"bare pyzmq {size >> 20} MB rt, direct over tcp (ipykernel's path)", "ms",
+                        {labels[0]: direct, **no_kernel}, "floor", 1e3))
+        rows.append(Row(f"bare pyzmq {size >> 20} MB rt, tcp + relay process + ipc (relaykernel's path)",
+                        "ms", {labels[0]: relayed, **no_kernel}, "floor", 1e3))
 
     if "startup" in a.only_set:
         log(f"startup: {cfg.startups} launches per kernel, alternating")
@@ -157,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
             run("output", lambda: M.output(b))
             run("comm", lambda: M.comms(b))
             if {"exec", "output", "comm"} & a.only_set:
-                run("memory", lambda: M.memory(b, "after workload"))
+                # at rest: both kernels idle for the same settle time first (relaykernel's
+                # supervisor returns freed heap after 3 s without large buffers)
+                time.sleep(M.SETTLE_BEFORE_RSS)
+                run("memory", lambda: M.memory(b, f"{M.SETTLE_BEFORE_RSS:g} s after workload"))
             run("restart", lambda: M.restart(b, ctx))
             run("crash", lambda: M.crash(b))  # last: a baseline kernel may die here
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -419,6 +420,10 @@ def crash(b: Bench) -> list[Row]:
 
 
 # ------------------------------------------------------------------- 7 memory
+#: Seconds every kernel sits idle after the workload before its RSS is read.
+SETTLE_BEFORE_RSS = 5.0
+
+
 def rss(k: Kernel) -> tuple[float, float]:
     """RSS (bytes) of the launched process and the sum over all its descendants."""
     if k.pid is None or not k.alive():
@@ -467,6 +472,78 @@ while True:
         break
     s.send_multipart(parts)
 """
+
+
+_LARGE_ECHO = r"""
+import sys, zmq
+ctx = zmq.Context()
+s = ctx.socket(zmq.PAIR)
+s.connect(sys.argv[1])
+while True:
+    m = s.recv(copy=False)
+    if len(m) < 8:
+        break
+    s.send(m, copy=False)
+"""
+
+_LARGE_RELAY = r"""
+import sys, zmq
+ctx = zmq.Context()
+front, back = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+front.connect(sys.argv[1])
+back.bind(sys.argv[2])
+while True:
+    m = front.recv(copy=False)
+    back.send(m, copy=False)
+    if len(m) < 8:
+        break
+    front.send(back.recv(copy=False), copy=False)
+"""
+
+
+def floor_large(size: int, reps: int, timeout: float) -> tuple[Cell, Cell]:
+    """Bare pyzmq round trips of one ``size``-byte frame, zero-copy everywhere:
+    to an echo process over tcp (ipykernel's topology), and through a relay
+    process that forwards over ipc to the echo process (relaykernel's).  What
+    the extra hop costs physically, with no Jupyter, signing or Python work."""
+    payload = os.urandom(size)
+    cells = []
+    with tempfile.TemporaryDirectory(prefix="relaybench-") as tmp:
+        for scripts in ([_LARGE_ECHO], [_LARGE_RELAY, _LARGE_ECHO]):
+            ctx = zmq.Context()
+            sock = ctx.socket(zmq.PAIR)
+            sock.linger = 0
+            port = sock.bind_to_random_port("tcp://127.0.0.1")
+            ipc = f"ipc://{tmp}/relay-{len(cells)}"
+            args = [[f"tcp://127.0.0.1:{port}"]] if len(scripts) == 1 else [[f"tcp://127.0.0.1:{port}", ipc], [ipc]]
+            procs = [subprocess.Popen([sys.executable, "-c", code, *a]) for code, a in zip(scripts, args)]
+            try:
+                samples = []
+                for i in range(reps + 1):
+                    t0 = time.perf_counter()
+                    sock.send(payload, copy=False)
+                    if not sock.poll(timeout * 1000):
+                        raise BenchError("large echo timed out")
+                    back = sock.recv(copy=False)
+                    dt = time.perf_counter() - t0
+                    if back.buffer != payload:
+                        raise BenchError("large echo corrupted")
+                    if i:  # the first one is warm-up
+                        samples.append(dt)
+                sock.send(b"quit")
+                cells.append(Cell(samples))
+            except BenchError as e:
+                cells.append(Cell(note=str(e)))
+            finally:
+                sock.close()
+                ctx.term()
+                for p in procs:
+                    try:
+                        p.wait(timeout=2)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                        p.wait()
+    return cells[0], cells[1]
 
 
 def floor(n: int, timeout: float) -> Cell:

@@ -121,14 +121,31 @@ def floor_notes(rows: list[Row], floor: Cell | None, subject: str) -> list[str]:
     if floor is None or not floor.ok:
         return []
     notes = []
+    # each kernel's large-buffer echo against the bare transport of its topology
+    bare = [r for r in rows if r.name.startswith("bare pyzmq ") and " MB rt, " in r.name]
+    for r in rows:
+        for b in bare:
+            size = " ".join(b.name.split()[2:4])  # "bare pyzmq 50 MB rt, ..." -> "50 MB"
+            if not r.name.startswith(f"comm {size} buffer round trip"):
+                continue
+            for lb, cell in r.cells.items():
+                relay = lb == subject
+                if ("relay" in b.name) != relay:
+                    continue
+                ref = b.cells.get(subject)  # bare figures sit in the first column
+                if cell.ok and ref is not None and ref.ok:
+                    notes.append(f"- {lb} comm {size} buffer rt median / bare pyzmq "
+                                 f"{'relay' if relay else 'direct'} path median = "
+                                 f"{cell.median / ref.median:.2f}x (1.00x: nothing but the transport)")
     for r in rows:
         if r.name.startswith("CPU of the launched process"):
             c = r.cells.get(subject)
             if c is not None and c.ok:
                 notes.append(
-                    f"- {subject} supervisor CPU per relayed `pass` execute (request, busy, "
-                    f"execute_input, reply, idle) / bare pyzmq hop median = "
-                    f"{c.median / floor.median:.1f}x (target ≤ 3x: the relay's own cost)"
+                    f"- {subject} supervisor CPU per relayed message (CPU per `pass` execute over "
+                    f"the 3 messages it relays: request, execute_input, reply; the busy/idle it "
+                    f"makes itself count as cost) / bare pyzmq hop median = "
+                    f"{c.median / 3 / floor.median:.1f}x (target ≤ 3x)"
                 )
         if r.name.startswith(("execute rt `pass`", "comm echo rt")):
             c = r.cells.get(subject)

@@ -37,7 +37,7 @@ log = logging.getLogger("relaykernel.supervisor")
 MEMORY_CHECK_INTERVAL = 0.2
 RESTARTED = "the kernel was restarted"
 #: Buffers above this size (bytes) make the supervisor trim its heap afterwards.
-LARGE_BUFFER = 1 << 20
+LARGE_BUFFER = 1 << 18
 #: Seconds without large buffers before the heap is trimmed.
 TRIM_QUIET = 3.0
 #: Consecutive workers that may die before READY before we slow down.
