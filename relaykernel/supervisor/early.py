@@ -32,6 +32,7 @@ from typing import Any
 
 import zmq
 
+from .. import wire
 from ..signing import Signer
 from .heartbeat import Heartbeat
 from .kernel_info import kernel_info_content
@@ -69,12 +70,15 @@ class EarlyResponder(threading.Thread):
                 return
             for sock, channel in channels.items():  # control first, as in the loop
                 if events.get(sock):
-                    self._drain(sock, channel)
+                    try:
+                        self._drain(sock, channel)
+                    except Exception:  # the loop takes over soon; never die silently
+                        log.exception("early responder failed on %s", channel)
 
     def _drain(self, sock: zmq.Socket, channel: str) -> None:
         while True:
             try:
-                raw = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                raw = wire.recv_frames(sock)
             except zmq.Again:
                 return
             try:

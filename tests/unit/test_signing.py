@@ -116,3 +116,13 @@ def test_frames_travel_through_zmq_unchanged() -> None:
         a.close(0)
         b.close(0)
         ctx.term()
+
+
+def test_headers_survive_odd_names() -> None:
+    ours = Signer(KEY, session_id='s%s"\\', username="100%")
+    for msg_type in ("status", 'odd"type%d'):
+        frames = ours.frames(msg_type, {}, None)
+        header = Session(key=KEY).deserialize(frames[1:])["header"]
+        assert header["msg_type"] == msg_type
+        assert header["session"] == 's%s"\\'
+        assert header["username"] == "100%"
