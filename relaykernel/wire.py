@@ -190,12 +190,23 @@ def send_frames(sock: zmq.Socket, frames: Sequence[Any]) -> None:
     than tracking a reference), zmq.Frames and large buffers go by reference."""
     send = sock.send
     last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        if type(frame) is bytes:
-            copy = len(frame) < PACK_LIMIT
-        else:
-            copy = not isinstance(frame, zmq.Frame) and _nbytes(frame) < PACK_LIMIT
-        send(frame, _MORE if i < last else 0, copy=copy)
+    sent = 0
+    try:
+        for frame in frames:
+            if type(frame) is bytes:
+                copy = len(frame) < PACK_LIMIT
+            else:
+                copy = not isinstance(frame, zmq.Frame) and _nbytes(frame) < PACK_LIMIT
+            send(frame, _MORE if sent < last else 0, copy=copy)
+            sent += 1
+    except BaseException:
+        # a signal (KeyboardInterrupt in a cell) between two frames: finish the
+        # message, or the next one would be glued to its first half
+        if 0 < sent <= last:
+            for frame in frames[sent:]:
+                send(frame, _MORE if sent < last else 0, copy=True)
+                sent += 1
+        raise
 
 
 def recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:

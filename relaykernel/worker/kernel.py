@@ -249,10 +249,9 @@ class WorkerKernel:
                 "input() was called, but this frontend does not support input requests "
                 "(allow_stdin is false).")
         self.flush_streams()
-        while not self.link.input_replies.empty():  # drop replies to an older prompt
-            self.link.input_replies.get_nowait()
+        self.link.discard_kept(wire.INPUT_REPLY)  # replies to an older prompt
         self.messenger.input_request(prompt, password)
-        reply = self.link.input_replies.get()
+        reply = self.link.receive({wire.INPUT_REPLY})
         value = json.loads(wire.as_bytes(reply.payload[3])).get("value", "")
         return str(value)
 

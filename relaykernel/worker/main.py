@@ -68,10 +68,14 @@ def serve(config: WorkerConfig) -> None:
     os._exit(0)
 
 
+#: What the serving loop reads; INPUT_REPLY waits for input() (it reads them itself).
+_MAIN_KINDS = frozenset({wire.REQUEST, wire.ACTIVATE, wire.ADOPT, wire.SHUTDOWN})
+
+
 def _serve_forever(kernel: WorkerKernel, link: Link) -> None:  # noqa: F821
     while True:
         kernel.gate.idle()
-        lm = link.requests.get()
+        lm = link.receive(_MAIN_KINDS)
         kernel.gate.busy()
         if lm.kind == wire.REQUEST:
             kernel.handle(list(lm.payload))

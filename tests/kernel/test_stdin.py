@@ -61,3 +61,25 @@ def test_allow_stdin_false_gives_clear_error(kernel):
     # still usable
     reply, _ = execute(kc, "1 + 1")
     assert reply["content"]["status"] == "ok"
+
+
+def test_interrupting_input_then_a_late_answer_does_no_harm(kernel):
+    """Interrupt a cell waiting in input(); a reply sent after that must not
+    answer the next prompt, and the worker keeps its state."""
+    kc = kernel.kc
+    execute(kc, "kept = 'yes'")
+    msg_id = kc.execute("input('stuck? ')", allow_stdin=True)
+    assert kc.get_stdin_msg(timeout=30)["content"]["prompt"] == "stuck? "
+    kernel.km.interrupt_kernel()
+    reply = get_reply(kc, msg_id, timeout=30)
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    collect_iopub_until_idle(kc, msg_id)
+    kc.input("too late")  # answers nothing: no prompt is open
+    msg_id = kc.execute("fresh = input('again? ')\nkept + ' ' + fresh", allow_stdin=True)
+    assert kc.get_stdin_msg(timeout=30)["content"]["prompt"] == "again? "
+    kc.input("on time")
+    assert get_reply(kc, msg_id, timeout=30)["content"]["status"] == "ok"
+    iopub = collect_iopub_until_idle(kc, msg_id)
+    [result] = [m for m in iopub if m["msg_type"] == "execute_result"]
+    assert result["content"]["data"]["text/plain"] == "'yes on time'"
