@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import importlib.util
 import json
 import os
 import sys
@@ -60,7 +61,8 @@ def write_kernelspecs() -> tempfile.TemporaryDirectory:
 
     Doing this ourselves (instead of trusting whatever spec is installed)
     guarantees both kernels run on this interpreter, this venv's packages.
-    Other names (e.g. ``xpython``) are still found on the normal Jupyter path.
+    xeus-python gets an ``xpython`` spec the same way when it is installed here;
+    other names are still found on the normal Jupyter path.
     """
     tmp = tempfile.TemporaryDirectory(prefix="relaybench-specs-")
     kdir = Path(tmp.name) / "kernels"
@@ -78,7 +80,12 @@ def write_kernelspecs() -> tempfile.TemporaryDirectory:
     }
     if relay_provisioner_available():
         relay["metadata"]["kernel_provisioner"] = {"provisioner_name": RELAY_PROVISIONER}
-    for names, spec in ((IPYKERNEL_ALIASES, ipy), (RELAY_ALIASES, relay)):
+    specs = [(IPYKERNEL_ALIASES, ipy), (RELAY_ALIASES, relay)]
+    if importlib.util.find_spec("xpython_launcher") is not None:  # xeus-python, in this venv
+        specs.append((("xpython",), {
+            "argv": [sys.executable, "-m", "xpython_launcher", "-f", "{connection_file}"],
+            "display_name": "xeus-python (bench)", "language": "python", "metadata": {}}))
+    for names, spec in specs:
         for name in names:
             (kdir / name).mkdir(parents=True)
             (kdir / name / "kernel.json").write_text(json.dumps(spec, indent=1))

@@ -198,10 +198,12 @@ def output(b: Bench) -> list[Row]:
 
 
 # -------------------------------------------------------------------- 4 comms
+# through the `comm` package, the API every kernel here implements (ipywidgets uses it)
 ECHO_SETUP = """
-def _relaybench_echo(comm, msg):
-    comm.on_msg(lambda m: comm.send(m['content']['data'], buffers=m['buffers']))
-get_ipython().kernel.comm_manager.register_target('echo', _relaybench_echo)
+import comm as _relaybench_comm
+def _relaybench_echo(c, msg):
+    c.on_msg(lambda m: c.send(m['content']['data'], buffers=m['buffers']))
+_relaybench_comm.get_comm_manager().register_target('echo', _relaybench_echo)
 """
 
 
@@ -221,7 +223,13 @@ class Echo:
             )
         )
         # The first echo doubles as "the comm is open" (no reliance on status msgs).
-        self.roundtrip(-1)
+        # A kernel whose target never answers fails here, within 10 s, for all comm rows.
+        self.timeout = min(timeout, 10.0)
+        try:
+            self.roundtrip(-1)
+        except BenchError as e:
+            raise BenchError(f"the echo comm target never answered ({e})") from None
+        self.timeout = timeout
 
     def msg(self, data: dict) -> dict:
         return self.k.waiter.session.msg("comm_msg", {"comm_id": self.comm_id, "data": data})
