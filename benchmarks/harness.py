@@ -247,7 +247,8 @@ class Waiter:
             self._seen.add(signature)
         h = json.loads(header)
         return {"header": h, "msg_id": h["msg_id"], "msg_type": h["msg_type"],
-                "parent_header": json.loads(parent), "metadata": json.loads(metadata),
+                # xeus-python sends `null` for "no parent" where the spec says {}
+                "parent_header": json.loads(parent) or {}, "metadata": json.loads(metadata) or {},
                 "content": json.loads(content), "buffers": parts[5:]}
 
     def send(self, msg: dict, buffers: list | None = None) -> None:
