@@ -210,6 +210,9 @@ class ExecResult:
     t_sent: float  # perf_counter() when the request was sent
 
 
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
 class Waiter:
     """Receives on the client's shell and iopub sockets with one poller.
 
@@ -234,7 +237,13 @@ class Waiter:
 
     # -- low level -----------------------------------------------------------
     def _recv(self, sock: zmq.Socket) -> dict:
-        parts = sock.recv_multipart(zmq.NOBLOCK)
+        # recv_multipart asks getsockopt(RCVMORE) per frame through pyzmq's enums;
+        # a frame received with copy=False knows itself whether more follow
+        frame = sock.recv(_NOBLOCK, copy=False)
+        parts = [frame.bytes]
+        while frame.more:
+            frame = sock.recv(0, copy=False)
+            parts.append(frame.bytes)
         _, parts = self.session.feed_identities(parts)
         if len(parts) < 5:
             raise BenchError(f"malformed message: {len(parts)} frames")
