@@ -145,7 +145,7 @@ def execute_rt(b: Bench) -> list[Row]:
                     cpu[lb] = Cell([spent / b.cfg.exec_n], single=True) if cells[lb].ok else Cell(note="n/a")
                 except BenchError as e:
                     cpu[lb] = Cell(note=str(e))
-            rows.append(Row(f"CPU of the launched process (supervisor) per `pass` execute", "ms", cpu,
+            rows.append(Row("CPU of the launched process (supervisor) per `pass` execute", "ms", cpu,
                             "relay ≤ 3x floor", 1e3))
     return rows
 

@@ -90,8 +90,6 @@ class Signer:
         if algorithm != "hmac" or digest not in hashlib.algorithms_available:
             raise ValueError(f"unsupported signature scheme {signature_scheme!r}")
         self._hmac = hmac.new(key, digestmod=digest) if key else None
-        self.session_id = session_id
-        self.username = username
         id_prefix = f"{session_id}_{os.getpid()}_"
         self._count = 0
         # every header is this text with msg_id, msg_type and date filled in: ~3 us

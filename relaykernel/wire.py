@@ -45,8 +45,6 @@ from typing import Any, Final
 
 import zmq
 
-from .signing import DELIM  # the <IDS|MSG> delimiter; re-exported for the link code
-
 #: Bumped whenever a kind or meta field changes meaning.  The worker announces
 #: it in READY and the supervisor refuses a worker that speaks another version.
 PROTOCOL_VERSION: Final = 1

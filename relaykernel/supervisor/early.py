@@ -32,12 +32,11 @@ from typing import Any
 
 import zmq
 
-from .. import wire
 from ..signing import Signer
 from .heartbeat import Heartbeat
 from .kernel_info import kernel_info_content
 from .outbox import Outbox
-from .sockets import BadMessage, Incoming, KernelSockets, Verifier
+from .sockets import Incoming, KernelSockets, Verifier
 
 log = logging.getLogger("relaykernel.supervisor")
 
@@ -76,16 +75,7 @@ class EarlyResponder(threading.Thread):
                         log.exception("early responder failed on %s", channel)
 
     def _drain(self, sock: zmq.Socket, channel: str) -> None:
-        while True:
-            try:
-                raw = wire.recv_frames(sock)
-            except zmq.Again:
-                return
-            try:
-                msg = self._verifier.verify(channel, raw)
-            except BadMessage as e:
-                log.warning("dropped a message on %s: %s", channel, e)
-                continue
+        for msg in self._verifier.waiting(sock, channel):
             if msg.msg_type == "kernel_info_request":  # the loop, too, answers it at once
                 self._out.status("busy", msg)
                 self._out.reply(msg, kernel_info_content())

@@ -24,11 +24,11 @@ from ..signing import Signer
 from ..worker.entry import WorkerConfig
 from .comm_relay import CommRelay
 from .kernel_info import kernel_info_content
+from .outbox import Outbox
 from .recovery import WORKER_DIED, Death, read_crash_log
 from .resources import GIB, MemoryGuard, Usage, release_freed_memory
 from .shell_queue import ShellQueue, stops_on_error
-from .outbox import Outbox
-from .sockets import BadMessage, Incoming, KernelSockets, Verifier
+from .sockets import Incoming, KernelSockets, Verifier
 from .worker_process import WorkerProcess, WorkerState
 
 log = logging.getLogger("relaykernel.supervisor")
@@ -161,16 +161,7 @@ class SupervisorLoop:
 
     def _drain(self, sock: zmq.Socket, channel: str, budget: int = 64) -> None:
         """Read what is waiting on a frontend socket; bad input is logged, never raised."""
-        for _ in range(budget):
-            try:
-                raw = wire.recv_frames(sock)
-            except zmq.Again:
-                return
-            try:
-                msg = self.verifier.verify(channel, raw)
-            except BadMessage as e:
-                log.warning("dropped a message on %s: %s", channel, e)
-                continue
+        for msg in self.verifier.waiting(sock, channel, budget):
             try:
                 self._route(msg)
             except Exception:

@@ -12,12 +12,14 @@ import collections
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
 from ..signing import DELIM, Signer
+from ..wire import recv_frames
 
 log = logging.getLogger("relaykernel.supervisor")
 
@@ -83,6 +85,21 @@ class Verifier:
         self._seen: set[int] = set()
         self._order: collections.deque[int] = collections.deque()
         self._history_size = history_size
+
+    def waiting(self, sock: zmq.Socket, channel: str, budget: int = 64) -> Iterator[Incoming]:
+        """The verified messages waiting on a frontend socket, at most ``budget``;
+        bad ones are logged and dropped, never raised."""
+        for _ in range(budget):
+            try:
+                raw = recv_frames(sock)
+            except zmq.Again:
+                return
+            try:
+                msg = self.verify(channel, raw)
+            except BadMessage as e:
+                log.warning("dropped a message on %s: %s", channel, e)
+                continue
+            yield msg
 
     def verify(self, channel: str, raw: list[Any]) -> Incoming:
         """Split and verify frames from a ROUTER socket; raise BadMessage."""

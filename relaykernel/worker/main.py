@@ -18,6 +18,7 @@ import threading
 import time
 
 import zmq
+
 from .. import CONNECTION_FILE_ENV, wire
 from ..signing import Signer
 from .entry import WorkerConfig

@@ -38,7 +38,7 @@ def test_session_accepts_what_we_sign(scheme: str) -> None:
     frames = ours.frames("execute_result", {"data": {"text/plain": "2"}, "n": 1},
                          pack(parent), metadata={"m": True})
     theirs = Session(key=KEY, signature_scheme=scheme)
-    idents, body = theirs.feed_identities(frames)
+    _, body = theirs.feed_identities(frames)
     msg = theirs.deserialize(body)  # raises on a bad signature
     assert msg["header"]["msg_type"] == "execute_result"
     assert msg["header"]["session"] == "abc"
