@@ -142,8 +142,12 @@ def begin(args: list[str]) -> EarlyStart:
         from jupyter_core.paths import jupyter_runtime_dir
 
         path = os.path.join(jupyter_runtime_dir(), f"kernel-{uuid.uuid4()}.json")
-    key = info.get("key") or str(uuid.uuid4())
+    # An existing file's key is the frontend's, even empty (unsigned messages, as
+    # ipykernel honours it); only a file we write gets a fresh random key.
+    key = info.get("key", "") if info else str(uuid.uuid4())
     key = key.encode() if isinstance(key, str) else key
+    if info and not key:
+        log.warning("the connection file has an empty key: messages are not signed")
     scheme = info.get("signature_scheme", "hmac-sha256")
     session_id = str(uuid.uuid4())
     signer = Signer(key, scheme, session_id)

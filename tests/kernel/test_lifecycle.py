@@ -370,3 +370,16 @@ def test_interrupts_racing_requests_never_lose_a_reply(kernel):
     assert kernel.worker_pid() == worker
     assert evaluate(kc, "2 + 2") == "4"
     assert statuses.count("ok") >= 20  # the even ones were never signalled
+
+
+@relaykernel_only
+def test_connection_file_with_an_empty_key_is_honoured():
+    """A frontend that writes key "" sends unsigned messages (jupyter_client's
+    default for write_connection_file); the kernel must answer them, as ipykernel
+    does, not replace the key with one nobody knows."""
+    handle = start_kernel(session=Session(key=b""))
+    try:
+        assert handle.km.session.key == b""
+        assert evaluate(handle.kc, "6 * 7") == "42"
+    finally:
+        stop_kernel(handle)
