@@ -446,6 +446,9 @@ class SupervisorLoop:
         worker.close()
         if was_active:
             log.info("active worker %s died: %s", worker.number, death.exit.describe())
+            # queue what the frontend sent before it could know: with stop_on_error
+            # those executes are aborted, whichever poll event came first
+            self._drain(self.sockets.shell, "shell")
             self._recover(death)
         else:
             self._start_failures += 1
