@@ -1,0 +1,202 @@
+"""Where one comm echo's time goes: a timeline across the client, supervisor and worker.
+
+    python -m benchmarks.echo_timeline [-n 500] [--no-interleave]
+
+Copies the ``relaykernel`` package into a temporary directory and adds
+timestamps at the points below (each an exact source edit; the script stops
+if one no longer applies, so it cannot silently measure nothing).  It starts
+that instrumented copy and ipykernel, runs ``n`` sequential echoes on each,
+interleaved as in ``python -m benchmarks``, and prints for relaykernel the
+median time from the client's send to each point, and the step from the
+previous one.  ``time.perf_counter_ns`` is CLOCK_MONOTONIC, one clock for
+every process on the machine.
+
+A timestamp is an append to a list (~0.1 us), dumped when the kernel shuts
+down; the figures are therefore a little above an uninstrumented run's.  This
+is the profile behind the benchmark README's notes on the sequential echo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from . import harness
+from .measures import Echo
+
+TRACE_MODULE = '''
+import os, time
+_marks = []
+_ns = time.perf_counter_ns
+def mark(tag):
+    _marks.append((tag, _ns()))
+def dump(name):
+    d = os.environ.get("RELAYKERNEL_TIMELINE_DIR")
+    if d:
+        with open(os.path.join(d, f"{name}-{os.getpid()}.txt"), "w") as f:
+            f.writelines(f"{tag} {t}\\n" for tag, t in _marks)
+'''
+
+IMPORT = "from .._timeline import mark, dump\n"
+
+#: (file, exact text, the text with a timestamp added); each must match once.
+EDITS: list[tuple[str, str, str]] = [
+    ("supervisor/kernel.py", "from .. import wire\n", "from .. import wire\n" + IMPORT),
+    ("supervisor/kernel.py",
+     "        events = dict(self.poller.poll(self._next_timeout()))\n",
+     "        events = dict(self.poller.poll(self._next_timeout()))\n        mark('supervisor woke')\n"),
+    ("supervisor/kernel.py",
+     "        for msg in self.verifier.waiting(sock, channel, budget):\n",
+     "        for msg in self.verifier.waiting(sock, channel, budget):\n"
+     "            mark('supervisor verified the request')\n"),
+    ("supervisor/kernel.py",
+     "            worker.send(wire.encode(wire.REQUEST, None, request.frames))\n",
+     "            worker.send(wire.encode(wire.REQUEST, None, request.frames))\n"
+     "            mark('supervisor sent it to the worker')\n"),
+    ("supervisor/kernel.py",
+     '        self.out.status("busy", request)\n        if request.msg_type == "comm_msg"',
+     '        self.out.status("busy", request)\n        mark("supervisor published busy")\n'
+     '        if request.msg_type == "comm_msg"'),
+    ("supervisor/kernel.py",
+     "                frames = wire.recv_frames(worker.link)\n            except zmq.Again:\n                return\n",
+     "                frames = wire.recv_frames(worker.link)\n            except zmq.Again:\n                return\n"
+     "            mark('supervisor received from the worker')\n"),
+    ("supervisor/kernel.py",
+     "        self._after_large(lm.payload[7:])\n        wire.send_frames(self.sockets.iopub, lm.payload)\n",
+     "        self._after_large(lm.payload[7:])\n        wire.send_frames(self.sockets.iopub, lm.payload)\n"
+     "        mark('supervisor published the echo')\n"),
+    ("supervisor/kernel.py",
+     '        self.out.status("idle", request)\n        if lm.meta.get("status") == "error"',
+     '        self.out.status("idle", request)\n        mark("supervisor published idle")\n'
+     '        if lm.meta.get("status") == "error"'),
+    ("supervisor/kernel.py", "    def _close(self) -> None:\n",
+     "    def _close(self) -> None:\n        dump('supervisor')\n"),
+    ("worker/link.py", "from .. import wire\n", "from .. import wire\n" + IMPORT),
+    ("worker/link.py",
+     "                    select.select([self._fd, self._nudge_r], [], [])\n",
+     "                    select.select([self._fd, self._nudge_r], [], [])\n                    mark('worker woke')\n"),
+    ("worker/link.py",
+     "            wire.send_frames(self._pair, frames)\n",
+     "            wire.send_frames(self._pair, frames)\n            mark('worker sent ' + kind.decode())\n"),
+    ("worker/main.py", "from .. import CONNECTION_FILE_ENV, wire\n",
+     "from .. import CONNECTION_FILE_ENV, wire\n" + IMPORT),
+    ("worker/main.py", "        lm = link.receive(_MAIN_KINDS)\n",
+     "        lm = link.receive(_MAIN_KINDS)\n        mark('worker read the request')\n"),
+    ("worker/main.py", "        elif lm.kind == wire.SHUTDOWN:\n",
+     "        elif lm.kind == wire.SHUTDOWN:\n            dump('worker')\n"),
+    ("worker/kernel.py", "from .. import wire\n", "from .. import wire\n" + IMPORT),
+    ("worker/kernel.py", "        msg = _parse(frames)\n",
+     "        msg = _parse(frames)\n        mark('worker parsed the request')\n"),
+    ("worker/kernel.py", "        self.flush_streams(fds=False)\n        self.messenger.publish(",
+     "        mark('worker: the echo callback sends')\n"
+     "        self.flush_streams(fds=False)\n        self.messenger.publish("),
+]
+
+
+def instrumented_copy(dest: Path) -> Path:
+    """A copy of the relaykernel package with the timestamps of EDITS; returns its root."""
+    src = Path(harness.REPO_ROOT) / "relaykernel"
+    pkg = dest / "relaykernel"
+    shutil.copytree(src, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    (pkg / "_timeline.py").write_text(TRACE_MODULE)
+    for rel, old, new in EDITS:
+        path = pkg / rel
+        text = path.read_text()
+        if text.count(old) != 1:
+            raise SystemExit(f"echo_timeline: the edit for {rel} no longer applies: {old.strip()!r}")
+        path.write_text(text.replace(old, new))
+    return dest
+
+
+def timeline(sends: list[tuple[int, int]], marks: list[tuple[int, str]]) -> list[tuple[float, str, int]]:
+    """Median offset (us) from the client's send of each mark's first occurrence within
+    each echo, sorted by time: [(median_us, mark, how many echoes had it)]."""
+    marks.sort()
+    times = [t for t, _ in marks]
+    offsets: dict[str, list[float]] = defaultdict(list)
+    for t0, t1 in sends:
+        seen: set[str] = set()
+        for t, tag in marks[bisect.bisect_left(times, t0) : bisect.bisect_right(times, t1)]:
+            if tag not in seen:
+                seen.add(tag)
+                offsets[tag].append((t - t0) / 1e3)
+        offsets["client received the echo"].append((t1 - t0) / 1e3)
+    return sorted((statistics.median(v), tag, len(v)) for tag, v in offsets.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=500, help="echoes per kernel")
+    ap.add_argument("--no-interleave", action="store_true",
+                    help="all relaykernel echoes first, then ipykernel's (a warm run)")
+    a = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="relaykernel-timeline-"))
+    try:
+        root = instrumented_copy(work)
+        out = work / "marks"
+        out.mkdir()
+        os.environ["RELAYKERNEL_TIMELINE_DIR"] = str(out)
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+        specs = harness.write_kernelspecs()
+        ctx = harness.make_context()
+        repo_root = harness.REPO_ROOT
+        harness.REPO_ROOT = root  # the kernel's cwd, first on its sys.path
+        kernels = {}
+        try:
+            kernels["relaykernel"] = harness.start_kernel("relaykernel", "relaykernel", ctx, 60)
+            harness.REPO_ROOT = repo_root
+            kernels["ipykernel"] = harness.start_kernel("ipykernel", "ipykernel", ctx, 60)
+            echoes = {name: Echo(k, 30) for name, k in kernels.items()}
+            for e in echoes.values():
+                for i in range(20):
+                    e.roundtrip(f"warm{i}")
+            sends: list[tuple[int, int]] = []
+            rts: dict[str, list[float]] = {name: [] for name in echoes}
+            order = [[(name, i) for name in echoes] for i in range(a.n)]
+            if a.no_interleave:
+                order = [[(name, i) for i in range(a.n)] for name in echoes]
+            for step in order:
+                for name, i in step:
+                    t0 = time.perf_counter_ns()
+                    dt = echoes[name].roundtrip(i)
+                    rts[name].append(dt)
+                    if name == "relaykernel":
+                        sends.append((t0, t0 + int(dt * 1e9)))
+        finally:
+            harness.REPO_ROOT = repo_root
+            for k in kernels.values():
+                harness.stop_kernel(k)
+            specs.cleanup()
+        deadline = time.monotonic() + 10
+        while len(list(out.glob("*.txt"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the worker writes its marks as it exits
+        marks = [(int(t), tag) for f in out.glob("*.txt")
+                 for tag, t in (line.rsplit(" ", 1) for line in f.read_text().splitlines())]
+        if not marks:
+            raise SystemExit("echo_timeline: the instrumented kernel wrote no timestamps")
+        mode = "one kernel after the other" if a.no_interleave else "interleaved"
+        print(f"sequential comm echo, n={a.n} per kernel, {mode}; medians:")
+        for name, v in rts.items():
+            print(f"  {name}: {statistics.median(v) * 1e3:.3f} ms")
+        print("\nrelaykernel, median time from the client's send (us), and the step from the line above:")
+        previous = 0.0
+        for median, tag, count in timeline(sends, marks):
+            print(f"  {median:8.1f}  (+{median - previous:6.1f})  {tag}  [{count}/{len(sends)} echoes]")
+            previous = median
+        print("\n[k/n]: in how many echoes the point came before the client had the echo; points"
+              " below n/n are partly off the critical path (busy, done, idle).")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
