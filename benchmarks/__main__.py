@@ -123,14 +123,15 @@ def main(argv: list[str] | None = None) -> int:
                 1e3,
             )
         )
-        size = cfg.buf_sizes[-1]
-        log(f"floor: bare pyzmq {size >> 20} MB round trips, direct and through a relay process")
-        direct, relayed = M.floor_large(size, cfg.buf_reps[-1], cfg.timeout)
         no_kernel = {lb: Cell(note="— (no kernel)") for lb in labels[1:]}
-        rows.append(Row(f"bare pyzmq {size >> 20} MB rt, direct over tcp (ipykernel's path)", "ms",
-                        {labels[0]: direct, **no_kernel}, "floor", 1e3))
-        rows.append(Row(f"bare pyzmq {size >> 20} MB rt, tcp + relay process + ipc (relaykernel's path)",
-                        "ms", {labels[0]: relayed, **no_kernel}, "floor", 1e3))
+        for size, reps in ((M.ECHO_FLOOR_BYTES, cfg.comm_seq_n), (cfg.buf_sizes[-1], cfg.buf_reps[-1])):
+            what = M.size_label(size)
+            log(f"floor: bare pyzmq {what} round trips, direct and through a relay process, alternating")
+            direct, relayed = M.floor_paths(size, reps, cfg.timeout)
+            rows.append(Row(f"bare pyzmq {what} rt, direct over tcp (ipykernel's path)", "ms",
+                            {labels[0]: direct, **no_kernel}, "floor", 1e3))
+            rows.append(Row(f"bare pyzmq {what} rt, tcp + relay process + ipc (relaykernel's path)",
+                            "ms", {labels[0]: relayed, **no_kernel}, "floor", 1e3))
 
     if "startup" in a.only_set:
         log(f"startup: {cfg.startups} launches per kernel, alternating")

@@ -8,6 +8,7 @@ back, buffers are byte-identical, ``1+1`` really gave ``2``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -523,49 +524,70 @@ while True:
 """
 
 
-def floor_large(size: int, reps: int, timeout: float) -> tuple[Cell, Cell]:
+#: Bytes of the bare floor's small round trip: about one comm echo's seven frames.
+ECHO_FLOOR_BYTES = 400
+
+
+def size_label(size: int) -> str:
+    return f"{size >> 20} MB" if size >= 1 << 20 else f"{size} B"
+
+
+def floor_paths(size: int, reps: int, timeout: float) -> tuple[Cell, Cell]:
     """Bare pyzmq round trips of one ``size``-byte frame, zero-copy everywhere:
     to an echo process over tcp (ipykernel's topology), and through a relay
     process that forwards over ipc to the echo process (relaykernel's).  What
-    the extra hop costs physically, with no Jupyter, signing or Python work."""
+    the extra hop costs physically, with no Jupyter, signing or Python work.
+
+    Both topologies run at once and take turns (A B A B ...), as the kernels
+    do, so each sample finds the machine as a kernel's would: the other
+    path's processes ran in between."""
     payload = os.urandom(size)
-    cells = []
-    with tempfile.TemporaryDirectory(prefix="relaybench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="relaybench-") as tmp, contextlib.ExitStack() as stack:
+        socks = []
         for scripts in ([_LARGE_ECHO], [_LARGE_RELAY, _LARGE_ECHO]):
             ctx = zmq.Context()
             sock = ctx.socket(zmq.PAIR)
             sock.linger = 0
+            stack.callback(ctx.term)
+            stack.callback(sock.close)
             port = sock.bind_to_random_port("tcp://127.0.0.1")
-            ipc = f"ipc://{tmp}/relay-{len(cells)}"
+            ipc = f"ipc://{tmp}/relay-{len(socks)}"
             args = [[f"tcp://127.0.0.1:{port}"]] if len(scripts) == 1 else [[f"tcp://127.0.0.1:{port}", ipc], [ipc]]
-            procs = [subprocess.Popen([sys.executable, "-c", code, *a]) for code, a in zip(scripts, args)]
-            try:
-                samples = []
-                for i in range(reps + 1):
+            for code, a in zip(scripts, args):
+                stack.callback(_reap, subprocess.Popen([sys.executable, "-c", code, *a]))
+            stack.callback(_send_quietly, sock, b"quit")
+            socks.append(sock)
+        cells = [Cell(), Cell()]
+        warmup = max(1, reps // 10)
+        try:
+            for i in range(warmup + reps):
+                for sock, cell in zip(socks, cells):
                     t0 = time.perf_counter()
                     sock.send(payload, copy=False)
                     if not sock.poll(timeout * 1000):
-                        raise BenchError("large echo timed out")
+                        raise BenchError(f"{size}-byte echo timed out")
                     back = sock.recv(copy=False)
                     dt = time.perf_counter() - t0
                     if back.buffer != payload:
-                        raise BenchError("large echo corrupted")
-                    if i:  # the first one is warm-up
-                        samples.append(dt)
-                sock.send(b"quit")
-                cells.append(Cell(samples))
-            except BenchError as e:
-                cells.append(Cell(note=str(e)))
-            finally:
-                sock.close()
-                ctx.term()
-                for p in procs:
-                    try:
-                        p.wait(timeout=2)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
-                        p.wait()
+                        raise BenchError(f"{size}-byte echo corrupted")
+                    if i >= warmup:
+                        cell.samples.append(dt)
+        except BenchError as e:
+            return Cell(note=str(e)), Cell(note=str(e))
     return cells[0], cells[1]
+
+
+def _send_quietly(sock: zmq.Socket, msg: bytes) -> None:
+    with contextlib.suppress(zmq.ZMQError):
+        sock.send(msg, zmq.NOBLOCK)
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    try:
+        proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def floor(n: int, timeout: float) -> Cell:

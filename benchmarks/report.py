@@ -121,12 +121,13 @@ def floor_notes(rows: list[Row], floor: Cell | None, subject: str) -> list[str]:
     if floor is None or not floor.ok:
         return []
     notes = []
-    # each kernel's large-buffer echo against the bare transport of its topology
-    bare = [r for r in rows if r.name.startswith("bare pyzmq ") and " MB rt, " in r.name]
-    for r in rows:
-        for b in bare:
-            size = " ".join(b.name.split()[2:4])  # "bare pyzmq 50 MB rt, ..." -> "50 MB"
-            if not r.name.startswith(f"comm {size} buffer round trip"):
+    # each kernel's echo against the bare transport of its topology, same size class
+    bare = [r for r in rows if r.name.startswith("bare pyzmq ") and " rt, " in r.name]
+    for b in bare:
+        size = " ".join(b.name.split()[2:4])  # "bare pyzmq 50 MB rt, ..." -> "50 MB"
+        prefix = "comm echo rt sequential" if size.endswith(" B") else f"comm {size} buffer round trip"
+        for r in rows:
+            if not r.name.startswith(prefix):
                 continue
             for lb, cell in r.cells.items():
                 relay = lb == subject
@@ -134,7 +135,7 @@ def floor_notes(rows: list[Row], floor: Cell | None, subject: str) -> list[str]:
                     continue
                 ref = b.cells.get(subject)  # bare figures sit in the first column
                 if cell.ok and ref is not None and ref.ok:
-                    notes.append(f"- {lb} comm {size} buffer rt median / bare pyzmq "
+                    notes.append(f"- {lb} {prefix} median / bare pyzmq {size} "
                                  f"{'relay' if relay else 'direct'} path median = "
                                  f"{cell.median / ref.median:.2f}x (1.00x: nothing but the transport)")
     for r in rows:
