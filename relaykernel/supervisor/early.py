@@ -32,6 +32,7 @@ from typing import Any
 
 import zmq
 
+from ..io_threads import batch_io_threads
 from ..signing import Signer
 from .heartbeat import Heartbeat
 from .kernel_info import kernel_info_content
@@ -176,4 +177,5 @@ def begin(args: list[str]) -> EarlyStart:
         connection_file=early.connection_file, crash_log=os.path.join(early.private_dir, "crash"),
         log_level=logging.DEBUG if "--debug" in args else logging.WARNING, supervisor_pid=os.getpid())
     early.worker = WorkerProcess(ctx, 1, early.private_dir, config)
+    batch_io_threads()  # libzmq's threads exist now: the sockets above started them
     return early

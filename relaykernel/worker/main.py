@@ -20,6 +20,7 @@ import time
 import zmq
 
 from .. import CONNECTION_FILE_ENV, wire
+from ..io_threads import batch_io_threads
 from ..signing import Signer
 from .entry import WorkerConfig
 from .link import Link
@@ -42,6 +43,7 @@ def serve(config: WorkerConfig) -> None:
 
     ctx = zmq.Context()
     link = Link(ctx, config.endpoint)
+    batch_io_threads()
     messenger = Messenger(Signer(config.key, config.signature_scheme, config.session_id), link)
     stdout = OutStream("stdout", messenger.publish, fileno=1)
     stderr = OutStream("stderr", messenger.publish, fileno=2)

@@ -9,6 +9,7 @@ import time
 import uuid
 
 import psutil
+import pytest
 import zmq
 from jupyter_client.session import Session
 
@@ -329,6 +330,26 @@ def test_user_code_runs_in_worker_not_supervisor(kernel):
     assert cmdline[4] == kernel.km.connection_file
     # (whether the supervisor imports IPython cannot be checked reliably from the
     # outside; that is covered by a unit test)
+
+
+def _io_thread_policies(pid: int) -> list[int]:
+    policies = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            if f.read().startswith("ZMQbg/IO/"):
+                policies.append(os.sched_getscheduler(int(tid)))
+    return policies
+
+
+@relaykernel_only
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+def test_libzmq_io_threads_of_supervisor_and_worker_run_as_batch(kernel):
+    """They must not preempt the thread that wakes them (relaykernel/io_threads.py)."""
+    for pid in (kernel.pid, kernel.worker_pid()):
+        policies = _io_thread_policies(pid)
+        assert policies and set(policies) == {os.SCHED_BATCH}, (pid, policies)
+    # user code is not touched: the cell's own thread keeps the default policy
+    assert evaluate(kernel.kc, "__import__('os').sched_getscheduler(0)") == str(os.SCHED_OTHER)
 
 
 @relaykernel_only
