@@ -34,7 +34,7 @@ log = logging.getLogger("relaykernel")
 IO_THREAD_PREFIX = "ZMQbg/IO/"
 
 
-def batch_io_threads(wait: float = 0.1) -> int:
+def batch_io_threads(wait: float = 0.02) -> int:
     """Put this process's libzmq IO threads under SCHED_BATCH; returns how many.
 
     Call it after the context has made its first socket (libzmq starts its
