@@ -81,8 +81,9 @@ EDITS: list[tuple[str, str, str]] = [
      "    def _close(self) -> None:\n        dump('supervisor')\n"),
     ("worker/link.py", "from .. import wire\n", "from .. import wire\n" + IMPORT),
     ("worker/link.py",
-     "                    select.select([self._fd, self._nudge_r], [], [])\n",
-     "                    select.select([self._fd, self._nudge_r], [], [])\n                    mark('worker woke')\n"),
+     "                    readable, _, _ = select.select([self._fd, self._nudge_r], [], [])\n",
+     "                    readable, _, _ = select.select([self._fd, self._nudge_r], [], [])\n"
+     "                    mark('worker woke')\n"),
     ("worker/link.py",
      "            wire.send_frames(self._pair, frames)\n",
      "            wire.send_frames(self._pair, frames)\n            mark('worker sent ' + kind.decode())\n"),

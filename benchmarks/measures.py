@@ -626,8 +626,4 @@ def floor(n: int, timeout: float) -> Cell:
     finally:
         s.close()
         ctx.term()
-        try:
-            proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _reap(proc)

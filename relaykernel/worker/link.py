@@ -108,8 +108,9 @@ class Link:
                 with self._lock:
                     frames = self._read() if self._pair.getsockopt(_EVENTS) & _POLLIN else None
                 if frames is None:
-                    select.select([self._fd, self._nudge_r], [], [])
-                    self._drain_nudges()
+                    readable, _, _ = select.select([self._fd, self._nudge_r], [], [])
+                    if self._nudge_r in readable:  # most wakes are the socket's, no nudge to read
+                        self._drain_nudges()
                     continue
             finally:
                 self._waiting = False
