@@ -9,6 +9,7 @@ Handlers live in tables keyed by message type (frontend) or link kind (worker).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -177,8 +178,8 @@ class SupervisorLoop:
                 handler(msg)
             self.out.status("idle", msg)
         elif msg.channel == "stdin":
-            if msg.msg_type == "input_reply" and self.active is not None:
-                self.active.send(wire.encode(wire.INPUT_REPLY, None, msg.frames))
+            if msg.msg_type == "input_reply":
+                self._input_reply(msg)
         elif msg.msg_type in self.shell_handlers:  # answered here, at once, even mid-cell
             self.out.status("busy", msg)
             self.shell_handlers[msg.msg_type](msg)
@@ -289,7 +290,26 @@ class SupervisorLoop:
     def _on_stdin(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
         request = self.queue.current
         if worker is self.active and request is not None:
+            # payload: <IDS|MSG>, hmac, header, ...: the reply must answer this prompt
+            request.prompt_id = json.loads(wire.as_bytes(lm.payload[2])).get("msg_id")
             wire.send_frames(self.sockets.stdin, request.idents + list(lm.payload))
+
+    def _input_reply(self, msg: Incoming) -> None:
+        """Pass an input_reply to the worker only if it answers the open prompt.
+
+        A reply sent after its prompt was interrupted would otherwise answer the
+        next input() of a later cell.  A reply without a parent (jupyter_client's
+        ``KernelClient.input``) answers whichever prompt is open."""
+        request = self.queue.current
+        if self.active is None or request is None or request.prompt_id is None:
+            log.warning("input_reply dropped: no input() is waiting for one")
+            return
+        parent = json.loads(wire.as_bytes(msg.frames[1])) or {}
+        if parent.get("msg_id", request.prompt_id) != request.prompt_id:
+            log.warning("input_reply dropped: it answers another prompt than the open one")
+            return
+        request.prompt_id = None
+        self.active.send(wire.encode(wire.INPUT_REPLY, None, msg.frames))
 
     def _on_target(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
         """A target appeared in the worker: hand it the preserved comms it can adopt."""

@@ -41,6 +41,8 @@ class Incoming:
     _content: dict[str, Any] | None = field(default=None, repr=False)
     #: the worker announced it began running this request (execute_input)
     started: bool = False
+    #: msg_id of this request's input_request that awaits its input_reply
+    prompt_id: str | None = None
 
     @property
     def msg_type(self) -> str:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from tests.kernel.helpers import collect_iopub_until_idle, execute, get_reply, stream_text
+from tests.kernel.helpers import (
+    collect_iopub_until_idle,
+    execute,
+    get_reply,
+    relaykernel_only,
+    stream_text,
+)
 
 
 def test_input_round_trip(kernel):
@@ -83,3 +89,20 @@ def test_interrupting_input_then_a_late_answer_does_no_harm(kernel):
     iopub = collect_iopub_until_idle(kc, msg_id)
     [result] = [m for m in iopub if m["msg_type"] == "execute_result"]
     assert result["content"]["data"]["text/plain"] == "'yes on time'"
+
+
+@relaykernel_only
+def test_an_input_reply_to_another_prompt_is_not_taken(kernel):
+    """A reply whose parent is not the open input_request (say, a prompt that was
+    interrupted) is dropped; the reply to the open prompt answers it."""
+    kc = kernel.kc
+    msg_id = kc.execute("input('which? ')", allow_stdin=True)
+    prompt = kc.get_stdin_msg(timeout=30)
+    assert prompt["content"]["prompt"] == "which? "
+    older = {"msg_id": "an-interrupted-prompt", "msg_type": "input_request"}
+    kc.stdin_channel.send(kc.session.msg("input_reply", {"value": "stale"}, parent=older))
+    kc.stdin_channel.send(kc.session.msg("input_reply", {"value": "right"}, parent=prompt))
+    assert get_reply(kc, msg_id, timeout=30)["content"]["status"] == "ok"
+    iopub = collect_iopub_until_idle(kc, msg_id)
+    [result] = [m for m in iopub if m["msg_type"] == "execute_result"]
+    assert result["content"]["data"]["text/plain"] == "'right'"
