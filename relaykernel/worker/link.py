@@ -15,6 +15,12 @@ may consume the edge that announced a message.  So a sender that finds input
 waiting after its send wakes a receiver that is blocked (``_nudge``), and
 the receiver always checks ``ZMQ_EVENTS`` before it blocks.
 
+Signals wake the receiver through the same pipe (``signal.set_wakeup_fd``).
+Python runs a signal's handler in the main thread only once that thread
+leaves the system call it is in, and a signal that lands just before the
+thread enters ``select`` -- or on another thread -- does not interrupt it:
+an interrupt of ``input()`` would wait for a reply that never comes.
+
 A small thread runs the ``tickers`` (stream flushes) every TICK_INTERVAL.
 
 Must not import IPython.
@@ -26,6 +32,7 @@ import collections
 import logging
 import os
 import select
+import signal
 import threading
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
@@ -63,6 +70,9 @@ class Link:
         self._ticker = threading.Thread(target=self._tick, name="relaykernel-flush", daemon=True)
 
     def start(self) -> None:
+        """Start the ticker thread; from the main thread, which also makes
+        every signal wake :meth:`receive` (see the module docstring)."""
+        signal.set_wakeup_fd(self._nudge_w, warn_on_full_buffer=False)
         self._ticker.start()
 
     # ---------------------------------------------------------------- sending

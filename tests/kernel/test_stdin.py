@@ -106,3 +106,25 @@ def test_an_input_reply_to_another_prompt_is_not_taken(kernel):
     iopub = collect_iopub_until_idle(kc, msg_id)
     [result] = [m for m in iopub if m["msg_type"] == "execute_result"]
     assert result["content"]["data"]["text/plain"] == "'right'"
+
+
+@relaykernel_only
+def test_a_signal_that_lands_on_another_thread_still_interrupts_input(kernel):
+    """Python runs handlers in the main thread once it leaves its system call; a
+    SIGINT taken by another thread (or just before the wait began) must still
+    wake input()'s wait instead of leaving it blocked for good."""
+    kc = kernel.kc
+    code = ("import signal, threading, time\n"
+            "def poke():\n"
+            "    time.sleep(0.3)\n"
+            "    signal.pthread_kill(threading.get_ident(), signal.SIGINT)\n"
+            "threading.Thread(target=poke).start()\n"
+            "input('never answered? ')")
+    msg_id = kc.execute(code, allow_stdin=True)
+    assert kc.get_stdin_msg(timeout=30)["content"]["prompt"] == "never answered? "
+    reply = get_reply(kc, msg_id, timeout=15)  # no interrupt_request: nothing replaces the worker
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    collect_iopub_until_idle(kc, msg_id)
+    reply, _ = execute(kc, "'still here'")
+    assert reply["content"]["status"] == "ok"
