@@ -1,6 +1,6 @@
 """Where one comm echo's time goes: a timeline across the client, supervisor and worker.
 
-    python -m benchmarks.echo_timeline [-n 500] [--no-interleave]
+    python -m benchmarks.echo_timeline [-n 500] [--no-interleave] [--buffer-mb 50]
 
 Copies the ``relaykernel`` package into a temporary directory and adds
 timestamps at the points below (each an exact source edit; the script stops
@@ -74,9 +74,9 @@ EDITS: list[tuple[str, str, str]] = [
      "        self._after_large(lm.payload[7:])\n        wire.send_frames(self.sockets.iopub, lm.payload)\n"
      "        mark('supervisor published the echo')\n"),
     ("supervisor/kernel.py",
-     '        self.out.status("idle", request)\n        if lm.meta.get("status") == "error"',
+     '        self.out.status("idle", request)\n        self._trim_later()\n',
      '        self.out.status("idle", request)\n        mark("supervisor published idle")\n'
-     '        if lm.meta.get("status") == "error"'),
+     '        self._trim_later()\n'),
     ("supervisor/kernel.py", "    def _close(self) -> None:\n",
      "    def _close(self) -> None:\n        dump('supervisor')\n"),
     ("worker/link.py", "from .. import wire\n", "from .. import wire\n" + IMPORT),
@@ -87,8 +87,8 @@ EDITS: list[tuple[str, str, str]] = [
     ("worker/link.py",
      "            wire.send_frames(self._pair, frames)\n",
      "            wire.send_frames(self._pair, frames)\n            mark('worker sent ' + kind.decode())\n"),
-    ("worker/main.py", "from .. import CONNECTION_FILE_ENV, wire\n",
-     "from .. import CONNECTION_FILE_ENV, wire\n" + IMPORT),
+    ("worker/main.py", "from .. import CONNECTION_FILE_ENV, heap, wire\n",
+     "from .. import CONNECTION_FILE_ENV, heap, wire\n" + IMPORT),
     ("worker/main.py", "        lm = link.receive(_MAIN_KINDS)\n",
      "        lm = link.receive(_MAIN_KINDS)\n        mark('worker read the request')\n"),
     ("worker/main.py", "        elif lm.kind == wire.SHUTDOWN:\n",
@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=500, help="echoes per kernel")
     ap.add_argument("--no-interleave", action="store_true",
                     help="all relaykernel echoes first, then ipykernel's (a warm run)")
+    ap.add_argument("--buffer-mb", type=float, default=0,
+                    help="each echo carries a binary buffer of this size (use a small -n)")
     a = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="relaykernel-timeline-"))
     try:
@@ -156,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             harness.REPO_ROOT = repo_root
             kernels["ipykernel"] = harness.start_kernel("ipykernel", "ipykernel", ctx, 60)
             echoes = {name: Echo(k, 30) for name, k in kernels.items()}
+            payload = os.urandom(int(a.buffer_mb * (1 << 20))) if a.buffer_mb else None
             for e in echoes.values():
-                for i in range(20):
-                    e.roundtrip(f"warm{i}")
+                for i in range(2 if payload else 20):
+                    e.roundtrip(f"warm{i}", payload, settle=payload is not None)
             sends: list[tuple[int, int]] = []
             rts: dict[str, list[float]] = {name: [] for name in echoes}
             order = [[(name, i) for name in echoes] for i in range(a.n)]
@@ -166,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
                 order = [[(name, i) for i in range(a.n)] for name in echoes]
             for step in order:
                 for name, i in step:
+                    if payload is not None:  # leftovers of the last request, before t0
+                        echoes[name].k.waiter.drain(quiet=0.02)
                     t0 = time.perf_counter_ns()
-                    dt = echoes[name].roundtrip(i)
+                    dt = echoes[name].roundtrip(i, payload)
                     rts[name].append(dt)
                     if name == "relaykernel":
                         sends.append((t0, t0 + int(dt * 1e9)))
@@ -184,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         if not marks:
             raise SystemExit("echo_timeline: the instrumented kernel wrote no timestamps")
         mode = "one kernel after the other" if a.no_interleave else "interleaved"
-        print(f"sequential comm echo, n={a.n} per kernel, {mode}; medians:")
+        carrying = f", each with a {a.buffer_mb:g} MB buffer" if payload else ""
+        print(f"sequential comm echo{carrying}, n={a.n} per kernel, {mode}; medians:")
         for name, v in rts.items():
             print(f"  {name}: {statistics.median(v) * 1e3:.3f} ms")
         print("\nrelaykernel, median time from the client's send (us), and the step from the line above:")

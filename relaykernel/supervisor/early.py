@@ -32,6 +32,7 @@ from typing import Any
 
 import zmq
 
+from .. import heap
 from ..io_threads import batch_io_threads
 from ..signing import Signer
 from .heartbeat import Heartbeat
@@ -134,6 +135,7 @@ def begin(args: list[str]) -> EarlyStart:
     # before the loop installs its handlers; no cell runs yet, so there is
     # nothing to interrupt, but the default handler would kill the supervisor.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    heap.keep_freed_memory()  # before the first buffer arrives
     path = connection_file_arg(args)
     info = {}
     if path and os.path.exists(path):
@@ -175,7 +177,8 @@ def begin(args: list[str]) -> EarlyStart:
     config = WorkerConfig(
         key=key, signature_scheme=scheme, session_id=session_id,
         connection_file=early.connection_file, crash_log=os.path.join(early.private_dir, "crash"),
-        log_level=logging.DEBUG if "--debug" in args else logging.WARNING, supervisor_pid=os.getpid())
+        log_level=logging.DEBUG if "--debug" in args else logging.WARNING, supervisor_pid=os.getpid(),
+        inherited_tunables=os.environ.get(heap.TUNABLES_ENV))
     early.worker = WorkerProcess(ctx, 1, early.private_dir, config)
     batch_io_threads()  # libzmq's threads exist now: the sockets above started them
     return early

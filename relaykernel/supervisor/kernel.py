@@ -27,7 +27,8 @@ from .comm_relay import CommRelay
 from .kernel_info import kernel_info_content
 from .outbox import Outbox
 from .recovery import WORKER_DIED, Death, read_crash_log
-from .resources import GIB, MemoryGuard, Usage, release_freed_memory
+from ..heap import release_freed_memory
+from .resources import GIB, MemoryGuard, Usage
 from .shell_queue import ShellQueue, stops_on_error
 from .sockets import Incoming, KernelSockets, Verifier
 from .worker_process import WorkerProcess, WorkerState
@@ -37,7 +38,8 @@ log = logging.getLogger("relaykernel.supervisor")
 #: Seconds between two samples of the worker's memory (when a limit is set).
 MEMORY_CHECK_INTERVAL = 0.2
 RESTARTED = "the kernel was restarted"
-#: Buffers above this size (bytes) make the supervisor trim its heap afterwards.
+#: Buffers above this size (bytes) make the supervisor trim its heap afterwards
+#: (as every finished request does).
 LARGE_BUFFER = 1 << 18
 #: Seconds without large buffers before the heap is trimmed.
 TRIM_QUIET = 3.0
@@ -76,7 +78,7 @@ class SupervisorLoop:
         self.usage = Usage()
         self._soft_limit_hit: Incoming | None = None
         self._trim_scheduled = False
-        self._last_large = 0.0
+        self._last_busy = 0.0
         self.verifier = verifier
         self.out = Outbox(sockets, signer)
         #: requests that arrived before the loop ran (the early responder kept them)
@@ -250,6 +252,7 @@ class SupervisorLoop:
         if request.msg_type == "comm_close":
             self.comms.frontend_closed(request.content.get("comm_id", ""))
         self.out.status("idle", request)
+        self._trim_later()
         if lm.meta.get("status") == "error" and request.msg_type == "execute_request":
             if stops_on_error(request):
                 self._abort(self.queue.take_executes())
@@ -339,19 +342,22 @@ class SupervisorLoop:
             self._stopping = True
 
     def _after_large(self, buffers: Any) -> None:
-        """Trim the heap once large buffers stop passing for TRIM_QUIET seconds.
+        if any(len(b) > LARGE_BUFFER for b in buffers):
+            self._trim_later()
 
-        Not sooner: a burst of large transfers reuses the freed pages, and giving
-        them back in between would make every transfer fault them in again."""
-        if not any(len(b) > LARGE_BUFFER for b in buffers):
-            return
-        self._last_large = time.monotonic()
+    def _trim_later(self) -> None:
+        """Give freed memory back once the kernel has been quiet for TRIM_QUIET seconds.
+
+        The heap keeps what messages freed (``heap.keep_freed_memory``), so the
+        next large buffer or output burst lands in pages already mapped; giving
+        them back between two transfers would make each one fault them in again."""
+        self._last_busy = time.monotonic()
         if not self._trim_scheduled:
             self._trim_scheduled = True
-            self._timers.append((self._last_large + TRIM_QUIET, self._trim_when_quiet))
+            self._timers.append((self._last_busy + TRIM_QUIET, self._trim_when_quiet))
 
     def _trim_when_quiet(self) -> None:
-        quiet_since = time.monotonic() - self._last_large
+        quiet_since = time.monotonic() - self._last_busy
         if quiet_since < TRIM_QUIET:
             self._timers.append((time.monotonic() + TRIM_QUIET - quiet_since, self._trim_when_quiet))
             return

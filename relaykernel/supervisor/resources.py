@@ -9,7 +9,6 @@ report, before the system's OOM killer takes the whole kernel silently.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 from dataclasses import dataclass
@@ -55,20 +54,6 @@ class MemoryGuard:
         if self.soft_limit and rss >= self.soft_limit:
             return "soft", rss
         return "", rss
-
-
-def release_freed_memory() -> None:
-    """Give freed heap pages back to the system (glibc ``malloc_trim``).
-
-    A large comm buffer relayed through the supervisor is freed at once, but
-    glibc keeps the pages in its arenas (libzmq allocates in its IO thread's),
-    so without this the supervisor's RSS stays tens of MB higher after one
-    big transfer.  A no-op where there is no glibc.
-    """
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class Usage:

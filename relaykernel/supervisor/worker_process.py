@@ -20,7 +20,7 @@ from typing import Any
 import multiprocess
 import zmq
 
-from .. import wire
+from .. import heap, wire
 from ..worker.entry import WorkerConfig, run_worker
 
 log = logging.getLogger("relaykernel.supervisor")
@@ -79,10 +79,13 @@ class WorkerProcess:
         # Start with SIGINT ignored (inherited across exec) until the worker has its
         # own process group: jupyter_client interrupts the kernel's whole group.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # huge pages for the worker's large buffers, read by glibc at exec (heap.py)
+        os.environ[heap.TUNABLES_ENV] = heap.hugepage_tunables(config.inherited_tunables)
         try:
             self.process.start()
         finally:
             signal.signal(signal.SIGINT, previous)
+            heap.restore_tunables(config.inherited_tunables)
         self.pid: int = self.process.pid
         self.sentinel: int = self.process.sentinel
 

@@ -24,6 +24,9 @@ class WorkerConfig:
     number: int = 0
     log_level: int = 30
     supervisor_pid: int = 0
+    #: GLIBC_TUNABLES as the supervisor inherited it (None: unset); the worker
+    #: starts with huge pages added and puts this back for the user's programs
+    inherited_tunables: str | None = None
 
     def with_endpoint(self, endpoint: str, number: int) -> WorkerConfig:
         return dataclasses.replace(self, endpoint=endpoint, number=number,

@@ -19,7 +19,7 @@ import time
 
 import zmq
 
-from .. import CONNECTION_FILE_ENV, wire
+from .. import CONNECTION_FILE_ENV, heap, wire
 from ..io_threads import batch_io_threads
 from ..signing import Signer
 from .entry import WorkerConfig
@@ -37,6 +37,7 @@ def serve(config: WorkerConfig) -> None:
     os.setpgrp()
     _die_with_parent(config.supervisor_pid)
     os.environ[CONNECTION_FILE_ENV] = config.connection_file
+    heap.restore_tunables(config.inherited_tunables)
     crash_log = open(config.crash_log, "w")  # noqa: SIM115 - lives as long as the process
     faulthandler.enable(file=crash_log, all_threads=False)
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 3000))

@@ -189,9 +189,9 @@ class RelayKernels:
         self.handles: list[KernelHandle] = []
         self.tracker = ProcTracker()
 
-    def start(self, kernel_name: str) -> KernelHandle:
+    def start(self, kernel_name: str, env: dict[str, str] | None = None) -> KernelHandle:
         try:
-            handle = start_kernel(kernel_name)
+            handle = start_kernel(kernel_name, env=env)
         except RuntimeError as e:
             # jupyter_client picks the kernel's ports and closes them before the
             # kernel binds them; rarely another socket takes one meanwhile and the
@@ -199,7 +199,7 @@ class RelayKernels:
             # try once more with fresh ports.
             if "died before" not in str(e):
                 raise
-            handle = start_kernel(kernel_name)
+            handle = start_kernel(kernel_name, env=env)
         self.handles.append(handle)
         self.tracker.snapshot(handle)
         return handle

@@ -5,11 +5,14 @@ The hard memory limit is part of the crash matrix in test_crash.py.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 
+from relaykernel.heap import HUGEPAGE_TUNABLE, TUNABLES_ENV
 from tests.kernel import crash_helpers
+from tests.kernel.comm_helpers import ECHO_TARGET, comm_msg, comm_open, comms_of, handled, new_comm_id, only
 from tests.kernel.crash_helpers import (
     Recorder,
     install_spec,
@@ -128,3 +131,85 @@ def test_staying_above_the_soft_limit_never_kills_the_worker(relay, soft_spec) -
         cells += 1
         assert reply["content"].get("ename") != "WorkerDied", (cells, reply["content"])
     assert h.worker_pid() == worker
+
+
+# ------------------------------------------- large buffers and the processes' heaps
+def _minor_faults(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_the_supervisor_keeps_memory_for_the_next_large_buffer_and_gives_it_back_when_quiet(relay) -> None:
+    """A 50 MB buffer is 12,800 pages: the supervisor receives it twice per echo
+    (from the frontend and from the worker).  The second echo must land in
+    memory the first one left mapped, and that memory goes back to the system
+    once the kernel has been quiet for a few seconds (heap.py)."""
+    h = relay.start(KERNEL_NAME)
+    kc = h.kc
+    sup = supervisor_pid(h)
+    execute_ok(kc, ECHO_TARGET)
+    comm_id = new_comm_id()
+    handled(kc, comm_open(kc, comm_id, "echo"))
+    payload = os.urandom(50 << 20)
+    base = _rss_mb(sup)
+
+    def echo() -> None:
+        iopub = handled(kc, comm_msg(kc, comm_id, {"n": 1}, buffers=[payload]), timeout=60)
+        back = only(comms_of(iopub, "comm_msg", comm_id))["buffers"]
+        assert len(back) == 1 and bytes(back[0]) == payload
+
+    echo()
+    faults = _minor_faults(sup)
+    echo()
+    faults = _minor_faults(sup) - faults
+    assert faults < 3000, f"the supervisor faulted {faults} pages in for the second 50 MB echo"
+    assert _rss_mb(sup) > base + 40  # kept, until the kernel is quiet
+
+    deadline = time.monotonic() + 20
+    while _rss_mb(sup) > base + 20 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _rss_mb(sup) <= base + 20, f"{_rss_mb(sup) - base:.0f} MB still held 20 s after the last echo"
+
+
+USER_TUNABLES = "glibc.malloc.perturb=0"
+
+
+@pytest.mark.parametrize("inherited", [USER_TUNABLES, None], ids=["user-set", "unset"])
+def test_the_worker_runs_with_huge_pages_and_user_code_sees_the_users_tunables(relay, inherited,
+                                                                               monkeypatch) -> None:
+    """glibc reads GLIBC_TUNABLES when a process starts: the worker's starting
+    environment adds huge pages, but user code and the programs it starts see
+    the variable as the kernel inherited it."""
+    env = {TUNABLES_ENV: inherited} if inherited else {}
+    if not inherited:
+        monkeypatch.delenv(TUNABLES_ENV, raising=False)  # kernel_env() copies ours
+    h = relay.start(KERNEL_NAME, env=env)
+    worker = h.worker_pid()
+    # glibc splits the variable's text in place as it parses it ("a:b" reads "a\0b")
+    with open(f"/proc/{worker}/environ", "rb") as f:
+        started_with = f.read().replace(b"\0", b":").decode()
+    expected = f"{inherited}:{HUGEPAGE_TUNABLE}" if inherited else HUGEPAGE_TUNABLE
+    assert f"{TUNABLES_ENV}={expected}:" in started_with
+    if _thp_mode() in ("madvise", "always"):
+        evaluate(h.kc, "len(globals().setdefault('_big', b'x' * (50 << 20)))")
+        with open(f"/proc/{worker}/smaps_rollup") as f:
+            huge_kb = next(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:"))
+        assert huge_kb >= 40 << 10, f"a 50 MB object in the worker sits on {huge_kb} kB of huge pages"
+    assert evaluate(h.kc, f"__import__('os').environ.get({TUNABLES_ENV!r})") == repr(inherited)
+    shell = ("__import__('subprocess').run(['sh', '-c', 'echo \"[$GLIBC_TUNABLES]\"'],"
+             " capture_output=True, text=True).stdout.strip()")
+    assert evaluate(h.kc, shell) == repr(f"[{inherited or ''}]")
+
+
+def _thp_mode() -> str:
+    """The system's transparent huge page mode: always, madvise or never ('' if unknown)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[", 1)[1].split("]", 1)[0]
+    except (OSError, IndexError):
+        return ""
