@@ -258,7 +258,9 @@ def test_requests_queued_behind_a_crash(relay, stop_on_error: bool) -> None:
     kc = h.kc
     rec = Recorder(kc)
     execute_ok(kc, "a = 'old worker'")
-    ids = [kc.execute("import os; os._exit(3)", stop_on_error=stop_on_error),
+    # the sleep lets the next two requests reach the supervisor before the crash: a
+    # request that arrives after the error reply is not aborted (nor in ipykernel)
+    ids = [kc.execute("import os, time; time.sleep(0.5); os._exit(3)", stop_on_error=stop_on_error),
            kc.execute("a = 1"),
            kc.execute("a")]
     replies = [get_reply(kc, i) for i in ids]

@@ -253,7 +253,9 @@ def test_status_busy_idle_around_each_request(kernel):
 
 def test_stop_on_error_aborts_queued(kernel):
     kc = kernel.kc
-    id1 = kc.execute("raise RuntimeError('first fails')", allow_stdin=False)
+    # the sleep lets the next two requests reach the kernel before the error: only
+    # requests already there are aborted (ipykernel's stop_on_error_timeout is 0 too)
+    id1 = kc.execute("import time; time.sleep(0.5)\nraise RuntimeError('first fails')", allow_stdin=False)
     id2 = kc.execute("x = 1", allow_stdin=False)
     id3 = kc.execute("x = 2", allow_stdin=False)
     r1 = get_reply(kc, id1)
