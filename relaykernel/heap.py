@@ -30,10 +30,7 @@ Where there is no glibc (or no THP), all of this does nothing.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
-
-log = logging.getLogger("relaykernel")
 
 TUNABLES_ENV = "GLIBC_TUNABLES"
 #: madvise(MADV_HUGEPAGE) on the memory glibc maps for large allocations

@@ -21,13 +21,13 @@ from typing import Any
 import zmq
 
 from .. import wire
+from ..heap import release_freed_memory
 from ..signing import Signer
 from ..worker.entry import WorkerConfig
 from .comm_relay import CommRelay
 from .kernel_info import kernel_info_content
 from .outbox import Outbox
 from .recovery import WORKER_DIED, Death, read_crash_log
-from ..heap import release_freed_memory
 from .resources import GIB, MemoryGuard, Usage
 from .shell_queue import ShellQueue, stops_on_error
 from .sockets import Incoming, KernelSockets, Verifier
@@ -41,7 +41,7 @@ RESTARTED = "the kernel was restarted"
 #: Buffers above this size (bytes) make the supervisor trim its heap afterwards
 #: (as every finished request does).
 LARGE_BUFFER = 1 << 18
-#: Seconds without large buffers before the heap is trimmed.
+#: Seconds without requests or large buffers before the heap is trimmed.
 TRIM_QUIET = 3.0
 #: Consecutive workers that may die before READY before we slow down.
 MAX_START_FAILURES = 3

@@ -1,4 +1,4 @@
-"""Memory soft limit and usage_request (relaykernel only).
+"""Memory soft limit, usage_request, and where large buffers live (relaykernel only).
 
 The hard memory limit is part of the crash matrix in test_crash.py.
 """
@@ -12,7 +12,15 @@ import pytest
 
 from relaykernel.heap import HUGEPAGE_TUNABLE, TUNABLES_ENV
 from tests.kernel import crash_helpers
-from tests.kernel.comm_helpers import ECHO_TARGET, comm_msg, comm_open, comms_of, handled, new_comm_id, only
+from tests.kernel.comm_helpers import (
+    ECHO_TARGET,
+    comm_msg,
+    comm_open,
+    comms_of,
+    handled,
+    new_comm_id,
+    only,
+)
 from tests.kernel.crash_helpers import (
     Recorder,
     install_spec,
