@@ -62,3 +62,11 @@ def test_echo_timeline_takes_each_marks_first_time_within_each_echo():
     assert rows["a"] == (1.0, 2)  # (2000-1000, 11000-10000) ns -> 1.0 us median
     assert rows["b"] == (3.0, 2)  # 2.0 and 4.0 us; the mark after the second echo is ignored
     assert rows["client received the echo"] == (5.0, 2)
+
+
+def test_hot_path_measures_every_step_of_verified_requests():
+    from benchmarks.hot_path import measure
+
+    steps = measure(50)  # raises SystemExit if a request is lost, reordered or fails to verify
+    assert set(steps) == {"recv_frames", "verify", "encode"}
+    assert all(us > 0 for us in steps.values()), steps
