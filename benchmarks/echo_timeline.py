@@ -55,35 +55,35 @@ EDITS: list[tuple[str, str, str]] = [
      "        events = dict(self.poller.poll(self._next_timeout()))\n        mark('supervisor woke')\n"),
     ("supervisor/kernel.py",
      "        for msg in self.verifier.waiting(sock, channel, budget):\n",
-     "        for msg in self.verifier.waiting(sock, channel, budget):\n"
-     "            mark('supervisor verified the request')\n"),
+     ("        for msg in self.verifier.waiting(sock, channel, budget):\n"
+      "            mark('supervisor verified the request')\n")),
     ("supervisor/kernel.py",
      "            worker.send(wire.encode(wire.REQUEST, None, request.frames))\n",
-     "            worker.send(wire.encode(wire.REQUEST, None, request.frames))\n"
-     "            mark('supervisor sent it to the worker')\n"),
+     ("            worker.send(wire.encode(wire.REQUEST, None, request.frames))\n"
+      "            mark('supervisor sent it to the worker')\n")),
     ("supervisor/kernel.py",
      '        self.out.status("busy", request)\n        if request.msg_type == "comm_msg"',
-     '        self.out.status("busy", request)\n        mark("supervisor published busy")\n'
-     '        if request.msg_type == "comm_msg"'),
+     ('        self.out.status("busy", request)\n        mark("supervisor published busy")\n'
+      '        if request.msg_type == "comm_msg"')),
     ("supervisor/kernel.py",
      "                frames = wire.recv_frames(worker.link)\n            except zmq.Again:\n                return\n",
-     "                frames = wire.recv_frames(worker.link)\n            except zmq.Again:\n                return\n"
-     "            mark('supervisor received from the worker')\n"),
+     ("                frames = wire.recv_frames(worker.link)\n            except zmq.Again:\n                return\n"
+      "            mark('supervisor received from the worker')\n")),
     ("supervisor/kernel.py",
      "        self._after_large(lm.payload[7:])\n        wire.send_frames(self.sockets.iopub, lm.payload)\n",
-     "        self._after_large(lm.payload[7:])\n        wire.send_frames(self.sockets.iopub, lm.payload)\n"
-     "        mark('supervisor published the echo')\n"),
+     ("        self._after_large(lm.payload[7:])\n        wire.send_frames(self.sockets.iopub, lm.payload)\n"
+      "        mark('supervisor published the echo')\n")),
     ("supervisor/kernel.py",
      '        self.out.status("idle", request)\n        self._trim_later()\n',
-     '        self.out.status("idle", request)\n        mark("supervisor published idle")\n'
-     '        self._trim_later()\n'),
+     ('        self.out.status("idle", request)\n        mark("supervisor published idle")\n'
+      '        self._trim_later()\n')),
     ("supervisor/kernel.py", "    def _close(self) -> None:\n",
      "    def _close(self) -> None:\n        dump('supervisor')\n"),
     ("worker/link.py", "from .. import wire\n", "from .. import wire\n" + IMPORT),
     ("worker/link.py",
      "                    readable, _, _ = select.select([self._fd, self._nudge_r], [], [])\n",
-     "                    readable, _, _ = select.select([self._fd, self._nudge_r], [], [])\n"
-     "                    mark('worker woke')\n"),
+     ("                    readable, _, _ = select.select([self._fd, self._nudge_r], [], [])\n"
+      "                    mark('worker woke')\n")),
     ("worker/link.py",
      "            wire.send_frames(self._pair, frames)\n",
      "            wire.send_frames(self._pair, frames)\n            mark('worker sent ' + kind.decode())\n"),
@@ -97,8 +97,8 @@ EDITS: list[tuple[str, str, str]] = [
     ("worker/kernel.py", "        msg = _parse(frames)\n",
      "        msg = _parse(frames)\n        mark('worker parsed the request')\n"),
     ("worker/kernel.py", "        self.flush_streams(fds=False)\n        self.messenger.publish(",
-     "        mark('worker: the echo callback sends')\n"
-     "        self.flush_streams(fds=False)\n        self.messenger.publish("),
+     ("        mark('worker: the echo callback sends')\n"
+      "        self.flush_streams(fds=False)\n        self.messenger.publish(")),
 ]
 
 

@@ -253,9 +253,9 @@ class SupervisorLoop:
             self.comms.frontend_closed(request.content.get("comm_id", ""))
         self.out.status("idle", request)
         self._trim_later()
-        if lm.meta.get("status") == "error" and request.msg_type == "execute_request":
-            if stops_on_error(request):
-                self._abort(self.queue.take_executes())
+        if (lm.meta.get("status") == "error" and request.msg_type == "execute_request"
+                and stops_on_error(request)):
+            self._abort(self.queue.take_executes())
         if self.queue.current is not None:
             self._started(self.queue.current)  # already sent (pipelined); running now
         self._dispatch()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 
 class InterruptGate:

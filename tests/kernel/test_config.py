@@ -37,7 +37,7 @@ def test_ipc_transport(tmp_path):
     handle = start_kernel(transport="ipc", ip=str(tmp_path / "kernel-ipc"))
     try:
         assert handle.km.transport == "ipc"
-        reply, iopub = execute_ok(handle.kc, "print('over ipc'); 6*7")
+        _, iopub = execute_ok(handle.kc, "print('over ipc'); 6*7")
         assert any(m["msg_type"] == "stream" and "over ipc" in m["content"]["text"] for m in iopub)
         assert evaluate(handle.kc, "6*7") == "42"
         assert any(name.startswith("kernel-ipc-") for name in os.listdir(tmp_path))
