@@ -13,12 +13,12 @@ from relaykernel.heap import HUGEPAGE_TUNABLE, TUNABLES_ENV, hugepage_tunables, 
 #: In a fresh process: a libzmq thread receives a 50 MB message twice; how many
 #: page faults the second receive costs, and the RSS after release_freed_memory.
 PROBE = r"""
-import resource, sys, tempfile, zmq
+import os, resource, sys, tempfile, zmq
 from relaykernel import heap
 if sys.argv[1] == "keep":
     assert heap.keep_freed_memory()
 def rss_mb():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 ctx = zmq.Context()
 d = tempfile.mkdtemp()
 a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
