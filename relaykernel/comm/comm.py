@@ -18,9 +18,10 @@ class Comm(BaseComm):
     def __init__(self, target_name: str | None = None, data: Any = None, metadata: Any = None,
                  buffers: Any = None, **kwargs: Any) -> None:
         manager = comm_package.get_comm_manager()
-        self.kernel = kwargs.pop("kernel", None) or getattr(manager, "kernel", None)
-        if self.kernel is None:
+        kernel = kwargs.pop("kernel", None) or getattr(manager, "kernel", None)
+        if kernel is None:
             raise RuntimeError("relaykernel.comm.Comm needs a running relaykernel worker")
+        self.kernel: Any = kernel
         super().__init__(target_name=target_name or "comm", data=data, metadata=metadata,
                          buffers=buffers, **kwargs)
 

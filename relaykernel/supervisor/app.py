@@ -93,9 +93,13 @@ class Supervisor(Application):
             self.update_config(self.cli_config)
         self._setup_logging()
 
+    def _level(self) -> int:
+        """``log_level`` as a number (traitlets turns level names given on the command line into numbers)."""
+        return int(self.log_level)  # type: ignore[call-overload]
+
     def _setup_logging(self) -> None:
         logger = logging.getLogger("relaykernel")
-        logger.setLevel(self.log_level)
+        logger.setLevel(self._level())
         if not logger.handlers:
             handler = logging.StreamHandler(sys.__stderr__)
             handler.setFormatter(logging.Formatter("[relaykernel %(levelname)s %(asctime)s] %(message)s"))
@@ -123,7 +127,7 @@ class Supervisor(Application):
         info = self._read_connection()
         info["key"], info["signature_scheme"] = early.key, early.signature_scheme
         transport, ip = info.get("transport", "tcp"), info.get("ip", "127.0.0.1")
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context = zmq.Context.instance()
         sockets, heartbeat = early.sockets, early.heartbeat
         if sockets is None or heartbeat is None:  # no connection file yet: bind, then write it
             sockets = KernelSockets.bind_all(ctx, transport, ip, info)
@@ -141,7 +145,7 @@ class Supervisor(Application):
                 sockets=sockets, private_dir=private_dir,
                 worker_config=early.worker.config, first_worker=early.worker,
                 standby_workers=self.standby_workers, interrupt_grace=self.interrupt_grace,
-                inplace_restart=self.inplace_restart, log_level=self.log_level,
+                inplace_restart=self.inplace_restart, log_level=self._level(),
                 memory_guard=MemoryGuard(int(self.memory_soft_limit * GIB), int(self.memory_limit * GIB)),
                 held=held)
             loop.run()

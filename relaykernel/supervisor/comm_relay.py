@@ -78,6 +78,8 @@ class CommRelay:
         publish, if any.  Lets a reloaded page get its widgets back even while the
         worker is busy or being replaced (the frontend gives up after a few seconds)."""
         comm_id = msg.content.get("comm_id")
+        if not isinstance(comm_id, str):
+            return None
         if msg.msg_type == "comm_open":
             self._control_comms.add(comm_id)
         elif msg.msg_type == "comm_close":

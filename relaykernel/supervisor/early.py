@@ -156,7 +156,7 @@ def begin(args: list[str]) -> EarlyStart:
     signer = Signer(key, scheme, session_id)
     early = EarlyStart(key=key, signature_scheme=scheme, session_id=session_id,
                        connection_file=os.path.abspath(path), signer=signer)
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     if info:
         transport, ip = info.get("transport", "tcp"), info.get("ip", "127.0.0.1")
         early.sockets = KernelSockets.bind_all(ctx, transport, ip, info)

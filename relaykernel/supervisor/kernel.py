@@ -514,7 +514,7 @@ class SupervisorLoop:
             self.out.publish(request, "execute_input", {"code": request.content.get("code", ""),
                                                      "execution_count": self.execution_count})
         self.out.stream(request, "stderr", death.report(len(self.comms)))
-        error = {"status": "error", "ename": WORKER_DIED, "evalue": death.evalue,
+        error: dict[str, Any] = {"status": "error", "ename": WORKER_DIED, "evalue": death.evalue,
                  "traceback": death.traceback()}
         if request.msg_type == "execute_request":
             content = request.content

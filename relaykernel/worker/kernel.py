@@ -140,7 +140,7 @@ class WorkerKernel:
             else:
                 reply, meta = handler(msg)
         except BaseException as e:  # a late KeyboardInterrupt must not lose the reply
-            error = {"status": "error", "ename": type(e).__name__, "evalue": str(e), "traceback": []}
+            error: dict[str, Any] = {"status": "error", "ename": type(e).__name__, "evalue": str(e), "traceback": []}
             if msg_type == "execute_request":
                 error.update(execution_count=self.shell.execution_count - 1, user_expressions={})
             reply, meta = (error if msg_type.endswith("_request") else None), {"status": "error"}
@@ -236,11 +236,11 @@ class WorkerKernel:
         return handle
 
     # ---------------------------------------------------------------- stdin
-    def raw_input(self, prompt: str = "") -> str:
+    def raw_input(self, prompt: object = "") -> str:
         """input() for user code: asks the frontend over the stdin channel."""
         return self._input(str(prompt), password=False)
 
-    def getpass(self, prompt: str = "Password: ", stream: Any = None) -> str:
+    def getpass(self, prompt: object = "Password: ", stream: Any = None) -> str:
         return self._input(str(prompt), password=True)
 
     def _input(self, prompt: str, password: bool) -> str:

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -26,6 +27,9 @@ from .entry import WorkerConfig
 from .link import Link
 from .messages import Messenger
 from .streams import FdCapture, OutStream
+
+if TYPE_CHECKING:  # at run time imported in serve(), once the streams are captured (it loads IPython)
+    from .kernel import WorkerKernel
 
 log = logging.getLogger("relaykernel.worker")
 
@@ -76,7 +80,7 @@ def serve(config: WorkerConfig) -> None:
 _MAIN_KINDS = frozenset({wire.REQUEST, wire.ACTIVATE, wire.ADOPT, wire.SHUTDOWN})
 
 
-def _serve_forever(kernel: WorkerKernel, link: Link) -> None:  # noqa: F821
+def _serve_forever(kernel: WorkerKernel, link: Link) -> None:
     while True:
         kernel.gate.idle()
         lm = link.receive(_MAIN_KINDS)
@@ -92,7 +96,7 @@ def _serve_forever(kernel: WorkerKernel, link: Link) -> None:  # noqa: F821
             return
 
 
-def _install_comm_hooks(kernel: WorkerKernel) -> None:  # noqa: F821
+def _install_comm_hooks(kernel: WorkerKernel) -> None:
     import comm
 
     from ..comm import Comm

@@ -40,7 +40,7 @@ class Messenger:
 
         ``started`` marks the execute_input: the supervisor learns the cell began."""
         frames: list[Any] = [f"kernel.{msg_type}".encode(), *self.frames(msg_type, content, metadata)]
-        meta = {"started": True} if started else None
+        meta: dict[str, Any] | None = {"started": True} if started else None
         if kind == wire.COMM:
             meta = {"msg_type": msg_type, "comm_id": content.get("comm_id")}
         if buffers:
