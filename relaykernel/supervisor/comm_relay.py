@@ -15,13 +15,12 @@ from typing import Any
 
 from .. import wire
 from .comm_registry import WIDGET_TARGET, CommRegistry
-from .sockets import Incoming
+from .sockets import COMM_TYPES, Incoming
 
 log = logging.getLogger("relaykernel.supervisor")
 
 #: ipywidgets' control comm: request_states is answered from the registry.
 WIDGET_CONTROL_TARGET = "jupyter.widget.control"
-COMM_TYPES = ("comm_open", "comm_msg", "comm_close")
 
 
 class CommRelay:
@@ -43,7 +42,7 @@ class CommRelay:
         """Keep the registry current; a malformed comm message is logged (and still run)."""
         try:
             if msg.msg_type == "comm_open":
-                self.registry.opened(msg.content, _json(msg.frames[2]), list(msg.buffers), "frontend")
+                self.registry.opened(msg.content, msg.metadata, list(msg.buffers), "frontend")
             elif msg.msg_type == "comm_msg":
                 self.registry.message(msg.content, list(msg.buffers), "frontend")
         except (ValueError, TypeError) as e:

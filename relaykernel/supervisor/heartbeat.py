@@ -1,15 +1,20 @@
 """Heartbeat echo, in its own thread so it answers while everything else is busy.
 
-The thread owns the hb socket and nothing else; it only ever echoes.
+The thread owns the hb socket and nothing else; it only ever echoes.  It
+echoes whole multipart messages: a REP socket that has read only the first
+part of one refuses to send, and that would stop the heartbeat for good.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import zmq
 
 from .sockets import bind
+
+log = logging.getLogger("relaykernel.supervisor")
 
 
 class Heartbeat(threading.Thread):
@@ -27,9 +32,13 @@ class Heartbeat(threading.Thread):
         while not self._stop_flag.is_set():
             try:
                 if sock.poll(500):
-                    sock.send(sock.recv(copy=False), copy=False)
-            except zmq.ZMQError:
+                    sock.send_multipart(sock.recv_multipart(copy=False), copy=False)
+            except zmq.ContextTerminated:
                 break
+            except zmq.ZMQError as e:  # keep beating whatever one ping did
+                if e.errno == zmq.ENOTSOCK:
+                    break
+                log.warning("heartbeat: %s", e)
         sock.close(linger=0)
 
     def stop(self) -> None:

@@ -43,8 +43,14 @@ RESTARTED = "the kernel was restarted"
 LARGE_BUFFER = 1 << 18
 #: Seconds without requests or large buffers before the heap is trimmed.
 TRIM_QUIET = 3.0
+#: Requests that change nothing, so that one whose reply a dying worker lost is
+#: asked again of the next worker rather than answered with an error.
+REPEATABLE = frozenset({"complete_request", "inspect_request", "is_complete_request", "history_request"})
 #: Consecutive workers that may die before READY before we slow down.
 MAX_START_FAILURES = 3
+#: A dead worker's link is read until it has been quiet this long (ms): what the
+#: worker sent just before dying may still be passing through the IO threads.
+DEAD_LINK_QUIET_MS = 10
 
 
 class SupervisorLoop:
@@ -171,7 +177,9 @@ class SupervisorLoop:
                 log.exception("error handling %s on %s", msg.msg_type, channel)
 
     def _route(self, msg: Incoming) -> None:
-        if msg.channel == "control":
+        if msg.problem is not None:
+            self._reject(msg)
+        elif msg.channel == "control":
             handler = self.control_handlers.get(msg.msg_type)
             self.out.status("busy", msg)
             if handler is None:
@@ -197,6 +205,20 @@ class SupervisorLoop:
             self._after_large(msg.buffers)
             self.queue.push(msg)
             self._dispatch()
+
+    def _reject(self, msg: Incoming) -> None:
+        """A signed message that cannot be handled: a request gets an error reply, the rest is dropped."""
+        log.warning("%s on %s not handled: %s", msg.msg_type, msg.channel, msg.problem)
+        if msg.channel not in ("shell", "control") or not msg.msg_type.endswith("_request"):
+            return
+        error: dict[str, Any] = {"status": "error", "ename": "BadMessage",
+                                 "evalue": f"relaykernel could not read this {msg.msg_type}: {msg.problem}",
+                                 "traceback": []}
+        if msg.msg_type == "execute_request":
+            error["execution_count"] = self.execution_count
+        self.out.status("busy", msg)
+        self.out.reply(msg, error)
+        self.out.status("idle", msg)
 
     def _drain_link(self, worker: WorkerProcess, budget: int = 256) -> None:
         for _ in range(budget):
@@ -241,6 +263,7 @@ class SupervisorLoop:
     def _on_done(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
         if worker is not self.active:
             return
+        worker.requests_done += 1
         request = self.queue.finish()
         if request is None:
             log.warning("worker finished a request the supervisor did not send")
@@ -307,8 +330,7 @@ class SupervisorLoop:
         if self.active is None or request is None or request.prompt_id is None:
             log.warning("input_reply dropped: no input() is waiting for one")
             return
-        parent = json.loads(wire.as_bytes(msg.frames[1])) or {}
-        if parent.get("msg_id", request.prompt_id) != request.prompt_id:
+        if msg.parent.get("msg_id", request.prompt_id) != request.prompt_id:
             log.warning("input_reply dropped: it answers another prompt than the open one")
             return
         request.prompt_id = None
@@ -465,9 +487,15 @@ class SupervisorLoop:
             self.active = None
 
     def _on_worker_exit(self, worker: WorkerProcess) -> None:
-        self._drain_link(worker)  # outputs it sent before dying still belong to the user
+        # Outputs it sent before dying still belong to the user, and a DONE still
+        # on its way says the request it ends was not the one that killed the worker.
+        self._drain_link(worker)
+        while worker.state is not WorkerState.GONE and worker.link.poll(DEAD_LINK_QUIET_MS, zmq.POLLIN):
+            self._drain_link(worker)
         was_active = worker is self.active
+        was_starting = worker.state is WorkerState.STARTING
         death = Death(worker.exit_info(), crash_log=read_crash_log(worker.config.crash_log))
+        running = worker.requests_running()
         self._forget(worker)
         worker.close()
         if was_active:
@@ -475,12 +503,14 @@ class SupervisorLoop:
             # queue what the frontend sent before it could know: with stop_on_error
             # those executes are aborted, whichever poll event came first
             self._drain(self.sockets.shell, "shell")
-            self._recover(death)
+            self._recover(death, running)
         else:
-            self._start_failures += 1
             log.warning("spare worker %s died before use: %s", worker.number, death.exit.describe())
+            if was_starting:
+                self._start_failures += 1
             if self._start_failures >= MAX_START_FAILURES:
-                self._fail_queued(death)
+                if self.active is None:  # nothing can run them: say so rather than wait
+                    self._fail_queued(death)
                 self._timers.append((time.monotonic() + 5.0, self._ensure_workers))
                 return
         self._ensure_workers()
@@ -497,18 +527,41 @@ class SupervisorLoop:
         self._forget(worker)
         worker.kill()
         death = Death(worker.exit_info(timeout=2.0), reason=reason, restart=restart)
+        running = worker.requests_running()
         worker.close()
-        self._recover(death)
+        self._recover(death, running)
         self._ensure_workers()
 
-    def _recover(self, death: Death) -> None:
-        """Give the in-flight request its one reply, then abort or keep the queue."""
-        request = self.queue.finish()
-        self.queue.requeue_sent()  # pipelined behind it, never started: run on the next worker
+    def _recover(self, death: Death, running: int | None) -> None:
+        """Give the request the worker was running its one reply, then abort or keep the queue.
+
+        Of the requests sent to the dead worker, the oldest may have finished
+        with their DONE lost (progress.py): those that change nothing are asked
+        again of the next worker, the others get an error that says so.  Then
+        comes the one that was running, which gets the death's error; the rest
+        never began and go to the next worker.  ``running``: how many
+        requests the worker began and did not report done (None: unknown)."""
+        running = 1 if running is None else running  # unknown: the oldest one sent
+        busy_sent = True  # the oldest request sent is the only one announced busy
+        again: list[Incoming] = []
+        for _ in range(running - 1):
+            finished = self.queue.finish()
+            if finished is None:
+                break
+            if finished.msg_type in REPEATABLE:
+                again.append(finished)
+            else:
+                self._reply_lost(finished, death, busy_sent)
+            busy_sent = False
+        request = self.queue.finish() if running > 0 else None
+        self.queue.requeue_sent()  # never started: run on the next worker
+        self.queue.requeue(again)
         if request is None:
             if not death.restart:  # a restart of an idle kernel needs no words
                 self.out.stream(None, "stderr", death.report(len(self.comms)))
             return
+        if not busy_sent:
+            self.out.status("busy", request)
         if request.msg_type == "execute_request" and not request.started and not request.content.get("silent"):
             # the worker died before its execute_input left: the cell must still show up
             self.out.publish(request, "execute_input", {"code": request.content.get("code", ""),
@@ -529,8 +582,17 @@ class SupervisorLoop:
         if request.msg_type == "execute_request" and stops_on_error(request):
             self._abort(self.queue.take_executes())
 
+    def _reply_lost(self, request: Incoming, death: Death, busy_sent: bool) -> None:
+        """A request the worker finished just before it died, whose reply died with it."""
+        if not busy_sent:
+            self.out.status("busy", request)
+        self.out.reply(request, {"status": "error", "ename": WORKER_DIED,
+                                 "evalue": f"{death.evalue}, right after it finished this {request.msg_type};"
+                                           " its reply was lost", "traceback": []})
+        self.out.status("idle", request)
+
     def _fail_queued(self, death: Death) -> None:
-        for request in self.queue.take_all():
+        for request in self.queue.take_pending():
             self.out.status("busy", request)
             self.out.stream(request, "stderr", "relaykernel: no worker could start: "
                                  f"{death.exit.describe()}\n{death.crash_log}")

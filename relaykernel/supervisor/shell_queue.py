@@ -64,6 +64,10 @@ class ShellQueue:
         self._pending.extendleft(reversed(self._sent))
         self._sent.clear()
 
+    def requeue(self, requests: list[Incoming]) -> None:
+        """Put requests back at the front, in the order given."""
+        self._pending.extendleft(reversed(requests))
+
     def take_executes(self) -> list[Incoming]:
         """Remove and return every queued execute_request (stop_on_error aborts)."""
         executes = [r for r in self._pending if r.msg_type == "execute_request"]
@@ -71,9 +75,9 @@ class ShellQueue:
             self._pending = collections.deque(r for r in self._pending if r.msg_type != "execute_request")
         return executes
 
-    def take_all(self) -> list[Incoming]:
-        pending = list(self._sent) + list(self._pending)
-        self._sent.clear()
+    def take_pending(self) -> list[Incoming]:
+        """Remove and return the requests not sent to a worker yet."""
+        pending = list(self._pending)
         self._pending.clear()
         return pending
 

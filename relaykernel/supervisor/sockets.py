@@ -24,21 +24,40 @@ from ..wire import recv_frames
 log = logging.getLogger("relaykernel.supervisor")
 
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+COMM_TYPES = frozenset({"comm_open", "comm_msg", "comm_close"})
 
 
 class BadMessage(ValueError):
     """A frontend message that failed verification or parsing."""
 
 
+def parse_object(frame: Any, part: str) -> dict[str, Any]:
+    """A message part that must be a JSON object; BadMessage says which part is not.
+
+    RecursionError is caught too: ``[[[[...]]]]`` nested a few thousand deep
+    is valid JSON that the parser cannot finish."""
+    try:
+        value = json.loads(frame.bytes if hasattr(frame, "bytes") else frame)
+    except (ValueError, RecursionError) as e:
+        raise BadMessage(f"{part} is not JSON: {str(e)[:200]}") from None
+    if not isinstance(value, dict):
+        raise BadMessage(f"{part} is not a JSON object but {type(value).__name__}")
+    return value
+
+
 @dataclass
 class Incoming:
-    """One verified frontend message; content stays raw until someone needs it."""
+    """One verified frontend message, its JSON parts parsed once, its buffers the frames they came as."""
 
     channel: str
     idents: list[bytes]
     header: dict[str, Any]
     frames: list[Any]  # header, parent, metadata, content, buffers... (zmq.Frame)
-    _content: dict[str, Any] | None = field(default=None, repr=False)
+    parent: dict[str, Any] = field(default_factory=dict, repr=False)
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+    content: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: why the signed message cannot be handled (a part is not a JSON object), else None
+    problem: str | None = None
     #: the worker announced it began running this request (execute_input)
     started: bool = False
     #: msg_id of this request's input_request that awaits its input_reply
@@ -58,15 +77,6 @@ class Incoming:
         return self.frames[0].bytes
 
     @property
-    def content(self) -> dict[str, Any]:
-        if self._content is None:
-            parsed = json.loads(self.frames[3].bytes)
-            if not isinstance(parsed, dict):
-                raise BadMessage("content is not a JSON object")
-            self._content = parsed
-        return self._content
-
-    @property
     def buffers(self) -> list[Any]:
         return self.frames[4:]
 
@@ -74,8 +84,12 @@ class Incoming:
 class Verifier:
     """Checks HMAC signatures and refuses replays, like jupyter_client's Session.
 
-    Parses only the header: the supervisor merely relays most messages, and
-    their content and buffers stay the zmq frames they arrived as.
+    A message that is not signed right, or whose header is not a JSON object
+    with a ``msg_type``, is dropped: there is nothing to answer it with.  A
+    signed message with a good header but a parent header, metadata or
+    content that is not a JSON object comes out with ``problem`` set, so the
+    loop can answer the request with an error instead of running it.  Buffers
+    stay the zmq frames they arrived as.
     """
 
     def __init__(self, signer: Signer, history_size: int = 2**16) -> None:
@@ -122,13 +136,23 @@ class Verifier:
             if fingerprint in self._seen:
                 raise BadMessage("replayed signature")
             self._remember(fingerprint)
+        header = parse_object(body[1], "header")
+        msg_type = header.get("msg_type")
+        if not isinstance(msg_type, str) or not msg_type:
+            raise BadMessage("header has no msg_type string")
+        if not isinstance(header.get("msg_id", ""), str):
+            raise BadMessage("header's msg_id is not a string")
+        msg = Incoming(channel, idents, header, body[1:])
         try:
-            header = json.loads(body[1].bytes)
-        except ValueError as e:
-            raise BadMessage(f"header is not JSON: {e}") from None
-        if not isinstance(header, dict) or "msg_type" not in header:
-            raise BadMessage("header has no msg_type")
-        return Incoming(channel, idents, header, body[1:])
+            msg.parent = parse_object(body[2], "parent header")
+            msg.metadata = parse_object(body[3], "metadata")
+            msg.content = parse_object(body[4], "content")
+        except BadMessage as e:
+            msg.problem = str(e)
+        else:
+            if msg_type in COMM_TYPES and not isinstance(msg.content.get("comm_id"), str):
+                msg.problem = "its comm_id is not a string"
+        return msg
 
     def _remember(self, fingerprint: int) -> None:
         self._seen.add(fingerprint)

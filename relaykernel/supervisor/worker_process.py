@@ -20,7 +20,7 @@ from typing import Any
 import multiprocess
 import zmq
 
-from .. import heap, wire
+from .. import heap, progress, wire
 from ..worker.entry import WorkerConfig, run_worker
 
 log = logging.getLogger("relaykernel.supervisor")
@@ -68,7 +68,11 @@ class WorkerProcess:
         self.link.setsockopt(zmq.LINGER, 0)
         self.endpoint = f"ipc://{private_dir}/worker-{number}"
         self.link.bind(self.endpoint)
-        self.config = config.with_endpoint(self.endpoint, number)
+        self.progress_file = f"{private_dir}/worker-{number}.started"
+        progress.create(self.progress_file)
+        #: DONEs received: with progress.read, tells which sent request was running
+        self.requests_done = 0
+        self.config = config.with_endpoint(self.endpoint, number, self.progress_file)
         self.state = WorkerState.STARTING
         #: comms that existed when this worker became active, not yet adopted
         self.orphans: set[str] = set()
@@ -94,6 +98,12 @@ class WorkerProcess:
 
     def is_alive(self) -> bool:
         return self.state is not WorkerState.GONE and self.process.is_alive()
+
+    def requests_running(self) -> int | None:
+        """Requests the worker began and did not finish as far as the supervisor
+        knows (0 or 1, more if DONEs were lost with it); None if unknown."""
+        started = progress.read(self.progress_file)
+        return None if started is None else max(0, started - self.requests_done)
 
     def exit_info(self, timeout: float = 1.0) -> ExitInfo:
         self.process.join(timeout)
@@ -133,9 +143,17 @@ class WorkerProcess:
         self.signal(signal.SIGKILL)
 
     def close(self) -> None:
+        """Forget the worker; the programs it started (its process group) end with it,
+        as a kernel's do when jupyter_client kills it."""
         self.state = WorkerState.GONE
+        if self.process.exitcode is not None:  # just reaped: the group id is still its own
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         self.link.close(linger=0)
-        try:
-            os.unlink(self.endpoint[len("ipc://") :])
-        except OSError:
-            pass
+        for path in (self.endpoint[len("ipc://") :], self.progress_file):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass

@@ -27,9 +27,11 @@ class WorkerConfig:
     #: GLIBC_TUNABLES as the supervisor inherited it (None: unset); the worker
     #: starts with huge pages added and puts this back for the user's programs
     inherited_tunables: str | None = None
+    #: where the worker counts the requests it begins (progress.py); "" for none
+    progress_file: str = ""
 
-    def with_endpoint(self, endpoint: str, number: int) -> WorkerConfig:
-        return dataclasses.replace(self, endpoint=endpoint, number=number,
+    def with_endpoint(self, endpoint: str, number: int, progress_file: str = "") -> WorkerConfig:
+        return dataclasses.replace(self, endpoint=endpoint, number=number, progress_file=progress_file,
                                    crash_log=f"{self.crash_log}-{number}")
 
 

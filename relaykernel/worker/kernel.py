@@ -49,10 +49,11 @@ class WorkerKernel:
         self._allow_stdin = False
         self.handlers: dict[str, Handler] = {
             "execute_request": self.execute_request,
-            "complete_request": self.complete_request,
-            "inspect_request": self.inspect_request,
-            "history_request": self.history_request,
-            "is_complete_request": self.is_complete_request,
+            # completion and inspection run user code too (__dir__, __repr__, properties)
+            "complete_request": self._interruptible(self.complete_request),
+            "inspect_request": self._interruptible(self.inspect_request),
+            "history_request": self._interruptible(self.history_request),
+            "is_complete_request": self._interruptible(self.is_complete_request),
             "comm_open": self._comm_handler(self.comm_manager.comm_open),
             "comm_msg": self._comm_handler(self.comm_manager.comm_msg),
             "comm_close": self._comm_handler(self.comm_manager.comm_close),
@@ -127,14 +128,16 @@ class WorkerKernel:
         """Run one request and send its DONE, even if the handler raises or is interrupted.
 
         Streams (and fd pipes) are flushed once, here, right before the DONE."""
-        msg = _parse(frames)
-        self._parent_msg = msg
-        msg_type = msg["header"].get("msg_type", "")
-        self.messenger.set_parent(msg["header"], wire.as_bytes(frames[0]))
-        handler = self.handlers.get(msg_type)
         reply: dict[str, Any] | None = None
         meta: dict[str, Any] = {"status": "ok"}
+        msg_type = ""
         try:
+            # the supervisor checked every part, so this fails only on a broken link
+            msg = _parse(frames)
+            msg_type = str(msg["msg_type"] or "")
+            self._parent_msg = msg
+            self.messenger.set_parent(msg["header"], wire.as_bytes(frames[0]))
+            handler = self.handlers.get(msg_type)
             if handler is None:
                 log.warning("unknown request type %r", msg_type)
             else:
@@ -227,6 +230,13 @@ class WorkerKernel:
         if status == "incomplete":
             reply["indent"] = " " * (indent or 0)
         return reply, {"status": "ok"}
+
+    def _interruptible(self, handler: Handler) -> Handler:
+        """An interrupt stops this handler with an error reply; the worker stays."""
+        def handle(msg: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+            with self.gate.user_code():
+                return handler(msg)
+        return handle
 
     def _comm_handler(self, method: Callable[[Any, Any, dict[str, Any]], None]) -> Handler:
         def handle(msg: dict[str, Any]) -> tuple[None, dict[str, Any]]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import zmq
 
-from .. import CONNECTION_FILE_ENV, heap, wire
+from .. import CONNECTION_FILE_ENV, heap, progress, wire
 from ..io_threads import batch_io_threads
 from ..signing import Signer
 from .entry import WorkerConfig
@@ -70,7 +70,7 @@ def serve(config: WorkerConfig) -> None:
     compat.install(RelayShell)
     kernel.shell = shell
     link.send(wire.READY, {"version": wire.PROTOCOL_VERSION, "pid": os.getpid()})
-    _serve_forever(kernel, link)
+    _serve_forever(kernel, link, progress.Counter(config.progress_file) if config.progress_file else None)
     kernel.flush_streams()
     link.flush_and_stop()
     os._exit(0)
@@ -80,12 +80,14 @@ def serve(config: WorkerConfig) -> None:
 _MAIN_KINDS = frozenset({wire.REQUEST, wire.ACTIVATE, wire.ADOPT, wire.SHUTDOWN})
 
 
-def _serve_forever(kernel: WorkerKernel, link: Link) -> None:
+def _serve_forever(kernel: WorkerKernel, link: Link, counter: progress.Counter | None) -> None:
     while True:
         kernel.gate.idle()
         lm = link.receive(_MAIN_KINDS)
         kernel.gate.busy()
         if lm.kind == wire.REQUEST:
+            if counter is not None:
+                counter.begin_request()
             kernel.handle(list(lm.payload))
         elif lm.kind == wire.ACTIVATE:
             kernel.activate(lm.meta)

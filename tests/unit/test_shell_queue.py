@@ -11,7 +11,7 @@ from relaykernel.supervisor.sockets import Incoming
 def request(msg_type, **content):
     frames = [zmq.Frame(json.dumps({"msg_type": msg_type}).encode()), zmq.Frame(b"{}"),
               zmq.Frame(b"{}"), zmq.Frame(json.dumps(content).encode())]
-    return Incoming("shell", [b"id"], {"msg_type": msg_type, "msg_id": msg_type}, frames)
+    return Incoming("shell", [b"id"], {"msg_type": msg_type, "msg_id": msg_type}, frames, content=content)
 
 
 def test_comm_messages_are_pipelined_in_arrival_order():
