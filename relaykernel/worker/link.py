@@ -85,6 +85,22 @@ class Link:
         if input_waiting and self._waiting:
             self._nudge()
 
+    def leave_to_parent(self) -> None:
+        """In a forked child: the socket and its IO thread are the worker's (zmq
+        sockets do not survive a fork), so messages other than printed text,
+        which goes by the fd (streams.py), are dropped, with one notice."""
+        notice = [(b"relaykernel: display output and comm messages from a forked child process "
+                   b"are not shown (what it prints is)\n")]
+
+        def send(kind: bytes, meta: dict[str, Any] | None = None, payload: Sequence[Any] = ()) -> None:
+            if notice:
+                try:
+                    os.write(2, notice.pop())
+                except OSError:
+                    pass
+
+        self.send = send  # type: ignore[method-assign]
+
     def _nudge(self) -> None:
         try:
             os.write(self._nudge_w, b"!")

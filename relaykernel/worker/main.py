@@ -26,7 +26,7 @@ from ..signing import Signer
 from .entry import WorkerConfig
 from .link import Link
 from .messages import Messenger
-from .streams import FdCapture, OutStream
+from .streams import FdCapture, OutStream, after_fork_in_child
 
 if TYPE_CHECKING:  # at run time imported in serve(), once the streams are captured (it loads IPython)
     from .kernel import WorkerKernel
@@ -57,6 +57,12 @@ def serve(config: WorkerConfig) -> None:
     _log_to(capture.saved[2], config.log_level)
     link.tickers.append(lambda: _flush_due(stdout, stderr))
     link.start()
+
+    def in_forked_child() -> None:
+        after_fork_in_child((stdout, stderr), capture)
+        link.leave_to_parent()
+
+    os.register_at_fork(after_in_child=in_forked_child)
 
     from . import compat
     from .kernel import WorkerKernel, install_streams

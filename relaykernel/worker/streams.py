@@ -9,6 +9,13 @@ write there into the same streams.
 
 Threads: any thread may write; flushes hold the stream's lock while sending so
 two flushes of one stream never reorder.
+
+Forked children (multiprocessing's default start method on Linux before
+Python 3.14, ``os.fork``) inherit these objects but not the threads behind
+them, and must not touch the worker's zmq link.  :func:`after_fork_in_child`
+turns their streams into plain writes to fds 1 and 2: those are the capture
+pipes, which the worker's reader thread forwards, so what a child prints
+shows up in the cell like a subprocess's output.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ class OutStream(io.TextIOBase):
         self._parts: list[str] = []
         self._size = 0
         self._since = 0.0
+        self._direct = False  # a forked child: write straight to the fd
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -69,6 +77,9 @@ class OutStream(io.TextIOBase):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if not text:
             return 0
+        if self._direct:
+            self._write_lines(text)
+            return len(text)
         with self._lock:
             if not self._parts:
                 self._since = time.monotonic()
@@ -81,12 +92,35 @@ class OutStream(io.TextIOBase):
     def flush(self) -> None:
         with self._lock:
             if self._parts:
-                self._send_locked()
+                if self._direct:
+                    self._write_lines("", whole=True)
+                else:
+                    self._send_locked()
 
     def flush_if_due(self, now: float) -> None:
         """Called by the IO thread's ticker."""
         if self._parts and now - self._since >= FLUSH_INTERVAL:
             self.flush()
+
+    def write_to_fd(self) -> None:
+        """In a forked child: drop what the worker had batched (the worker sends it),
+        forget a lock some vanished thread may hold, and write whole lines to the
+        fd (no flush thread runs here; ``print`` writes a line in pieces, and
+        pieces from several children would interleave)."""
+        self._lock = threading.RLock()
+        self._parts = []
+        self._size = 0
+        self._direct = self._fileno is not None
+
+    def _write_lines(self, text: str, whole: bool = False) -> None:
+        with self._lock:
+            self._parts.append(text)
+            if not whole and "\n" not in text:
+                return
+            pending = "".join(self._parts)
+            cut = len(pending) if whole else pending.rindex("\n") + 1
+            self._parts = [pending[cut:]] if cut < len(pending) else []
+        _write_fd(self.fileno(), pending[:cut].encode("utf-8", "replace"))
 
     def _send_locked(self) -> None:
         text = "".join(self._parts)
@@ -140,6 +174,11 @@ class FdCapture:
                 return False
             self._streams[fd].write(self._decoders[fd].decode(data))
 
+    def forget_pipes(self) -> None:
+        """In a forked child: the pipes are the worker's to read."""
+        self._lock = threading.Lock()
+        self._pipes = {}
+
     def drain(self) -> None:
         """Flush C stdio buffers and move every pending byte into the streams."""
         if self._libc is not None:
@@ -148,6 +187,25 @@ class FdCapture:
             for r in self._pipes:
                 if _pending(r):
                     self._read_all(r)
+
+
+def after_fork_in_child(streams: tuple[OutStream, ...], capture: FdCapture | None) -> None:
+    """See the module docstring; registered with ``os.register_at_fork`` by the worker."""
+    for stream in streams:
+        stream.write_to_fd()
+    if capture is not None:
+        capture.forget_pipes()
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except InterruptedError:
+            continue
+        except OSError:  # the worker is gone: nobody reads the pipe
+            return
 
 
 def _pending(fd: int) -> int:

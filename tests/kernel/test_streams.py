@@ -111,3 +111,43 @@ def test_output_is_flushed_while_cell_runs(kernel):
     assert got_stream_at < 1.0, got_stream_at
     assert reply_at - got_stream_at > 1.0, (got_stream_at, reply_at)
     collect_iopub_until_idle(kc, msg_id)
+
+
+FORK_POOL = """
+import multiprocessing as mp
+def square(x):
+    print('in child', x)
+    return x * x
+with mp.get_context('fork').Pool(2) as pool:
+    print(pool.map(square, range(4)))
+"""
+
+FORK_RAW = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    print('child of fork')
+    sys.stdout.flush()
+    os._exit(0)
+print('child exited', os.waitpid(pid, 0)[1])
+"""
+
+
+def test_forked_children_print_into_the_cell(kernel):
+    """multiprocessing's fork start method (Linux's default before Python 3.14):
+    the children inherit the worker's streams, whose zmq link they cannot use.
+    Their lines reach the cell whole, before idle, and the cell ends (it used
+    to hang with the children spinning).  Their order against the worker's
+    own prints is not kept (nor is it by ipykernel): they come by the fd pipe."""
+    _, iopub = execute_ok(kernel.kc, FORK_POOL, timeout=60)
+    lines = stream_text(iopub, "stdout").splitlines()
+    assert sorted(lines) == sorted([f"in child {i}" for i in range(4)] + ["[0, 1, 4, 9]"]), lines
+
+
+def test_os_fork_child_output_reaches_the_cell(kernel):
+    _, iopub = execute_ok(kernel.kc, FORK_RAW, timeout=60)
+    lines = stream_text(iopub, "stdout").splitlines()
+    assert sorted(lines) == ["child exited 0", "child of fork"], lines
+    # and the worker carries on
+    _, iopub = execute_ok(kernel.kc, "print('after')", timeout=30)
+    assert stream_text(iopub, "stdout") == "after\n"
