@@ -7,6 +7,10 @@ so the signal is only remembered: if it arrived while a request was being
 handled, the request's user code is interrupted as soon as it starts; if it
 arrived while the worker was idle, there is nothing to interrupt.
 
+Inside user code SIGINT is Python's own ``default_int_handler``, as in
+ipykernel: the KeyboardInterrupt's traceback shows the user's line and no
+frame of ours, and ``signal.getsignal`` returns what libraries expect.
+
 Runs in the worker's main thread (Python runs signal handlers there).
 """
 
@@ -42,12 +46,14 @@ class InterruptGate:
     def user_code(self) -> Iterator[None]:
         """Signals raise inside this block (and a pending interrupt fires at once)."""
         self._open = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             if self._pending:
                 self._pending = False
                 os.kill(os.getpid(), signal.SIGINT)  # raised at the next bytecode, in the cell
             yield
         finally:
+            signal.signal(signal.SIGINT, self._on_sigint)
             self._open = False
 
     def _on_sigint(self, signum: int, frame: object) -> None:

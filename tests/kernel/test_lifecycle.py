@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
@@ -121,6 +122,10 @@ def _assert_interrupted(kc, msg_id, t_interrupt):
     iopub = collect_iopub_until_idle(kc, msg_id)
     errors = [m for m in iopub if m["msg_type"] == "error"]
     assert errors and errors[0]["content"]["ename"] == "KeyboardInterrupt"
+    # the user's line, and no frame of the kernel's own signal handling
+    traceback = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(errors[0]["content"]["traceback"]))
+    assert "time.sleep(" in traceback
+    assert "relaykernel" not in traceback and "ipykernel" not in traceback, traceback
 
 
 def test_interrupt_via_kernel_manager(kernel):
