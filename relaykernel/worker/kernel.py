@@ -82,6 +82,10 @@ class WorkerKernel:
     def target_changed(self, name: str, registered: bool) -> None:
         self.link.send(wire.TARGET, {"name": name, "registered": registered})
 
+    @property
+    def _parent_header(self) -> dict[str, Any]:  # what ipywidgets 7 and older libraries read
+        return self._parent_msg
+
     def get_parent(self, channel: str = "shell") -> dict[str, Any]:
         """The request being handled (ipywidgets' Output and interact use its msg_id)."""
         return self._parent_msg

@@ -10,7 +10,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 
 @magics_class
 class RelayMagics(Magics):
-    """Magics registered by :class:`~relaykernel.worker.shell.RelayShell`."""
+    """Magics registered by :class:`~relaykernel.worker.shell.ZMQInteractiveShell`."""
 
     @line_magic
     def connect_info(self, arg_s: str = "") -> None:

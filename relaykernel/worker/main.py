@@ -66,14 +66,14 @@ def serve(config: WorkerConfig) -> None:
 
     from . import compat
     from .kernel import WorkerKernel, install_streams
-    from .shell import RelayShell
+    from .shell import ZMQInteractiveShell
 
     install_streams(stdout, stderr)
     kernel = WorkerKernel(link, messenger, (stdout, stderr), capture)
     kernel.gate.install()
     _install_comm_hooks(kernel)
-    shell = RelayShell.instance(kernel=kernel)
-    compat.install(RelayShell)
+    shell = ZMQInteractiveShell.instance(kernel=kernel)
+    compat.install(ZMQInteractiveShell)
     kernel.shell = shell
     link.send(wire.READY, {"version": wire.PROTOCOL_VERSION, "pid": os.getpid()})
     _serve_forever(kernel, link, progress.Counter(config.progress_file) if config.progress_file else None)

@@ -15,6 +15,7 @@ from IPython.core.displaypub import DisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell, InteractiveShellABC
 from traitlets import Any as AnyTrait
 from traitlets import Instance, Type, default
+from traitlets.config import Config
 
 
 class RelayDisplayPublisher(DisplayPublisher):
@@ -64,8 +65,15 @@ class RelayExitAutocall(ExitAutocall):
         self._ip.ask_exit()
 
 
-class RelayShell(InteractiveShell):
-    """InteractiveShell whose outputs go to the frontend through the supervisor."""
+class ZMQInteractiveShell(InteractiveShell):
+    """InteractiveShell whose outputs go to the frontend through the supervisor.
+
+    Named like ipykernel's shell on purpose: libraries decide "this is a
+    notebook, send HTML and widgets" from ``type(get_ipython()).__name__ ==
+    "ZMQInteractiveShell"`` (rich, plotly and countless snippets) or from
+    "zmq" in its type's name (pandas), and users' ``c.ZMQInteractiveShell``
+    settings apply here as they would under ipykernel.
+    """
 
     @default("exiter")
     def _exiter_default(self) -> RelayExitAutocall:
@@ -74,6 +82,19 @@ class RelayShell(InteractiveShell):
     displayhook_class = Type(RelayDisplayHook)
     display_pub_class = Type(RelayDisplayPublisher)
     kernel = AnyTrait(help="The worker kernel (relaykernel.worker.kernel.WorkerKernel).")
+
+    def init_instance_attrs(self) -> None:
+        super().init_instance_attrs()
+        # tqdm, and others, ask whether an IPKernelApp configured the shell
+        self.config.setdefault("IPKernelApp", Config())
+
+    def get_parent(self) -> dict[str, Any]:
+        """The request being handled, as ipykernel's shell offers it."""
+        return self.kernel.get_parent() if self.kernel is not None else {}
+
+    @property
+    def parent_header(self) -> dict[str, Any]:
+        return self.get_parent()
 
     def init_environment(self) -> None:
         import os
@@ -117,4 +138,4 @@ class RelayShell(InteractiveShell):
             raise NotImplementedError(f"relaykernel has no event loop integration for GUI {gui!r}")
 
 
-InteractiveShellABC.register(RelayShell)
+InteractiveShellABC.register(ZMQInteractiveShell)
