@@ -114,12 +114,14 @@ class SupervisorLoop:
         self.shell_handlers: dict[str, Callable[[Incoming], None]] = {
             "kernel_info_request": self._kernel_info,
             "comm_info_request": self._comm_info,
+            "shutdown_request": self._shutdown,  # its channel before protocol 5.1; ipykernel takes it too
         }
         self.control_handlers: dict[str, Callable[[Incoming], None]] = {
             "kernel_info_request": self._kernel_info,
             "shutdown_request": self._shutdown,
             "interrupt_request": self._interrupt_request,
             "usage_request": self._usage,
+            "debug_request": self._no_debugger,
         }
         self.link_handlers: dict[bytes, Callable[[WorkerProcess, wire.LinkMessage], None]] = {
             wire.READY: self._on_ready,
@@ -348,6 +350,13 @@ class SupervisorLoop:
     # ---------------------------------------------------- immediate handlers
     def _kernel_info(self, msg: Incoming) -> None:
         self.out.reply(msg, kernel_info_content())
+
+    def _no_debugger(self, msg: Incoming) -> None:
+        """kernel_info says ``debugger: false``; a client that asks anyway gets a failed
+        Debug Adapter Protocol response rather than a wait for a reply that never comes."""
+        self.out.reply(msg, {"type": "response", "seq": 0, "request_seq": msg.content.get("seq", 0),
+                             "success": False, "command": msg.content.get("command", ""),
+                             "message": "relaykernel has no debugger"})
 
     def _comm_info(self, msg: Incoming) -> None:
         target = msg.content.get("target_name")

@@ -206,7 +206,10 @@ class WorkerKernel:
         name = token_at_cursor(code, len(code) if cursor is None else cursor)
         reply: dict[str, Any] = {"status": "ok", "found": False, "data": {}, "metadata": {}}
         try:
-            reply["data"] = self.shell.object_inspect_mime(name, detail_level=content.get("detail_level", 0))
+            data = self.shell.object_inspect_mime(name, detail_level=content.get("detail_level", 0))
+            if not self.shell.enable_html_pager:  # frontends would show the HTML page in tooltips
+                data.pop("text/html", None)
+            reply["data"] = data
             reply["found"] = True
         except KeyError:
             pass

@@ -47,6 +47,8 @@ def test_inspect_request_detail_levels(kernel):
         assert r["status"] == "ok"
         assert r["found"] is True
         assert "text/plain" in r["data"]
+        # ipykernel sends no HTML page unless enable_html_pager is set: tooltips show text
+        assert "text/html" not in r["data"]
     assert "User docstring XYZ." in r0["data"]["text/plain"]
     assert "secret_marker_line" not in r0["data"]["text/plain"]
     assert "secret_marker_line" in r1["data"]["text/plain"]

@@ -205,7 +205,8 @@ def test_interrupt_request_message_mode():
         stop_kernel(handle)
 
 
-def test_shutdown_request_exits_process(kernel):
+@pytest.mark.parametrize("channel", ["control", "shell"])  # shell: before protocol 5.1, still accepted
+def test_shutdown_request_exits_process(kernel, channel):
     kc = kernel.kc
     execute_ok(kc, "1")
     procs = [kernel.process()]
@@ -214,14 +215,33 @@ def test_shutdown_request_exits_process(kernel):
             procs.append(psutil.Process(pid))
         except psutil.NoSuchProcess:
             pass
-    msg_id = kc.shutdown(restart=False)
-    reply = get_reply(kc, msg_id, channel="control", timeout=10)
+    if channel == "control":
+        msg_id = kc.shutdown(restart=False)
+    else:
+        msg = kc.session.msg("shutdown_request", {"restart": False})
+        kc.shell_channel.send(msg)
+        msg_id = msg["header"]["msg_id"]
+    reply = get_reply(kc, msg_id, channel=channel, timeout=10)
     assert reply["msg_type"] == "shutdown_reply"
     assert reply["content"]["status"] == "ok"
     assert reply["content"]["restart"] is False
     t0 = time.monotonic()
     _gone, alive = psutil.wait_procs(procs, timeout=5)
     assert not alive, f"still alive {time.monotonic() - t0:.1f}s after shutdown_reply: {alive}"
+
+
+def test_debug_request_gets_a_reply(kernel):
+    """kernel_info tells whether there is a debugger; a client that asks anyway is answered."""
+    kc = kernel.kc
+    msg = kc.session.msg("debug_request", {"seq": 1, "type": "request", "command": "initialize",
+                                            "arguments": {"adapterID": "test"}})
+    kc.control_channel.send(msg)
+    reply = get_reply(kc, msg["header"]["msg_id"], channel="control", timeout=10)
+    assert reply["msg_type"] == "debug_reply"
+    if not IS_IPYKERNEL:
+        assert reply["content"]["success"] is False
+        assert reply["content"]["command"] == "initialize"
+    assert evaluate(kc, "1+1") == "2"
 
 
 def _raw_shell_socket(km):
