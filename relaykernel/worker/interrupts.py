@@ -27,6 +27,7 @@ class InterruptGate:
         self._open = False
         self._idle = True
         self._pending = False
+        self._on_interrupt: Callable[[], None] | None = None
         self.memory_error = memory_error  # set when a soft memory limit is configured
 
     def install(self) -> None:
@@ -43,10 +44,17 @@ class InterruptGate:
         self._idle = False
 
     @contextlib.contextmanager
-    def user_code(self) -> Iterator[None]:
-        """Signals raise inside this block (and a pending interrupt fires at once)."""
+    def user_code(self, on_interrupt: Callable[[], None] | None = None) -> Iterator[None]:
+        """Signals raise inside this block (and a pending interrupt fires at once).
+
+        ``on_interrupt``: call this instead of raising (a cell awaiting in the
+        event loop, where an exception would leave the loop, not the cell)."""
         self._open = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._on_interrupt = on_interrupt
+        if on_interrupt is None:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        else:
+            signal.signal(signal.SIGINT, lambda signum, frame: on_interrupt())
         try:
             if self._pending:
                 self._pending = False
@@ -55,6 +63,7 @@ class InterruptGate:
         finally:
             signal.signal(signal.SIGINT, self._on_sigint)
             self._open = False
+            self._on_interrupt = None
 
     def _on_sigint(self, signum: int, frame: object) -> None:
         if self._open:
@@ -64,4 +73,7 @@ class InterruptGate:
 
     def _on_sigusr1(self, signum: int, frame: object) -> None:
         if self._open and self.memory_error is not None:
-            raise self.memory_error()
+            if self._on_interrupt is not None:
+                self._on_interrupt()
+            else:
+                raise self.memory_error()

@@ -7,15 +7,20 @@ request ends with exactly one DONE on the link, whatever happens inside it.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import datetime
 import getpass
 import importlib
+import inspect
 import json
 import logging
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from IPython.core.async_helpers import _asyncio_runner
 from IPython.core.completer import provisionalcompleter, rectify_completions
 from IPython.core.error import StdinNotImplementedError
 from IPython.utils.tokenutil import token_at_cursor
@@ -29,7 +34,8 @@ from .streams import FdCapture, OutStream
 
 log = logging.getLogger("relaykernel.worker")
 
-Handler = Callable[[dict[str, Any]], "tuple[dict[str, Any] | None, dict[str, Any]]"]
+Outcome = tuple["dict[str, Any] | None", dict[str, Any]]  # the reply's content (or None), the DONE meta
+Handler = Callable[[dict[str, Any]], "Outcome | Awaitable[Outcome]"]
 
 
 class WorkerKernel:
@@ -45,6 +51,10 @@ class WorkerKernel:
         self.comm_manager = CommManager(kernel=self)
         self.last_error: dict[str, Any] | None = None
         self._parent_msg: dict[str, Any] = {}
+        #: metadata of the reply being built (execute_request's timing), else None
+        self._reply_metadata: dict[str, Any] | None = None
+        #: names this worker in execute_reply metadata, as ipykernel's engine id does
+        self.engine_id = str(uuid.uuid4())
         self.gate = InterruptGate()
         self._allow_stdin = False
         self.handlers: dict[str, Handler] = {
@@ -128,13 +138,14 @@ class WorkerKernel:
                 log.warning("could not adopt comm %s: %s", content.get("comm_id"), e)
         self.flush_streams()
 
-    def handle(self, frames: list[Any]) -> None:
+    async def handle(self, frames: list[Any]) -> None:
         """Run one request and send its DONE, even if the handler raises or is interrupted.
 
         Streams (and fd pipes) are flushed once, here, right before the DONE."""
         reply: dict[str, Any] | None = None
         meta: dict[str, Any] = {"status": "ok"}
         msg_type = ""
+        self._reply_metadata = None
         try:
             # the supervisor checked every part, so this fails only on a broken link
             msg = _parse(frames)
@@ -145,7 +156,10 @@ class WorkerKernel:
             if handler is None:
                 log.warning("unknown request type %r", msg_type)
             else:
-                reply, meta = handler(msg)
+                outcome = handler(msg)
+                if inspect.isawaitable(outcome):  # execute_request: cells may await
+                    outcome = await outcome
+                reply, meta = outcome
         except BaseException as e:  # a late KeyboardInterrupt must not lose the reply
             error: dict[str, Any] = {"status": "error", "ename": type(e).__name__, "evalue": str(e), "traceback": []}
             if msg_type == "execute_request":
@@ -154,10 +168,11 @@ class WorkerKernel:
         finally:
             self.flush_streams()
             reply_type = msg_type[: -len("request")] + "reply" if msg_type.endswith("_request") else None
-            self.messenger.done(reply_type if reply is not None else None, reply, meta)
+            self.messenger.done(reply_type if reply is not None else None, reply, meta, self._reply_metadata)
 
     # -------------------------------------------------------------- execute
-    def execute_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def execute_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
         content = msg["content"]
         code = content.get("code", "")
         silent = bool(content.get("silent", False))
@@ -169,8 +184,7 @@ class WorkerKernel:
             self.messenger.publish("execute_input", {"code": code, "execution_count": count},
                                    started=True)
         self.last_error = None
-        with self.gate.user_code():
-            result = shell.run_cell(code, store_history=store_history, silent=silent)
+        result = await self._run_cell(code, store_history, silent)
         # Like ipykernel: the number of the last stored cell (this one, if it was stored).
         reply: dict[str, Any] = {"execution_count": shell.execution_count - 1}
         if result.success:
@@ -183,7 +197,38 @@ class WorkerKernel:
         reply["payload"] = shell.payload_manager.read_payload()
         shell.payload_manager.clear_payload()
         self._allow_stdin = False
+        # what ipykernel puts there; JupyterLab's "record timing" reads "started"
+        self._reply_metadata = {"started": started, "dependencies_met": True, "engine": self.engine_id,
+                                "status": reply["status"]}
         return reply, {"status": reply["status"], "execution_count": shell.execution_count}
+
+    async def _run_cell(self, code: str, store_history: bool, silent: bool) -> Any:
+        """Run a cell; one with top-level await runs as a task of the worker's loop.
+
+        An interrupt cannot raise KeyboardInterrupt in an awaiting cell (it would
+        come out of the event loop, not the cell), so it cancels the cell's
+        task: the user sees a CancelledError where the cell was waiting, as
+        under ipykernel.  A cell that blocks without awaiting is stopped by the
+        supervisor after the grace period, like any cell that ignores SIGINT."""
+        shell = self.shell
+        try:
+            transformed, preprocessing_error = shell.transform_cell(code), None
+        except Exception:
+            transformed, preprocessing_error = code, sys.exc_info()
+        if shell.loop_runner is _asyncio_runner and shell.should_run_async(
+                code, transformed_cell=transformed, preprocessing_exc_tuple=preprocessing_error):
+            task = asyncio.ensure_future(shell.run_cell_async(
+                code, store_history=store_history, silent=silent, transformed_cell=transformed,
+                preprocessing_exc_tuple=preprocessing_error))
+            loop = asyncio.get_running_loop()
+
+            def cancel() -> None:
+                loop.call_soon_threadsafe(task.cancel)
+
+            with self.gate.user_code(on_interrupt=cancel):
+                return await task
+        with self.gate.user_code():  # also a cell run by another %autoawait runner (trio, curio)
+            return shell.run_cell(code, store_history=store_history, silent=silent)
 
     # -------------------------------------------------------- introspection
     def complete_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -238,9 +283,9 @@ class WorkerKernel:
             reply["indent"] = " " * (indent or 0)
         return reply, {"status": "ok"}
 
-    def _interruptible(self, handler: Handler) -> Handler:
+    def _interruptible(self, handler: Callable[[dict[str, Any]], Outcome]) -> Handler:
         """An interrupt stops this handler with an error reply; the worker stays."""
-        def handle(msg: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        def handle(msg: dict[str, Any]) -> Outcome:
             with self.gate.user_code():
                 return handler(msg)
         return handle

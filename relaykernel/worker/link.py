@@ -15,6 +15,11 @@ may consume the edge that announced a message.  So a sender that finds input
 waiting after its send wakes a receiver that is blocked (``_nudge``), and
 the receiver always checks ``ZMQ_EVENTS`` before it blocks.
 
+The serving loop waits in :meth:`Link.receive_async`, on an asyncio event
+loop, so tasks that cells start (``asyncio.create_task``, ipywidgets' async
+patterns) run between requests, as under ipykernel; ``input()`` still blocks
+in :meth:`Link.receive`.
+
 Signals wake the receiver through the same pipe (``signal.set_wakeup_fd``).
 Python runs a signal's handler in the main thread only once that thread
 leaves the system call it is in, and a signal that lands just before the
@@ -28,6 +33,7 @@ Must not import IPython.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import os
@@ -122,6 +128,56 @@ class Link:
             if lm.kind == wire.INPUT_REPLY:  # only the newest can answer the next prompt
                 self.discard_kept(wire.INPUT_REPLY)
             self._kept.append(lm)
+
+    async def receive_async(self, kinds: Collection[bytes]) -> wire.LinkMessage:
+        """Main thread, in the running event loop: :meth:`receive` that lets other tasks run while it waits."""
+        while True:
+            lm = self._receive_nowait(kinds)
+            if lm is not None:
+                return lm
+            await self._readable()
+
+    def _receive_nowait(self, kinds: Collection[bytes]) -> wire.LinkMessage | None:
+        for lm in self._kept:
+            if lm.kind in kinds:
+                self._kept.remove(lm)
+                return lm
+        while True:
+            with self._lock:
+                frames = self._read() if self._pair.getsockopt(_EVENTS) & _POLLIN else None
+            if frames is None:
+                return None
+            try:
+                lm = wire.decode(frames)
+            except wire.WireError as e:
+                log.warning("dropped a malformed link message: %s", e)
+                continue
+            if lm.kind in kinds:
+                return lm
+            self._kept.append(lm)
+
+    async def _readable(self) -> None:
+        """Until the socket (or a nudge, or a signal) may have something; see the module docstring."""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        self._waiting = True  # before the check: a sender reads it after its send
+        loop.add_reader(self._fd, wake)
+        loop.add_reader(self._nudge_r, wake)
+        try:
+            with self._lock:
+                waiting = self._pair.getsockopt(_EVENTS) & _POLLIN
+            if not waiting:
+                await ready
+        finally:
+            self._waiting = False
+            loop.remove_reader(self._fd)
+            loop.remove_reader(self._nudge_r)
+            self._drain_nudges()
 
     def discard_kept(self, kind: bytes) -> None:
         """Forget kept messages of one kind (input replies to an older prompt)."""

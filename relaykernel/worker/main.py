@@ -8,6 +8,7 @@ signal on Linux, and a watchdog thread that notices a new parent elsewhere.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import faulthandler
 import logging
@@ -87,14 +88,25 @@ _MAIN_KINDS = frozenset({wire.REQUEST, wire.ACTIVATE, wire.ADOPT, wire.SHUTDOWN}
 
 
 def _serve_forever(kernel: WorkerKernel, link: Link, counter: progress.Counter | None) -> None:
+    """Serve on an asyncio event loop, which cells see as the running loop (as under
+    ipykernel): their tasks run between requests and top-level await uses it."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(_serve(kernel, link, counter))
+    finally:
+        asyncio.set_event_loop(None)
+
+
+async def _serve(kernel: WorkerKernel, link: Link, counter: progress.Counter | None) -> None:
     while True:
         kernel.gate.idle()
-        lm = link.receive(_MAIN_KINDS)
+        lm = await link.receive_async(_MAIN_KINDS)
         kernel.gate.busy()
         if lm.kind == wire.REQUEST:
             if counter is not None:
                 counter.begin_request()
-            kernel.handle(list(lm.payload))
+            await kernel.handle(list(lm.payload))
         elif lm.kind == wire.ACTIVATE:
             kernel.activate(lm.meta)
             link.send(wire.ACTIVATED)
