@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import datetime
 import getpass
 import importlib
@@ -211,24 +212,47 @@ class WorkerKernel:
         under ipykernel.  A cell that blocks without awaiting is stopped by the
         supervisor after the grace period, like any cell that ignores SIGINT."""
         shell = self.shell
-        try:
-            transformed, preprocessing_error = shell.transform_cell(code), None
-        except Exception:
-            transformed, preprocessing_error = code, sys.exc_info()
-        if shell.loop_runner is _asyncio_runner and shell.should_run_async(
-                code, transformed_cell=transformed, preprocessing_exc_tuple=preprocessing_error):
-            task = asyncio.ensure_future(shell.run_cell_async(
-                code, store_history=store_history, silent=silent, transformed_cell=transformed,
-                preprocessing_exc_tuple=preprocessing_error))
-            loop = asyncio.get_running_loop()
-
-            def cancel() -> None:
-                loop.call_soon_threadsafe(task.cancel)
-
-            with self.gate.user_code(on_interrupt=cancel):
-                return await task
+        # Only a cell that says await or async can need the loop; checking that
+        # costs nothing, while transforming the cell twice would cost the rest.
+        if ("await" in code or "async" in code) and shell.loop_runner is _asyncio_runner:
+            try:
+                transformed, preprocessing_error = shell.transform_cell(code), None
+            except Exception:
+                transformed, preprocessing_error = code, sys.exc_info()
+            if shell.should_run_async(code, transformed_cell=transformed,
+                                      preprocessing_exc_tuple=preprocessing_error):
+                return await self._run_awaiting_cell(code, store_history, silent, transformed,
+                                                     preprocessing_error)
         with self.gate.user_code():  # also a cell run by another %autoawait runner (trio, curio)
             return shell.run_cell(code, store_history=store_history, silent=silent)
+
+    async def _run_awaiting_cell(self, code: str, store_history: bool, silent: bool, transformed: str,
+                                 preprocessing_error: Any) -> Any:
+        """What ``run_cell`` does around ``run_cell_async``, awaiting it in the worker's
+        loop: post_execute runs matplotlib-inline's figure flush, among others."""
+        shell = self.shell
+        task = asyncio.ensure_future(shell.run_cell_async(
+            code, store_history=store_history, silent=silent, transformed_cell=transformed,
+            preprocessing_exc_tuple=preprocessing_error))
+        loop = asyncio.get_running_loop()
+
+        def cancel() -> None:
+            loop.call_soon_threadsafe(task.cancel)
+
+        result = None
+        tee = getattr(shell, "_tee", None)  # IPython 9 records outputs for %history -o
+        with contextlib.ExitStack() as stack:
+            if tee is not None:
+                stack.enter_context(tee(channel="stdout"))
+                stack.enter_context(tee(channel="stderr"))
+            try:
+                with self.gate.user_code(on_interrupt=cancel):
+                    result = await task
+            finally:
+                shell.events.trigger("post_execute")
+                if not silent:
+                    shell.events.trigger("post_run_cell", result)
+        return result
 
     # -------------------------------------------------------- introspection
     def complete_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -97,3 +97,12 @@ def test_execute_reply_metadata_says_when_the_cell_started(kernel):
     assert abs((started - before).total_seconds()) < 30
     assert metadata["status"] == "ok"
     assert metadata["dependencies_met"] is True
+
+
+def test_a_figure_drawn_in_an_awaiting_cell_is_shown(kernel):
+    """post_execute (matplotlib-inline's flush) runs after awaiting cells too."""
+    code = ("%matplotlib inline\nimport asyncio\nimport matplotlib.pyplot as plt\n"
+            "await asyncio.sleep(0)\nplt.plot([1, 2, 3]);")
+    _, iopub = execute_ok(kernel.kc, code, timeout=60)
+    images = [m for m in iopub if m["msg_type"] == "display_data" and "image/png" in m["content"]["data"]]
+    assert len(images) == 1, [m["msg_type"] for m in iopub]
