@@ -19,11 +19,19 @@ the kernel without telling the provisioner that a restart is under way, and
 a provisioner that refused ``kill()`` would break ``kill_kernel()``.  To swap
 the worker by signal, send the supervisor SIGHUP.  Runs in the client's
 process (jupyter_client), never in the kernel.
+
+A kill (``shutdown_kernel(now=True)``, a forced restart) SIGKILLs the
+supervisor's process group.  Each worker leads a group of its own (so an
+interrupt reaches what it started), and dies with the supervisor, but the
+programs a cell started would outlive them: so ``kill`` also kills the
+workers' groups, as a kill of ipykernel's group takes its children along.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
@@ -64,6 +72,31 @@ class RelayProvisioner(LocalProvisioner):  # type: ignore[misc]
         if self._swapping:
             return
         await super().terminate(restart=restart)
+
+    async def kill(self, restart: bool = False) -> None:
+        groups = self._worker_groups()
+        await super().kill(restart=restart)
+        for pgid in groups:
+            with contextlib.suppress(OSError):
+                os.killpg(pgid, signal.SIGKILL)
+
+    def _worker_groups(self) -> list[int]:
+        """Process groups led by the supervisor's children (its workers); Linux only."""
+        pid = self.pid if self._supervisor_alive() else None
+        if pid is None or not os.path.isdir(f"/proc/{pid}/task"):
+            return []
+        groups = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            for child in children:
+                with contextlib.suppress(OSError):
+                    if os.getpgid(child) == child:
+                        groups.append(child)
+        return groups
 
     async def cleanup(self, restart: bool = False) -> None:
         if self._swapping:

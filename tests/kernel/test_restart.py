@@ -186,3 +186,18 @@ def test_first_cell_after_restart_kernel_runs(relay, spec) -> None:
         assert reply["content"]["status"] == "ok", reply["content"]
     assert supervisor_pid(h) == sup
     relay.track(h)
+
+
+def test_a_forced_shutdown_takes_the_programs_cells_started(relay, spec) -> None:
+    """shutdown_kernel(now=True) SIGKILLs the supervisor's group; each worker leads its
+    own, so the provisioner kills those too, as a kill of ipykernel takes its children."""
+    h = relay.start(spec)
+    child = int(evaluate(h.kc, "__import__('subprocess').Popen(['sleep', '300']).pid"))
+    assert pid_exists(child)
+    relay.track(h)
+    h.km.shutdown_kernel(now=True)
+    try:
+        wait_for(lambda: not pid_exists(child), 10, what="the cell's sleep to be killed")
+    finally:
+        if pid_exists(child):
+            os.kill(child, signal.SIGKILL)
