@@ -1,11 +1,20 @@
-"""IPython magics specific to relaykernel's worker."""
+"""IPython magics a Jupyter kernel offers beyond IPython's own.
+
+The ones ipykernel users rely on: ``%connect_info``, ``%clear``, ``%less``,
+``%more``, ``%man`` and ``%autosave`` (which asks the notebook frontend, in
+JavaScript, to change its autosave interval).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
+from IPython.core import page
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.display import Javascript, clear_output, display
 
 
 @magics_class
@@ -46,3 +55,42 @@ class RelayMagics(Magics):
             "if this is the most recent Jupyter kernel you have started.\n"
             f"For example:\n    $> jupyter console --existing {connection_file}"
         )
+
+    @line_magic
+    def clear(self, arg_s: str = "") -> None:
+        """Clear the cell's output area.  Usage: ``%clear``"""
+        clear_output()
+
+    @line_magic
+    def less(self, arg_s: str) -> None:
+        """Show a file in the pager.  Usage: ``%less FILE``"""
+        _page_file(self.shell, arg_s)
+
+    @line_magic
+    def more(self, arg_s: str) -> None:
+        """Show a file in the pager.  Usage: ``%more FILE``"""
+        _page_file(self.shell, arg_s)
+
+    @line_magic
+    def man(self, arg_s: str) -> None:
+        """Show a man page in the pager.  Usage: ``%man PAGE``"""
+        shell: Any = self.shell
+        page.page(shell.getoutput(f"man {arg_s} | col -b", split=False))
+
+    @line_magic
+    def autosave(self, arg_s: str) -> None:
+        """Set the notebook's autosave interval in seconds (0 turns it off).  Usage: ``%autosave N``"""
+        try:
+            interval = int(arg_s)
+        except ValueError as e:
+            raise UsageError(f"%autosave requires an integer, got {arg_s!r}") from e
+        display(Javascript(f"IPython.notebook.set_autosave_interval({interval * 1000})"))
+        print(f"Autosaving every {interval} seconds" if interval else "Autosave disabled")
+
+
+def _page_file(shell: Any, path: str) -> None:
+    if not path:
+        raise UsageError("Missing filename.")
+    with open(path) as f:
+        text = f.read()
+    page.page(shell.pycolorize(text) if path.endswith(".py") else text)

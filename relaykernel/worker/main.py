@@ -75,6 +75,12 @@ def serve(config: WorkerConfig) -> None:
     _install_comm_hooks(kernel)
     shell = ZMQInteractiveShell.instance(kernel=kernel)
     compat.install(ZMQInteractiveShell)
+    extensions = shell.extension_manager
+    if extensions is not None:  # %store, which IPython's apps, ipykernel's included, load by default
+        try:
+            extensions.load_extension("storemagic")
+        except Exception as e:  # noqa: BLE001 - a broken extension must not stop the worker
+            log.warning("could not load the storemagic extension: %s", e)
     kernel.shell = shell
     link.send(wire.READY, {"version": wire.PROTOCOL_VERSION, "pid": os.getpid()})
     _serve_forever(kernel, link, progress.Counter(config.progress_file) if config.progress_file else None)
