@@ -283,6 +283,10 @@ class SupervisorLoop:
             self._abort(self.queue.take_executes())
         if self.queue.current is not None:
             self._started(self.queue.current)  # already sent (pipelined); running now
+        if lm.meta.get("exit"):
+            # exit() in a cell: ipykernel's process ends and the frontend restarts it;
+            # a fresh worker is the same, without the wait (and comms are kept)
+            self._restart()
         self._dispatch()
 
     def _abort(self, requests: list[Incoming]) -> None:

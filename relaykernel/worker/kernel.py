@@ -201,7 +201,12 @@ class WorkerKernel:
         # what ipykernel puts there; JupyterLab's "record timing" reads "started"
         self._reply_metadata = {"started": started, "dependencies_met": True, "engine": self.engine_id,
                                 "status": reply["status"]}
-        return reply, {"status": reply["status"], "execution_count": shell.execution_count}
+        meta: dict[str, Any] = {"status": reply["status"], "execution_count": shell.execution_count}
+        if shell.exit_now:  # exit() / quit: under ipykernel the kernel ends and is restarted
+            shell.exit_now = False
+            meta["exit"] = not shell.keepkernel_on_exit
+            shell.keepkernel_on_exit = False
+        return reply, meta
 
     async def _run_cell(self, code: str, store_history: bool, silent: bool) -> Any:
         """Run a cell; one with top-level await runs as a task of the worker's loop.

@@ -201,3 +201,23 @@ def test_a_forced_shutdown_takes_the_programs_cells_started(relay, spec) -> None
     finally:
         if pid_exists(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_exit_in_a_cell_restarts_the_worker(relay, spec) -> None:
+    """ipykernel's process ends on exit() and the frontend restarts it; relaykernel swaps
+    the worker at once.  exit(keep_kernel=True) keeps everything, as under ipykernel."""
+    h = relay.start(spec)
+    kc = h.kc
+    execute_ok(kc, "kept = 1")
+    reply, _ = execute_ok(kc, "exit(keep_kernel=True)")
+    assert {"source": "ask_exit", "keepkernel": True} in reply["content"]["payload"]
+    assert evaluate(kc, "kept") == "1"
+    worker = h.worker_pid()
+
+    reply, _ = execute_ok(kc, "exit()")
+    assert {"source": "ask_exit", "keepkernel": False} in reply["content"]["payload"]
+    wait_for(lambda: not pid_exists(worker), 10, what="the old worker to end")
+    reply, _ = execute(kc, "kept")
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "NameError"
+    assert h.worker_pid() != worker
+    relay.track(h)
