@@ -43,4 +43,6 @@ def kernel_info_content() -> dict[str, Any]:
             {"text": "Jupyter messaging", "url": "https://jupyter-client.readthedocs.io/en/stable/messaging.html"},
         ],
         "debugger": False,
+        # protocol 5.4: the optional features this kernel has (no debugger, no subshells)
+        "supported_features": [],
     }

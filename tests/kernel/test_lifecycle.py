@@ -54,6 +54,10 @@ def test_kernel_info_reply(kernel):
         assert link["text"] and link["url"].startswith("http")
     assert c["implementation"] == ("ipython" if IS_IPYKERNEL else "relaykernel")
     assert c["implementation_version"]
+    if _version_tuple(c["protocol_version"]) >= (5, 4):  # 5.4 lists the optional features
+        assert isinstance(c["supported_features"], list)
+        if "debugger" not in c["supported_features"]:
+            assert not c.get("debugger", False)
     # the reply is also available on control
     msg = kc.session.msg("kernel_info_request", {})
     kc.control_channel.send(msg)
