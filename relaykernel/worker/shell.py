@@ -133,8 +133,13 @@ class ZMQInteractiveShell(InteractiveShell):
 
     keepkernel_on_exit = False
 
+    #: GUIs that need no event loop of their own: the frontend draws them
+    #: (matplotlib's inline, nbagg/notebook, webagg, ipympl/widget), or they run
+    #: on the worker's asyncio loop, which is always running.
+    NO_LOOP_GUIS = frozenset({"inline", "nbagg", "notebook", "webagg", "ipympl", "widget", "asyncio"})
+
     def enable_gui(self, gui: str | None = None) -> None:
-        if gui not in (None, "inline"):
+        if gui is not None and gui not in self.NO_LOOP_GUIS:
             raise NotImplementedError(f"relaykernel has no event loop integration for GUI {gui!r}")
 
 

@@ -38,3 +38,14 @@ def test_autosave_asks_the_frontend(kernel):
     scripts = [m for m in of_type(iopub, "display_data")
                if "application/javascript" in m["content"]["data"]]
     assert scripts and "set_autosave_interval(0)" in scripts[0]["content"]["data"]["application/javascript"]
+
+
+def test_guis_that_need_no_event_loop_are_accepted(kernel):
+    """%gui asyncio (the loop already runs) and matplotlib's notebook backend, drawn by
+    the frontend over a comm, work as under ipykernel."""
+    _, iopub = execute_ok(kernel.kc, "%gui asyncio")
+    assert stream_text(iopub, "stderr") == ""
+    _, iopub = execute_ok(kernel.kc, "%matplotlib notebook\nimport matplotlib.pyplot as plt\n"
+                                     "plt.plot([1, 2])\nplt.show()", timeout=60)
+    assert any(m["content"].get("target_name") == "matplotlib" for m in of_type(iopub, "comm_open"))
+    execute_ok(kernel.kc, "plt.close('all')\n%matplotlib inline")
