@@ -46,8 +46,10 @@ TRIM_QUIET = 3.0
 #: Requests that change nothing, so that one whose reply a dying worker lost is
 #: asked again of the next worker rather than answered with an error.
 REPEATABLE = frozenset({"complete_request", "inspect_request", "is_complete_request", "history_request"})
-#: Consecutive workers that may die before READY before we slow down.
+#: Consecutive workers that may die before READY (or spares within
+#: SPARE_DEATH_WINDOW seconds) before new ones start only every 5 s.
 MAX_START_FAILURES = 3
+SPARE_DEATH_WINDOW = 30.0
 #: A dead worker's link is read until it has been quiet this long (ms): what the
 #: worker sent just before dying may still be passing through the IO threads.
 DEAD_LINK_QUIET_MS = 10
@@ -97,6 +99,7 @@ class SupervisorLoop:
         self.log_level = log_level
         self._numbers = iter(range(2 if first_worker else 1, 1 << 30))
         self._start_failures = 0
+        self._spare_deaths: list[float] = []  # when spares died, over SPARE_DEATH_WINDOW
         self._timers: list[tuple[float, Callable[[], None]]] = []
         self._stopping = False
         self._pending_signals: list[int] = []
@@ -255,9 +258,15 @@ class SupervisorLoop:
         """The worker begins this request: busy goes out before any of its outputs
         (published after the request left for the worker, so the worker starts
         ~30 us sooner: its outputs come back through this thread, later)."""
-        self.out.status("busy", request)
+        self._announce(request)
         if request.msg_type == "comm_msg" and request.content.get("comm_id") not in self.comms:
             log.warning("comm_msg for unknown comm_id %r", request.content.get("comm_id"))
+
+    def _announce(self, request: Incoming) -> None:
+        """Busy for this request, once: one asked again of a new worker was announced already."""
+        if not request.announced:
+            request.announced = True
+            self.out.status("busy", request)
 
     def _reply_socket(self, msg: Incoming) -> zmq.Socket:
         return self.sockets.control if msg.channel == "control" else self.sockets.shell
@@ -519,12 +528,16 @@ class SupervisorLoop:
             self._recover(death, running)
         else:
             log.warning("spare worker %s died before use: %s", worker.number, death.exit.describe())
+            now = time.monotonic()
             if was_starting:
                 self._start_failures += 1
-            if self._start_failures >= MAX_START_FAILURES:
-                if self.active is None:  # nothing can run them: say so rather than wait
-                    self._fail_queued(death)
-                self._timers.append((time.monotonic() + 5.0, self._ensure_workers))
+            # spares that die once ready (something keeps killing them) must not
+            # make us start one after another either
+            self._spare_deaths = [t for t in self._spare_deaths if now - t < SPARE_DEATH_WINDOW] + [now]
+            if self._start_failures >= MAX_START_FAILURES or len(self._spare_deaths) >= MAX_START_FAILURES:
+                if self.active is None and self._start_failures >= MAX_START_FAILURES:
+                    self._fail_queued(death)  # nothing can run them: say so rather than wait
+                self._timers.append((now + 5.0, self._ensure_workers))
                 return
         self._ensure_workers()
 
@@ -555,7 +568,6 @@ class SupervisorLoop:
         never began and go to the next worker.  ``running``: how many
         requests the worker began and did not report done (None: unknown)."""
         running = 1 if running is None else running  # unknown: the oldest one sent
-        busy_sent = True  # the oldest request sent is the only one announced busy
         again: list[Incoming] = []
         for _ in range(running - 1):
             finished = self.queue.finish()
@@ -564,8 +576,7 @@ class SupervisorLoop:
             if finished.msg_type in REPEATABLE:
                 again.append(finished)
             else:
-                self._reply_lost(finished, death, busy_sent)
-            busy_sent = False
+                self._reply_lost(finished, death)
         request = self.queue.finish() if running > 0 else None
         self.queue.requeue_sent()  # never started: run on the next worker
         self.queue.requeue(again)
@@ -573,8 +584,7 @@ class SupervisorLoop:
             if not death.restart:  # a restart of an idle kernel needs no words
                 self.out.stream(None, "stderr", death.report(len(self.comms)))
             return
-        if not busy_sent:
-            self.out.status("busy", request)
+        self._announce(request)
         if request.msg_type == "execute_request" and not request.started and not request.content.get("silent"):
             # the worker died before its execute_input left: the cell must still show up
             self.out.publish(request, "execute_input", {"code": request.content.get("code", ""),
@@ -595,10 +605,9 @@ class SupervisorLoop:
         if request.msg_type == "execute_request" and stops_on_error(request):
             self._abort(self.queue.take_executes())
 
-    def _reply_lost(self, request: Incoming, death: Death, busy_sent: bool) -> None:
+    def _reply_lost(self, request: Incoming, death: Death) -> None:
         """A request the worker finished just before it died, whose reply died with it."""
-        if not busy_sent:
-            self.out.status("busy", request)
+        self._announce(request)
         self.out.reply(request, {"status": "error", "ename": WORKER_DIED,
                                  "evalue": f"{death.evalue}, right after it finished this {request.msg_type};"
                                            " its reply was lost", "traceback": []})
@@ -606,7 +615,7 @@ class SupervisorLoop:
 
     def _fail_queued(self, death: Death) -> None:
         for request in self.queue.take_pending():
-            self.out.status("busy", request)
+            self._announce(request)
             self.out.stream(request, "stderr", "relaykernel: no worker could start: "
                                  f"{death.exit.describe()}\n{death.crash_log}")
             self.out.reply(request, {"status": "error", "ename": "WorkerStartFailed",

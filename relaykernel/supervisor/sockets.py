@@ -58,6 +58,8 @@ class Incoming:
     content: dict[str, Any] = field(default_factory=dict, repr=False)
     #: why the signed message cannot be handled (a part is not a JSON object), else None
     problem: str | None = None
+    #: busy was published for it (once, even if a new worker runs it again)
+    announced: bool = False
     #: the worker announced it began running this request (execute_input)
     started: bool = False
     #: msg_id of this request's input_request that awaits its input_reply
