@@ -62,8 +62,8 @@ EDITS: list[tuple[str, str, str]] = [
      ("            worker.send(wire.encode(wire.REQUEST, None, request.frames))\n"
       "            mark('supervisor sent it to the worker')\n")),
     ("supervisor/kernel.py",
-     '        self.out.status("busy", request)\n        if request.msg_type == "comm_msg"',
-     ('        self.out.status("busy", request)\n        mark("supervisor published busy")\n'
+     '        self._announce(request)\n        if request.msg_type == "comm_msg"',
+     ('        self._announce(request)\n        mark("supervisor published busy")\n'
       '        if request.msg_type == "comm_msg"')),
     ("supervisor/kernel.py",
      "                frames = wire.recv_frames(worker.link)\n            except zmq.Again:\n                return\n",
