@@ -55,6 +55,19 @@ _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
 
 
+def _only_self_pipe(loop: asyncio.AbstractEventLoop) -> int | None:
+    """The loop's self-pipe fd if the loop has nothing else to do, else None.
+
+    Reads asyncio's selector loop internals (``_ready``, ``_scheduled``,
+    ``_selector``); a loop without them always takes the loop's own wait."""
+    ready, scheduled = getattr(loop, "_ready", None), getattr(loop, "_scheduled", None)
+    selector = getattr(loop, "_selector", None)
+    if ready is None or scheduled is None or selector is None or ready or scheduled:
+        return None
+    fds = list(selector.get_map())
+    return fds[0] if len(fds) == 1 else None
+
+
 class Link:
     def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
         self._ctx = ctx
@@ -157,8 +170,20 @@ class Link:
             self._kept.append(lm)
 
     async def _readable(self) -> None:
-        """Until the socket (or a nudge, or a signal) may have something; see the module docstring."""
+        """Until the socket (or a nudge, or a signal) may have something; see the module docstring.
+
+        When the loop has nothing else to run (no callbacks, timers or other fds:
+        no task of the user's is waiting on anything), this blocks in ``select``
+        itself, also watching the loop's self-pipe (another thread scheduling a
+        callback): the same wait without the loop's turns around it, which kept
+        the worker's main thread busy right after it sent a reply, when libzmq's
+        IO thread needs the CPU to write it (~100 us per comm echo).
+        """
         loop = asyncio.get_running_loop()
+        self_pipe = _only_self_pipe(loop)
+        if self_pipe is not None:
+            self._select((self._fd, self._nudge_r, self_pipe))
+            return
         ready = loop.create_future()
 
         def wake() -> None:
@@ -178,6 +203,18 @@ class Link:
             loop.remove_reader(self._fd)
             loop.remove_reader(self._nudge_r)
             self._drain_nudges()
+
+    def _select(self, fds: tuple[int, ...]) -> None:
+        self._waiting = True  # before the check: a sender reads it after its send
+        try:
+            with self._lock:
+                waiting = self._pair.getsockopt(_EVENTS) & _POLLIN
+            if not waiting:
+                readable, _, _ = select.select(fds, [], [])
+                if self._nudge_r in readable:
+                    self._drain_nudges()
+        finally:
+            self._waiting = False
 
     def discard_kept(self, kind: bytes) -> None:
         """Forget kept messages of one kind (input replies to an older prompt)."""
