@@ -106,3 +106,14 @@ def test_a_figure_drawn_in_an_awaiting_cell_is_shown(kernel):
     _, iopub = execute_ok(kernel.kc, code, timeout=60)
     images = [m for m in iopub if m["msg_type"] == "display_data" and "image/png" in m["content"]["data"]]
     assert len(images) == 1, [m["msg_type"] for m in iopub]
+
+
+def test_a_thread_can_schedule_work_on_the_idle_loop(kernel):
+    """run_coroutine_threadsafe from a thread while the kernel waits for requests."""
+    kc = kernel.kc
+    execute_ok(kc, "import asyncio, threading, time\nloop = asyncio.get_running_loop()\nhits = []\n"
+                   "async def note():\n    hits.append(1)\n"
+                   "def later():\n    time.sleep(0.3)\n    asyncio.run_coroutine_threadsafe(note(), loop)\n"
+                   "threading.Thread(target=later).start()")
+    time.sleep(1.5)
+    assert evaluate(kc, "hits") == "[1]"
