@@ -206,6 +206,9 @@ class WorkerKernel:
             shell.exit_now = False
             meta["exit"] = not shell.keepkernel_on_exit
             shell.keepkernel_on_exit = False
+            if meta["exit"] and not silent:  # a notebook shows no sign of it otherwise
+                self.stderr.write("relaykernel: exit() restarts the kernel: a fresh worker takes over, "
+                                  "with no variables.\n")
         return reply, meta
 
     async def _run_cell(self, code: str, store_history: bool, silent: bool) -> Any:

@@ -214,8 +214,10 @@ def test_exit_in_a_cell_restarts_the_worker(relay, spec) -> None:
     assert evaluate(kc, "kept") == "1"
     worker = h.worker_pid()
 
-    reply, _ = execute_ok(kc, "exit()")
+    reply, iopub = execute_ok(kc, "exit()")
     assert {"source": "ask_exit", "keepkernel": False} in reply["content"]["payload"]
+    assert "a fresh worker takes over" in "".join(
+        m["content"]["text"] for m in of_type(iopub, "stream") if m["content"]["name"] == "stderr")
     wait_for(lambda: not pid_exists(worker), 10, what="the old worker to end")
     reply, _ = execute(kc, "kept")
     assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "NameError"
