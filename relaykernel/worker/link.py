@@ -130,17 +130,11 @@ class Link:
     def receive(self, kinds: Collection[bytes] | None = None) -> wire.LinkMessage:
         """Main thread only: the next link message (of one of ``kinds``; others
         are kept, in order, for a later call).  Blocks until one arrives."""
-        for lm in self._kept:
-            if kinds is None or lm.kind in kinds:
-                self._kept.remove(lm)
-                return lm
         while True:
-            lm = self._receive_one()
-            if kinds is None or lm.kind in kinds:
+            lm = self._receive_nowait(kinds)
+            if lm is not None:
                 return lm
-            if lm.kind == wire.INPUT_REPLY:  # only the newest can answer the next prompt
-                self.discard_kept(wire.INPUT_REPLY)
-            self._kept.append(lm)
+            self._select((self._fd, self._nudge_r))
 
     async def receive_async(self, kinds: Collection[bytes]) -> wire.LinkMessage:
         """Main thread, in the running event loop: :meth:`receive` that lets other tasks run while it waits."""
@@ -150,9 +144,10 @@ class Link:
                 return lm
             await self._readable()
 
-    def _receive_nowait(self, kinds: Collection[bytes]) -> wire.LinkMessage | None:
+    def _receive_nowait(self, kinds: Collection[bytes] | None) -> wire.LinkMessage | None:
+        """A kept or waiting message of one of ``kinds`` (any if None), or None at once."""
         for lm in self._kept:
-            if lm.kind in kinds:
+            if kinds is None or lm.kind in kinds:
                 self._kept.remove(lm)
                 return lm
         while True:
@@ -165,8 +160,10 @@ class Link:
             except wire.WireError as e:
                 log.warning("dropped a malformed link message: %s", e)
                 continue
-            if lm.kind in kinds:
+            if kinds is None or lm.kind in kinds:
                 return lm
+            if lm.kind == wire.INPUT_REPLY:  # only the newest can answer the next prompt
+                self.discard_kept(wire.INPUT_REPLY)
             self._kept.append(lm)
 
     async def _readable(self) -> None:
@@ -190,9 +187,13 @@ class Link:
             if not ready.done():
                 ready.set_result(None)
 
+        def nudged() -> None:
+            self._drain_nudges()
+            wake()
+
         self._waiting = True  # before the check: a sender reads it after its send
         loop.add_reader(self._fd, wake)
-        loop.add_reader(self._nudge_r, wake)
+        loop.add_reader(self._nudge_r, nudged)
         try:
             with self._lock:
                 waiting = self._pair.getsockopt(_EVENTS) & _POLLIN
@@ -202,16 +203,16 @@ class Link:
             self._waiting = False
             loop.remove_reader(self._fd)
             loop.remove_reader(self._nudge_r)
-            self._drain_nudges()
 
     def _select(self, fds: tuple[int, ...]) -> None:
+        """Block until the socket may have a message (or another of ``fds`` is readable)."""
         self._waiting = True  # before the check: a sender reads it after its send
         try:
             with self._lock:
                 waiting = self._pair.getsockopt(_EVENTS) & _POLLIN
             if not waiting:
                 readable, _, _ = select.select(fds, [], [])
-                if self._nudge_r in readable:
+                if self._nudge_r in readable:  # most wakes are the socket's, no nudge to read
                     self._drain_nudges()
         finally:
             self._waiting = False
@@ -219,24 +220,6 @@ class Link:
     def discard_kept(self, kind: bytes) -> None:
         """Forget kept messages of one kind (input replies to an older prompt)."""
         self._kept = collections.deque(lm for lm in self._kept if lm.kind != kind)
-
-    def _receive_one(self) -> wire.LinkMessage:
-        while True:
-            self._waiting = True  # before the check: a sender reads it after its send
-            try:
-                with self._lock:
-                    frames = self._read() if self._pair.getsockopt(_EVENTS) & _POLLIN else None
-                if frames is None:
-                    readable, _, _ = select.select([self._fd, self._nudge_r], [], [])
-                    if self._nudge_r in readable:  # most wakes are the socket's, no nudge to read
-                        self._drain_nudges()
-                    continue
-            finally:
-                self._waiting = False
-            try:
-                return wire.decode(frames)
-            except wire.WireError as e:
-                log.warning("dropped a malformed link message: %s", e)
 
     def _read(self) -> list[Any]:
         """One whole multipart message; completed even if a signal interrupts it."""
