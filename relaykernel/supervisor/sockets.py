@@ -35,9 +35,13 @@ def parse_object(frame: Any, part: str) -> dict[str, Any]:
     """A message part that must be a JSON object; BadMessage says which part is not.
 
     RecursionError is caught too: ``[[[[...]]]]`` nested a few thousand deep
-    is valid JSON that the parser cannot finish."""
+    is valid JSON that the parser cannot finish.  Most parent headers and
+    metadata are ``{}``: those skip the parser (it runs on every request)."""
+    raw = frame.bytes
+    if raw == b"{}":
+        return {}
     try:
-        value = json.loads(frame.bytes if hasattr(frame, "bytes") else frame)
+        value = json.loads(raw)
     except (ValueError, RecursionError) as e:
         raise BadMessage(f"{part} is not JSON: {str(e)[:200]}") from None
     if not isinstance(value, dict):
