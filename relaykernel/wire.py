@@ -84,6 +84,21 @@ ADOPT: Final = b"adopt"
 SHUTDOWN: Final = b"shutdown"
 
 
+#: Request types the worker answers (the supervisor answers kernel_info,
+#: comm_info, shutdown, interrupt, usage and debug itself).  On control they
+#: skip the queue: they run next, after the request running now.
+WORKER_REQUESTS: Final = frozenset({"execute_request", "complete_request", "inspect_request",
+                                    "history_request", "is_complete_request"})
+
+
+def unknown_request_error(msg_type: str, channel: str) -> dict[str, Any]:
+    """The reply content for a request type the kernel does not handle: every request
+    gets one reply, and a client waiting for it learns why instead of timing out."""
+    return {"status": "error", "ename": "UnknownMessageType",
+            "evalue": f"relaykernel does not handle {msg_type!r} on the {channel} channel",
+            "traceback": []}
+
+
 class WireError(ValueError):
     """A link message that does not follow this module's format."""
 

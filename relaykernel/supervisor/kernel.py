@@ -121,6 +121,7 @@ class SupervisorLoop:
         }
         self.control_handlers: dict[str, Callable[[Incoming], None]] = {
             "kernel_info_request": self._kernel_info,
+            "comm_info_request": self._comm_info,
             "shutdown_request": self._shutdown,
             "interrupt_request": self._interrupt_request,
             "usage_request": self._usage,
@@ -186,9 +187,13 @@ class SupervisorLoop:
             self._reject(msg)
         elif msg.channel == "control":
             handler = self.control_handlers.get(msg.msg_type)
+            if handler is None and msg.msg_type in wire.WORKER_REQUESTS:
+                self.queue.push_next(msg)  # ipykernel answers these on control too
+                self._dispatch()
+                return
             self.out.status("busy", msg)
             if handler is None:
-                log.warning("unknown control message type %r", msg.msg_type)
+                self._unknown(msg)
             else:
                 handler(msg)
             self.out.status("idle", msg)
@@ -224,6 +229,11 @@ class SupervisorLoop:
         self.out.status("busy", msg)
         self.out.reply(msg, error)
         self.out.status("idle", msg)
+
+    def _unknown(self, msg: Incoming) -> None:
+        """A request type nobody here handles still gets its one reply: an error that says so."""
+        log.warning("unknown %s message type %r", msg.channel, msg.msg_type)
+        self.out.reply(msg, wire.unknown_request_error(msg.msg_type, msg.channel))
 
     def _drain_link(self, worker: WorkerProcess, budget: int = 256) -> None:
         for _ in range(budget):

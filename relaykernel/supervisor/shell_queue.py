@@ -44,6 +44,10 @@ class ShellQueue:
     def push(self, request: Incoming) -> None:
         self._pending.append(request)
 
+    def push_next(self, request: Incoming) -> None:
+        """Ahead of every waiting request (a control request): it runs next."""
+        self._pending.appendleft(request)
+
     def next(self) -> Incoming | None:
         """Pop the next request to send to the worker, or None if it must wait."""
         if not self._pending or len(self._sent) >= self._window:

@@ -156,6 +156,7 @@ class WorkerKernel:
             handler = self.handlers.get(msg_type)
             if handler is None:
                 log.warning("unknown request type %r", msg_type)
+                reply, meta = wire.unknown_request_error(msg_type, "shell"), {"status": "error"}
             else:
                 outcome = handler(msg)
                 if inspect.isawaitable(outcome):  # execute_request: cells may await
