@@ -90,6 +90,7 @@ class Signer:
         if algorithm != "hmac" or digest not in hashlib.algorithms_available:
             raise ValueError(f"unsupported signature scheme {signature_scheme!r}")
         self._hmac = hmac.new(key, digestmod=digest) if key else None
+        self.key, self.signature_scheme, self.session_id = key, signature_scheme, session_id
         id_prefix = f"{session_id}_{os.getpid()}_"
         self._count = 0
         # every header is this text with msg_id, msg_type and date filled in: ~3 us

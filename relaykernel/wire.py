@@ -84,6 +84,9 @@ ADOPT: Final = b"adopt"
 SHUTDOWN: Final = b"shutdown"
 
 
+#: Jupyter message types of comm traffic (either direction).
+COMM_TYPES: Final = frozenset({"comm_open", "comm_msg", "comm_close"})
+
 #: Request types the worker answers (the supervisor answers kernel_info,
 #: comm_info, shutdown, interrupt, usage and debug itself).  On control they
 #: skip the queue: they run next, after the request running now.

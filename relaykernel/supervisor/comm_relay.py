@@ -14,8 +14,9 @@ import logging
 from typing import Any
 
 from .. import wire
+from ..wire import COMM_TYPES
 from .comm_registry import WIDGET_TARGET, CommRegistry
-from .sockets import COMM_TYPES, Incoming
+from .sockets import Incoming
 
 log = logging.getLogger("relaykernel.supervisor")
 

@@ -49,7 +49,8 @@ _EARLY_SWITCH_INTERVAL = 0.001
 
 
 class EarlyResponder(threading.Thread):
-    """Owns shell and control until the loop runs: answers kernel_info, holds the rest."""
+    """Owns the sockets until the loop runs: answers kernel_info and iopub
+    subscriptions, holds the rest."""
 
     def __init__(self, sockets: KernelSockets, verifier: Verifier, out: Outbox) -> None:
         super().__init__(name="relaykernel-early", daemon=True)
@@ -65,10 +66,13 @@ class EarlyResponder(threading.Thread):
         for sock in channels:
             poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        poller.register(self._sockets.iopub, zmq.POLLIN)
         while True:
             events = dict(poller.poll())
             if self._wake_r.fileno() in events:
                 return
+            if events.get(self._sockets.iopub):  # frontends subscribe right after launch
+                self._out.welcome()
             for sock, channel in channels.items():  # control first, as in the loop
                 if events.get(sock):
                     try:

@@ -104,7 +104,7 @@ class SupervisorLoop:
         self._stopping = False
         self._pending_signals: list[int] = []
         self.poller = zmq.Poller()
-        for s in (sockets.control, sockets.shell, sockets.stdin):
+        for s in (sockets.control, sockets.shell, sockets.stdin, sockets.iopub):
             self.poller.register(s, zmq.POLLIN)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -163,6 +163,8 @@ class SupervisorLoop:
             self._handle_signals()
         if events.pop(s.control, 0):
             self._drain(s.control, "control")
+        if events.pop(s.iopub, 0):
+            self.out.welcome()
         for key in list(events):
             if isinstance(key, int) and key in self._by_sentinel:
                 self._on_worker_exit(self._by_sentinel[key])

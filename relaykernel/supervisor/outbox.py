@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import zmq
+
 from ..signing import Signer
 from ..wire import send_frames
 from .sockets import Incoming, KernelSockets
@@ -41,6 +43,22 @@ class Outbox:
 
     def status(self, state: str, parent: Incoming | None) -> None:
         self.publish(parent, "status", _STATUS[state])
+
+    def welcome(self, budget: int = 64) -> None:
+        """Answer new iopub subscriptions (JEP 65): an ``iopub_welcome`` on the topic
+        subscribed tells a client its subscription is in place, so it can send
+        requests without missing their outputs (no kernel_info probing needed)."""
+        for _ in range(budget):
+            try:
+                event = self.sockets.iopub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(event) != 1 or event[0][:1] != b"\x01":
+                continue  # an unsubscription, or not a subscription at all
+            topic = event[0][1:]
+            content = {"subscription": topic.decode("utf-8", "replace")}
+            frames = self.signer.frames("iopub_welcome", content, None)
+            send_frames(self.sockets.iopub, [topic, *frames] if topic else frames)
 
     def stream(self, parent: Incoming | None, name: str, text: str) -> None:
         """A stream message; without a parent it reaches every frontend's output area."""

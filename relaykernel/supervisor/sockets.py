@@ -18,13 +18,13 @@ from typing import Any
 
 import zmq
 
+from .. import wire
 from ..signing import DELIM, Signer
 from ..wire import recv_frames
 
 log = logging.getLogger("relaykernel.supervisor")
 
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
-COMM_TYPES = frozenset({"comm_open", "comm_msg", "comm_close"})
 
 
 class BadMessage(ValueError):
@@ -156,7 +156,7 @@ class Verifier:
         except BadMessage as e:
             msg.problem = str(e)
         else:
-            if msg_type in COMM_TYPES and not isinstance(msg.content.get("comm_id"), str):
+            if msg_type in wire.COMM_TYPES and not isinstance(msg.content.get("comm_id"), str):
                 msg.problem = "its comm_id is not a string"
         return msg
 
@@ -203,7 +203,7 @@ class KernelSockets:
         socks = {}
         bound = {}
         for name, kind in (("shell", zmq.ROUTER), ("control", zmq.ROUTER),
-                           ("stdin", zmq.ROUTER), ("iopub", zmq.PUB)):
+                           ("stdin", zmq.ROUTER), ("iopub", zmq.XPUB)):
             s = ctx.socket(kind)
             s.setsockopt(zmq.LINGER, 1000)
             # Never drop: an output lost to a high-water mark is a silent bug.
@@ -211,6 +211,8 @@ class KernelSockets:
             s.setsockopt(zmq.RCVHWM, 0)
             if kind == zmq.ROUTER:
                 s.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            else:  # every subscription, not only a topic's first, reaches Outbox.welcome
+                s.setsockopt(zmq.XPUB_VERBOSE, 1)
             bound[name] = bind(s, transport, ip, ports.get(f"{name}_port", 0))
             socks[name] = s
         return cls(ports=bound, **socks)

@@ -31,6 +31,7 @@ from ..comm import CommManager
 from .interrupts import InterruptGate
 from .link import Link
 from .messages import Messenger
+from .session_compat import IOPubRelay, make_session
 from .streams import FdCapture, OutStream
 
 log = logging.getLogger("relaykernel.worker")
@@ -58,6 +59,10 @@ class WorkerKernel:
         self.engine_id = str(uuid.uuid4())
         self.gate = InterruptGate()
         self._allow_stdin = False
+        #: for code written against ipykernel: kernel.session.send(kernel.iopub_socket, ...)
+        self.iopub_socket = IOPubRelay(self)
+        self._session: Any = None
+        self.log = log
         self.handlers: dict[str, Handler] = {
             "execute_request": self.execute_request,
             # completion and inspection run user code too (__dir__, __repr__, properties)
@@ -92,6 +97,24 @@ class WorkerKernel:
 
     def target_changed(self, name: str, registered: bool) -> None:
         self.link.send(wire.TARGET, {"name": name, "registered": registered})
+
+    @property
+    def session(self) -> Any:
+        """jupyter_client's Session, signing as the kernel does (made on first use)."""
+        if self._session is None:
+            self._session = make_session(self.messenger.signer)
+        return self._session
+
+    def send_response(self, stream: Any, msg_or_type: Any, content: Any = None, ident: Any = None,
+                      buffers: Any = None, track: bool = False, header: Any = None,
+                      metadata: Any = None, channel: str = "shell") -> Any:
+        """ipykernel's helper: send with the request being handled as the parent."""
+        return self.session.send(stream, msg_or_type, content, self.get_parent(channel), ident,
+                                 buffers, track, header, metadata)
+
+    @property
+    def execution_count(self) -> int:
+        return int(self.shell.execution_count)
 
     @property
     def _parent_header(self) -> dict[str, Any]:  # what ipywidgets 7 and older libraries read
