@@ -248,9 +248,13 @@ except ImportError:  # pragma: no cover
     from typing_extensions import TypedDict
 
 
-class ReadyMeta(TypedDict):
+class ReadyMeta(TypedDict, total=False):
     version: int
     pid: int
+    #: the worker's fd numbers of the read ends of its stdout/stderr capture pipes
+    #: ({"stdout": n, "stderr": m}); the supervisor opens them (/proc/PID/fd) to read,
+    #: after a crash, what native code wrote that the worker could not forward
+    output_pipes: dict[str, int]
 
 
 class ActivateMeta(TypedDict):

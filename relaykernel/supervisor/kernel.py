@@ -323,6 +323,7 @@ class SupervisorLoop:
             worker.kill()
             return
         worker.state = WorkerState.READY
+        worker.watch_output(lm.meta.get("output_pipes") or {})
         self._start_failures = 0
         log.debug("worker %s ready in %.3fs", worker.number, time.monotonic() - worker.started_at)
         self._ensure_workers()
@@ -528,7 +529,8 @@ class SupervisorLoop:
             self._drain_link(worker)
         was_active = worker is self.active
         was_starting = worker.state is WorkerState.STARTING
-        death = Death(worker.exit_info(), crash_log=read_crash_log(worker.config.crash_log))
+        death = Death(worker.exit_info(), crash_log=read_crash_log(worker.config.crash_log),
+                      unread_output=worker.unread_output())
         running = worker.requests_running()
         self._forget(worker)
         worker.close()
@@ -564,7 +566,8 @@ class SupervisorLoop:
             return
         self._forget(worker)
         worker.kill()
-        death = Death(worker.exit_info(timeout=2.0), reason=reason, restart=restart)
+        death = Death(worker.exit_info(timeout=2.0), reason=reason, restart=restart,
+                      unread_output=worker.unread_output())
         running = worker.requests_running()
         worker.close()
         self._recover(death, running)
@@ -593,6 +596,7 @@ class SupervisorLoop:
         self.queue.requeue_sent()  # never started: run on the next worker
         self.queue.requeue(again)
         if request is None:
+            self._last_output(None, death)
             if not death.restart:  # a restart of an idle kernel needs no words
                 self.out.stream(None, "stderr", death.report(len(self.comms)))
             return
@@ -601,6 +605,7 @@ class SupervisorLoop:
             # the worker died before its execute_input left: the cell must still show up
             self.out.publish(request, "execute_input", {"code": request.content.get("code", ""),
                                                      "execution_count": self.execution_count})
+        self._last_output(request, death)
         self.out.stream(request, "stderr", death.report(len(self.comms)))
         error: dict[str, Any] = {"status": "error", "ename": WORKER_DIED, "evalue": death.evalue,
                  "traceback": death.traceback()}
@@ -616,6 +621,14 @@ class SupervisorLoop:
         self.out.status("idle", request)
         if request.msg_type == "execute_request" and stops_on_error(request):
             self._abort(self.queue.take_executes())
+
+    def _last_output(self, request: Incoming | None, death: Death) -> None:
+        """What the dead worker wrote last and could not forward, shown before the report:
+        it often names the crash (an assertion message before abort())."""
+        for name in ("stdout", "stderr"):
+            text = death.unread_output.get(name)
+            if text:
+                self.out.stream(request, name, text)
 
     def _reply_lost(self, request: Incoming, death: Death) -> None:
         """A request the worker finished just before it died, whose reply died with it."""

@@ -9,7 +9,7 @@ knows the kernel is still there and what to re-run.
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .worker_process import ExitInfo
 
@@ -35,6 +35,8 @@ class Death:
     reason: str = ""  # set when the supervisor replaced the worker on purpose
     crash_log: str = ""  # faulthandler's output, when the worker left one
     restart: bool = False  # the user asked for it: not a crash
+    #: what the worker wrote to fds 1/2 that was never forwarded, by stream name
+    unread_output: dict[str, str] = field(default_factory=dict)
 
     @property
     def evalue(self) -> str:

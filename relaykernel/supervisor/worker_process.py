@@ -25,6 +25,9 @@ from ..worker.entry import WorkerConfig, run_worker
 
 log = logging.getLogger("relaykernel.supervisor")
 
+#: Most bytes of unforwarded output shown per stream after a crash (the pipe holds 64 KiB).
+UNREAD_OUTPUT_LIMIT = 1 << 16
+
 
 class WorkerState(enum.Enum):
     STARTING = "starting"  # process launched, IPython loading
@@ -92,6 +95,43 @@ class WorkerProcess:
             heap.restore_tunables(config.inherited_tunables)
         self.pid: int = self.process.pid
         self.sentinel: int = self.process.sentinel
+        #: our read ends of the worker's stdout/stderr capture pipes, by stream name
+        self._output_pipes: dict[str, int] = {}
+
+    def watch_output(self, pipes: dict[str, int]) -> None:
+        """Open the worker's capture pipes (ReadyMeta.output_pipes) through /proc, to
+        read only once it is dead: what native code writes right before it aborts
+        (an assertion, a CUDA error) is still in the pipe, but the worker's reader
+        thread died before forwarding it.  Where /proc cannot do it, nothing is kept."""
+        for name, fd in pipes.items():
+            try:
+                self._output_pipes[str(name)] = os.open(f"/proc/{self.pid}/fd/{int(fd)}",
+                                                        os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except (OSError, ValueError, TypeError) as e:
+                log.debug("cannot watch worker %s's %s pipe: %s", self.number, name, e)
+
+    def unread_output(self, limit: int = UNREAD_OUTPUT_LIMIT) -> dict[str, str]:
+        """After the worker died: what it wrote to fds 1 and 2 and nobody forwarded,
+        by stream name (the last ``limit`` bytes of each)."""
+        unread = {}
+        for name, fd in self._output_pipes.items():
+            chunks: list[bytes] = []
+            size = 0
+            for _ in range(16):  # bounded: a surviving writer must not keep us here
+                try:
+                    data = os.read(fd, 1 << 16)
+                except OSError:  # BlockingIOError: a surviving child holds the pipe open
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+                size += len(data)
+                while size - len(chunks[0]) > limit:  # keep the tail: it names the crash
+                    size -= len(chunks.pop(0))
+            text = b"".join(chunks)[-limit:].decode("utf-8", "replace")
+            if text:
+                unread[name] = text
+        return unread
 
     def send(self, frames: list[Any]) -> None:
         wire.send_frames(self.link, frames)
@@ -152,6 +192,9 @@ class WorkerProcess:
             except (ProcessLookupError, PermissionError):
                 pass
         self.link.close(linger=0)
+        for fd in self._output_pipes.values():
+            os.close(fd)
+        self._output_pipes.clear()
         for path in (self.endpoint[len("ipc://") :], self.progress_file):
             try:
                 os.unlink(path)

@@ -174,6 +174,10 @@ class FdCapture:
                 return False
             self._streams[fd].write(self._decoders[fd].decode(data))
 
+    def read_ends(self) -> dict[str, int]:
+        """The read end of each capture pipe, by stream name (for ReadyMeta)."""
+        return {self._streams[fd].name: r for r, fd in self._pipes.items()}
+
     def forget_pipes(self) -> None:
         """In a forked child: the pipes are the worker's to read."""
         self._lock = threading.Lock()
