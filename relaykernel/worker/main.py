@@ -28,7 +28,7 @@ from ..signing import Signer
 from .entry import WorkerConfig
 from .link import Link
 from .messages import Messenger
-from .streams import FdCapture, OutStream, after_fork_in_child
+from .streams import FdCapture, OutStream, after_fork_in_child, order_child_output
 
 if TYPE_CHECKING:  # at run time imported in serve(), once the streams are captured (it loads IPython)
     from .kernel import WorkerKernel
@@ -56,6 +56,7 @@ def serve(config: WorkerConfig) -> None:
     stderr = OutStream("stderr", messenger.publish, fileno=2)
     capture = FdCapture({1: stdout, 2: stderr})
     capture.start()
+    order_child_output(capture)
     _log_to(capture.saved[2], config.log_level)
     link.tickers.append(lambda: _flush_due(stdout, stderr))
     link.start()

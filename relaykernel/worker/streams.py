@@ -193,6 +193,39 @@ class FdCapture:
                     self._read_all(r)
 
 
+def order_child_output(capture: FdCapture) -> None:
+    """Make a child program's output land where the cell's code waited for it.
+
+    ``print('a'); os.system('echo b'); print('c')``: ``b`` is in the capture pipe
+    when os.system returns, but the reader thread may forward it only after
+    ``c`` joined the stream (ipykernel shows ``a c b`` now and then too).  After
+    ``os.system`` and ``subprocess.Popen.wait`` (which ``run``, ``call``,
+    ``check_call`` and ``communicate`` end with) the calling thread moves what the
+    child wrote into the streams before the cell goes on: ~10 us per call."""
+    import functools
+    import subprocess
+
+    real_system = os.system
+    real_wait = subprocess.Popen.wait
+
+    @functools.wraps(real_system)
+    def system(command: Any) -> int:
+        try:
+            return real_system(command)
+        finally:
+            capture.drain()
+
+    @functools.wraps(real_wait)
+    def wait(self: subprocess.Popen[Any], timeout: float | None = None) -> int:
+        try:
+            return real_wait(self, timeout)
+        finally:
+            capture.drain()
+
+    os.system = system
+    subprocess.Popen.wait = wait  # type: ignore[method-assign]
+
+
 def after_fork_in_child(streams: tuple[OutStream, ...], capture: FdCapture | None) -> None:
     """See the module docstring; registered with ``os.register_at_fork`` by the worker."""
     for stream in streams:

@@ -12,6 +12,7 @@ from tests.kernel.helpers import (
     get_reply,
     of_type,
     parent_id,
+    relaykernel_only,
     stream_text,
 )
 
@@ -151,3 +152,20 @@ def test_os_fork_child_output_reaches_the_cell(kernel):
     # and the worker carries on
     _, iopub = execute_ok(kernel.kc, "print('after')", timeout=30)
     assert stream_text(iopub, "stdout") == "after\n"
+
+
+@relaykernel_only
+def test_child_program_output_keeps_its_place_among_prints(kernel):
+    """What a program run with os.system or subprocess wrote comes before what the
+    cell prints after the call returned (ipykernel reorders it now and then)."""
+    code = ("import os, subprocess, sys\n"
+            "for i in range(15):\n"
+            "    print(f'a{i}')\n"
+            "    os.system(f'echo b{i}; echo B{i} >&2')\n"
+            "    print(f'c{i}')\n"
+            "    sys.stderr.write(f'C{i}\\n')\n"
+            "    subprocess.run(['echo', f'd{i}'])\n"
+            "    print(f'e{i}')\n")
+    _, iopub = execute_ok(kernel.kc, code, timeout=60)
+    assert stream_text(iopub, "stdout").split() == [f"{x}{i}" for i in range(15) for x in "abcde"]
+    assert stream_text(iopub, "stderr").split() == [f"{x}{i}" for i in range(15) for x in "BC"]
