@@ -323,7 +323,9 @@ class SupervisorLoop:
             worker.kill()
             return
         worker.state = WorkerState.READY
-        worker.watch_output(lm.meta.get("output_pipes") or {})
+        pipes = lm.meta.get("output_pipes")
+        if isinstance(pipes, dict):
+            worker.watch_output(pipes)
         self._start_failures = 0
         log.debug("worker %s ready in %.3fs", worker.number, time.monotonic() - worker.started_at)
         self._ensure_workers()

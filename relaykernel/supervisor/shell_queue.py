@@ -45,8 +45,14 @@ class ShellQueue:
         self._pending.append(request)
 
     def push_next(self, request: Incoming) -> None:
-        """Ahead of every waiting request (a control request): it runs next."""
-        self._pending.appendleft(request)
+        """A control request: ahead of the shell requests waiting, behind the control
+        requests waiting (they run in the order they came)."""
+        ahead = 0
+        for waiting in self._pending:
+            if waiting.channel != "control":
+                break
+            ahead += 1
+        self._pending.insert(ahead, request)
 
     def next(self) -> Incoming | None:
         """Pop the next request to send to the worker, or None if it must wait."""

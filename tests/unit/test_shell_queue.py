@@ -72,3 +72,17 @@ def test_stop_on_error_defaults():
     assert stops_on_error(request("execute_request", code="x"))
     assert not stops_on_error(request("execute_request", code="x", stop_on_error=False))
     assert not stops_on_error(request("execute_request", code="x", silent=True))
+
+
+def test_control_requests_go_ahead_of_shell_requests_in_their_own_order():
+    q = ShellQueue()
+    running, s1, s2 = request("execute_request", code="1"), request("complete_request"), request("inspect_request")
+    c1, c2 = request("is_complete_request"), request("history_request")
+    c1.channel = c2.channel = "control"
+    q.push(running)
+    assert q.next() is running
+    q.push(s1)
+    q.push_next(c1)
+    q.push(s2)
+    q.push_next(c2)
+    assert list(q) == [c1, c2, s1, s2]
