@@ -24,11 +24,12 @@ a refusal only means the threads keep the default policy.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 
-log = logging.getLogger("relaykernel")
+from .lazylog import LazyLogger
+
+log = LazyLogger("relaykernel")
 
 #: libzmq names its IO threads "ZMQbg/IO/<n>" (its reaper thread "ZMQbg/Reaper").
 IO_THREAD_PREFIX = "ZMQbg/IO/"

@@ -40,8 +40,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import zmq
 
@@ -106,13 +105,12 @@ class WireError(ValueError):
     """A link message that does not follow this module's format."""
 
 
-@dataclass(frozen=True)
-class LinkMessage:
+class LinkMessage(NamedTuple):
     """One decoded link message; ``payload`` frames are left undecoded."""
 
     kind: bytes
     meta: dict[str, Any]
-    payload: Sequence[Any] = field(default_factory=tuple)
+    payload: Sequence[Any] = ()
 
 
 #: Payload frames smaller than this are packed into the layout frame.

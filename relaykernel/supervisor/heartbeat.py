@@ -7,14 +7,14 @@ part of one refuses to send, and that would stop the heartbeat for good.
 
 from __future__ import annotations
 
-import logging
 import threading
 
 import zmq
 
+from ..lazylog import LazyLogger
 from .sockets import bind
 
-log = logging.getLogger("relaykernel.supervisor")
+log = LazyLogger("relaykernel.supervisor")
 
 
 class Heartbeat(threading.Thread):

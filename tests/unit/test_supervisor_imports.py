@@ -26,6 +26,9 @@ def test_the_early_step_needs_only_zmq_and_the_standard_library():
             "bad = sorted({m.split('.')[0] for m in sys.modules}\n"
             "             & {'jupyter_client', 'traitlets', 'multiprocess', 'tornado', 'asyncio', 'IPython'})\n"
             "assert not bad, bad\n"
+            # each of these costs ~2-6 ms before the frontend's kernel_info can be answered
+            "slow = sorted({'logging', 'dataclasses', 'inspect', 'socket', 'uuid'} & set(sys.modules))\n"
+            "assert not slow, slow\n"
             "import relaykernel.supervisor.app, relaykernel.supervisor.kernel\n"
             "assert 'jupyter_client' not in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
