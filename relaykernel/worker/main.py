@@ -35,12 +35,22 @@ if TYPE_CHECKING:  # at run time imported in serve(), once the streams are captu
 
 log = logging.getLogger("relaykernel.worker")
 
+#: Signals for the main thread only (see serve).
+_MAIN_THREAD_SIGNALS = frozenset({signal.SIGINT, signal.SIGUSR1})
+
 
 def serve(config: WorkerConfig) -> None:
     # The supervisor spawned us with SIGINT ignored, so an interrupt aimed at its
     # process group could not kill us half-started; our own group keeps it so, and
     # the kernel's InterruptGate takes SIGINT over once it exists.
     os.setpgrp()
+    # SIGINT (an interrupt) and SIGUSR1 (the soft memory limit) must reach the main
+    # thread: Linux may hand a process's signal to any thread that does not block it,
+    # and one handed to a helper thread leaves a cell in time.sleep() or a blocking
+    # call asleep until the supervisor gives up on it.  Threads started from here to
+    # READY (ours, libzmq's, IPython's history thread) inherit the mask; then the main
+    # thread alone unblocks them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)
     _die_with_parent(config.supervisor_pid)
     os.environ[CONNECTION_FILE_ENV] = config.connection_file
     heap.restore_tunables(config.inherited_tunables)
@@ -86,6 +96,7 @@ def serve(config: WorkerConfig) -> None:
     kernel.shell = shell
     real_exit = os._exit
     os._exit = _exit_after_flushing(kernel, link, real_exit)  # type: ignore[assignment]
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _MAIN_THREAD_SIGNALS)
     link.send(wire.READY, {"version": wire.PROTOCOL_VERSION, "pid": os.getpid(),
                            "output_pipes": capture.read_ends()})
     _serve_forever(kernel, link, progress.Counter(config.progress_file) if config.progress_file else None)

@@ -26,6 +26,7 @@ import fcntl
 import io
 import os
 import select
+import sys
 import termios
 import threading
 import time
@@ -199,31 +200,35 @@ def order_child_output(capture: FdCapture) -> None:
     ``print('a'); os.system('echo b'); print('c')``: ``b`` is in the capture pipe
     when os.system returns, but the reader thread may forward it only after
     ``c`` joined the stream (ipykernel shows ``a c b`` now and then too).  After
-    ``os.system`` and ``subprocess.Popen.wait`` (which ``run``, ``call``,
-    ``check_call`` and ``communicate`` end with) the calling thread moves what the
-    child wrote into the streams before the cell goes on: ~10 us per call."""
-    import functools
+    ``os.system``, ``subprocess.Popen.wait`` (which ``run``, ``call``,
+    ``check_call`` and ``communicate`` end with) and ``Process.join`` of
+    multiprocessing and multiprocess (forked children print through the same
+    pipes), the calling thread moves what the child wrote into the streams
+    before the cell goes on: ~10 us per call."""
     import subprocess
 
-    real_system = os.system
-    real_wait = subprocess.Popen.wait
+    os.system = _draining(os.system, capture)
+    targets: list[tuple[Any, str]] = [(subprocess.Popen, "wait")]
+    for module in ("multiprocessing.process", "multiprocess.process"):  # both loaded already
+        process = sys.modules.get(module)
+        if process is not None:
+            targets.append((process.BaseProcess, "join"))
+    for cls, name in targets:
+        setattr(cls, name, _draining(getattr(cls, name), capture))
 
-    @functools.wraps(real_system)
-    def system(command: Any) -> int:
+
+def _draining(call: Callable[..., Any], capture: FdCapture) -> Callable[..., Any]:
+    """``call``, then what children wrote to the capture pipes into the streams."""
+    import functools
+
+    @functools.wraps(call)
+    def draining(*args: Any, **kwargs: Any) -> Any:
         try:
-            return real_system(command)
+            return call(*args, **kwargs)
         finally:
             capture.drain()
 
-    @functools.wraps(real_wait)
-    def wait(self: subprocess.Popen[Any], timeout: float | None = None) -> int:
-        try:
-            return real_wait(self, timeout)
-        finally:
-            capture.drain()
-
-    os.system = system
-    subprocess.Popen.wait = wait  # type: ignore[method-assign]
+    return draining
 
 
 def after_fork_in_child(streams: tuple[OutStream, ...], capture: FdCapture | None) -> None:

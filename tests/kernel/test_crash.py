@@ -47,6 +47,7 @@ from tests.kernel.helpers import (
     parent_id,
     pid_exists,
     relaykernel_only,
+    stream_text,
     wait_for,
 )
 
@@ -414,3 +415,35 @@ def test_interrupt_honoured_keeps_the_worker(relay) -> None:
     assert reply["content"]["ename"] == "KeyboardInterrupt", reply["content"]
     assert evaluate(kc, "x") == "5"
     assert h.worker_pid() == worker
+
+
+THREAD_SIGNAL_MASKS = """
+import os, json
+def blocked(path):
+    for line in open(path):
+        if line.startswith('SigBlk:'):
+            mask = int(line.split()[1], 16)
+            return {'SIGINT': bool(mask & (1 << 1)), 'SIGUSR1': bool(mask & (1 << 9))}
+masks = {}
+for tid in os.listdir('/proc/self/task'):
+    name = open(f'/proc/self/task/{tid}/comm').read().strip()
+    masks[f'{name}:{tid}'] = (int(tid) == os.getpid(), blocked(f'/proc/self/task/{tid}/status'))
+print(json.dumps(masks))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads thread signal masks from /proc")
+def test_interrupts_can_only_land_on_the_main_thread(kernel) -> None:
+    """Linux hands a process-directed signal to any thread that does not block it;
+    one that lands on a helper thread leaves the cell asleep (time.sleep, a blocking
+    call) until the grace period replaces the worker.  Every thread the worker has
+    before user code runs (its own, libzmq's, IPython's history thread) blocks
+    SIGINT and SIGUSR1; the main thread does not."""
+    import json
+
+    _, iopub = execute_ok(kernel.kc, THREAD_SIGNAL_MASKS)
+    masks = json.loads(stream_text(iopub))
+    assert len(masks) >= 4, masks  # main, fd reader, flush ticker, libzmq's, ...
+    for thread, (is_main, blocked) in masks.items():
+        expected = {"SIGINT": not is_main, "SIGUSR1": not is_main}
+        assert blocked == expected, (thread, masks)

@@ -138,8 +138,9 @@ def test_forked_children_print_into_the_cell(kernel):
     """multiprocessing's fork start method (Linux's default before Python 3.14):
     the children inherit the worker's streams, whose zmq link they cannot use.
     Their lines reach the cell whole, before idle, and the cell ends (it used
-    to hang with the children spinning).  Their order against the worker's
-    own prints is not kept (nor is it by ipykernel): they come by the fd pipe."""
+    to hang with the children spinning).  A pool's lines are not ordered against
+    the worker's own prints (nor are they by ipykernel): they come by the fd
+    pipe; a joined Process's are (next test)."""
     _, iopub = execute_ok(kernel.kc, FORK_POOL, timeout=60)
     lines = stream_text(iopub, "stdout").splitlines()
     assert sorted(lines) == sorted([f"in child {i}" for i in range(4)] + ["[0, 1, 4, 9]"]), lines
@@ -156,16 +157,23 @@ def test_os_fork_child_output_reaches_the_cell(kernel):
 
 @relaykernel_only
 def test_child_program_output_keeps_its_place_among_prints(kernel):
-    """What a program run with os.system or subprocess wrote comes before what the
-    cell prints after the call returned (ipykernel reorders it now and then)."""
-    code = ("import os, subprocess, sys\n"
+    """What a program run with os.system or subprocess, or a forked Process that
+    was joined, wrote comes before what the cell prints after the call returned
+    (ipykernel reorders it now and then)."""
+    code = ("import os, subprocess, sys, multiprocessing, multiprocess\n"
+            "def child(i):\n"
+            "    print(f'x{i}')\n"
             "for i in range(15):\n"
             "    print(f'a{i}')\n"
             "    os.system(f'echo b{i}; echo B{i} >&2')\n"
             "    print(f'c{i}')\n"
             "    sys.stderr.write(f'C{i}\\n')\n"
             "    subprocess.run(['echo', f'd{i}'])\n"
-            "    print(f'e{i}')\n")
+            "    print(f'e{i}')\n"
+            "    for lib in (multiprocessing, multiprocess):\n"
+            "        p = lib.get_context('fork').Process(target=child, args=(i,))\n"
+            "        p.start(); p.join()\n"
+            "        print(f'y{i}')\n")
     _, iopub = execute_ok(kernel.kc, code, timeout=60)
-    assert stream_text(iopub, "stdout").split() == [f"{x}{i}" for i in range(15) for x in "abcde"]
+    assert stream_text(iopub, "stdout").split() == [f"{x}{i}" for i in range(15) for x in "abcdexyxy"]
     assert stream_text(iopub, "stderr").split() == [f"{x}{i}" for i in range(15) for x in "BC"]
