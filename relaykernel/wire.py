@@ -93,12 +93,15 @@ WORKER_REQUESTS: Final = frozenset({"execute_request", "complete_request", "insp
                                     "history_request", "is_complete_request"})
 
 
+def error_reply(ename: str, evalue: str, traceback: list[str] | None = None) -> dict[str, Any]:
+    """A ``*_reply`` content that says the request failed (the spec's error shape)."""
+    return {"status": "error", "ename": ename, "evalue": evalue, "traceback": traceback or []}
+
+
 def unknown_request_error(msg_type: str, channel: str) -> dict[str, Any]:
     """The reply content for a request type the kernel does not handle: every request
     gets one reply, and a client waiting for it learns why instead of timing out."""
-    return {"status": "error", "ename": "UnknownMessageType",
-            "evalue": f"relaykernel does not handle {msg_type!r} on the {channel} channel",
-            "traceback": []}
+    return error_reply("UnknownMessageType", f"relaykernel does not handle {msg_type!r} on the {channel} channel")
 
 
 class WireError(ValueError):

@@ -223,14 +223,16 @@ class SupervisorLoop:
         log.warning("%s on %s not handled: %s", msg.msg_type, msg.channel, msg.problem)
         if msg.channel not in ("shell", "control") or not msg.msg_type.endswith("_request"):
             return
-        error: dict[str, Any] = {"status": "error", "ename": "BadMessage",
-                                 "evalue": f"relaykernel could not read this {msg.msg_type}: {msg.problem}",
-                                 "traceback": []}
+        error = wire.error_reply("BadMessage", f"relaykernel could not read this {msg.msg_type}: {msg.problem}")
         if msg.msg_type == "execute_request":
             error["execution_count"] = self.execution_count
-        self.out.status("busy", msg)
-        self.out.reply(msg, error)
-        self.out.status("idle", msg)
+        self._answer(msg, error)
+
+    def _answer(self, request: Incoming, content: dict[str, Any]) -> None:
+        """Answer a request here, at once, without the worker: busy (once), reply, idle."""
+        self._announce(request)
+        self.out.reply(request, content)
+        self.out.status("idle", request)
 
     def _unknown(self, msg: Incoming) -> None:
         """A request type nobody here handles still gets its one reply: an error that says so."""
@@ -312,9 +314,7 @@ class SupervisorLoop:
 
     def _abort(self, requests: list[Incoming]) -> None:
         for request in requests:
-            self.out.status("busy", request)
-            self.out.reply(request, {"status": "aborted"})
-            self.out.status("idle", request)
+            self._answer(request, {"status": "aborted"})
 
     # ------------------------------------------------------- worker messages
     def _on_ready(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
@@ -609,8 +609,7 @@ class SupervisorLoop:
                                                      "execution_count": self.execution_count})
         self._last_output(request, death)
         self.out.stream(request, "stderr", death.report(len(self.comms)))
-        error: dict[str, Any] = {"status": "error", "ename": WORKER_DIED, "evalue": death.evalue,
-                 "traceback": death.traceback()}
+        error = wire.error_reply(WORKER_DIED, death.evalue, death.traceback())
         if request.msg_type == "execute_request":
             content = request.content
             if not content.get("silent") and content.get("store_history", True):
@@ -634,20 +633,15 @@ class SupervisorLoop:
 
     def _reply_lost(self, request: Incoming, death: Death) -> None:
         """A request the worker finished just before it died, whose reply died with it."""
-        self._announce(request)
-        self.out.reply(request, {"status": "error", "ename": WORKER_DIED,
-                                 "evalue": f"{death.evalue}, right after it finished this {request.msg_type};"
-                                           " its reply was lost", "traceback": []})
-        self.out.status("idle", request)
+        self._answer(request, wire.error_reply(
+            WORKER_DIED, f"{death.evalue}, right after it finished this {request.msg_type}; its reply was lost"))
 
     def _fail_queued(self, death: Death) -> None:
         for request in self.queue.take_pending():
             self._announce(request)
             self.out.stream(request, "stderr", "relaykernel: no worker could start: "
                                  f"{death.exit.describe()}\n{death.crash_log}")
-            self.out.reply(request, {"status": "error", "ename": "WorkerStartFailed",
-                                  "evalue": death.exit.describe(), "traceback": []})
-            self.out.status("idle", request)
+            self._answer(request, wire.error_reply("WorkerStartFailed", death.exit.describe()))
 
     # ------------------------------------------------------ timers, signals
     def _next_timeout(self) -> int | None:

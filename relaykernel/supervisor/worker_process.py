@@ -115,8 +115,7 @@ class WorkerProcess:
         by stream name (the last ``limit`` bytes of each)."""
         unread = {}
         for name, fd in self._output_pipes.items():
-            chunks: list[bytes] = []
-            size = 0
+            tail = bytearray()
             for _ in range(16):  # bounded: a surviving writer must not keep us here
                 try:
                     data = os.read(fd, 1 << 16)
@@ -124,13 +123,10 @@ class WorkerProcess:
                     break
                 if not data:
                     break
-                chunks.append(data)
-                size += len(data)
-                while size - len(chunks[0]) > limit:  # keep the tail: it names the crash
-                    size -= len(chunks.pop(0))
-            text = b"".join(chunks)[-limit:].decode("utf-8", "replace")
-            if text:
-                unread[name] = text
+                tail += data
+                del tail[:-limit]  # keep the tail: it names the crash
+            if tail:
+                unread[name] = tail.decode("utf-8", "replace")
         return unread
 
     def send(self, frames: list[Any]) -> None:

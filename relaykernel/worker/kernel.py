@@ -186,7 +186,7 @@ class WorkerKernel:
                     outcome = await outcome
                 reply, meta = outcome
         except BaseException as e:  # a late KeyboardInterrupt must not lose the reply
-            error: dict[str, Any] = {"status": "error", "ename": type(e).__name__, "evalue": str(e), "traceback": []}
+            error = wire.error_reply(type(e).__name__, str(e))
             if msg_type == "execute_request":
                 error.update(execution_count=self.shell.execution_count - 1, user_expressions={})
             reply, meta = (error if msg_type.endswith("_request") else None), {"status": "error"}

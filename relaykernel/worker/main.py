@@ -94,28 +94,26 @@ def serve(config: WorkerConfig) -> None:
         except Exception as e:  # noqa: BLE001 - a broken extension must not stop the worker
             log.warning("could not load the storemagic extension: %s", e)
     kernel.shell = shell
-    real_exit = os._exit
-    os._exit = _exit_after_flushing(kernel, link, real_exit)  # type: ignore[assignment]
+    os._exit = _exit_after_flushing(kernel, link, os._exit)  # type: ignore[assignment]
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _MAIN_THREAD_SIGNALS)
     link.send(wire.READY, {"version": wire.PROTOCOL_VERSION, "pid": os.getpid(),
                            "output_pipes": capture.read_ends()})
     _serve_forever(kernel, link, progress.Counter(config.progress_file) if config.progress_file else None)
-    kernel.flush_streams()
-    link.flush_and_stop()
-    real_exit(0)
+    os._exit(0)  # after flushing, as for user code
 
 
 def _exit_after_flushing(kernel: WorkerKernel, link: Link, real_exit: Callable[[int], Any]) -> Callable[[int], Any]:
-    """``os._exit`` for user code: what the cell printed before it still reaches the
-    frontend (stream batches and queued link messages would die with the process).
-    Forked children, multiprocessing's included, end with os._exit too: they exit at once."""
+    """``os._exit`` that first sends what is pending: for user code, what the cell
+    printed before it reaches the frontend (stream batches and queued link messages
+    would die with the process); the worker ends with it too.  Forked children,
+    multiprocessing's included, end with os._exit too: they exit at once."""
     worker_pid = os.getpid()
 
     def _exit(code: int) -> Any:
         if os.getpid() == worker_pid:
             try:
                 kernel.flush_streams()
-                link.flush_and_stop(timeout=1.0)
+                link.flush_and_stop()
             except BaseException as e:  # noqa: BLE001 - exiting is what was asked
                 log.debug("could not flush before os._exit: %s", e)
         return real_exit(code)
