@@ -26,6 +26,7 @@ from ..signing import Signer
 from ..worker.entry import WorkerConfig
 from .comm_relay import CommRelay
 from .kernel_info import kernel_info_content
+from .launcher import WARM_UP_LIMIT, ServerState, WorkerLauncher
 from .outbox import Outbox
 from .recovery import WORKER_DIED, Death, read_crash_log
 from .resources import GIB, MemoryGuard, Usage
@@ -110,6 +111,8 @@ class SupervisorLoop:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        self.launcher = WorkerLauncher(worker_config.inherited_tunables)
+        self.poller.register(self.launcher.wake_fd, zmq.POLLIN)
         self._by_link: dict[zmq.Socket, WorkerProcess] = {}
         self._by_sentinel: dict[int, WorkerProcess] = {}
         if first_worker is not None:
@@ -165,6 +168,9 @@ class SupervisorLoop:
             self._drain(s.control, "control")
         if events.pop(s.iopub, 0):
             self.out.welcome()
+        if events.pop(self.launcher.wake_fd, 0):  # the fork server answered (or failed)
+            self.launcher.acknowledge()
+            self._ensure_workers()
         for key in list(events):
             if isinstance(key, int) and key in self._by_sentinel:
                 self._on_worker_exit(self._by_sentinel[key])
@@ -477,12 +483,19 @@ class SupervisorLoop:
                 self._activate(ready)
             elif not self.spares:
                 self._start_worker()
-        if self.active is not None:
+        if self.active is not None and len(self.spares) < self.standby_workers:
+            if self.launcher.state is ServerState.COLD:
+                self.launcher.warm_up()
+                if self.launcher.state is ServerState.WARMING:  # in case it never answers
+                    self._timers.append((time.monotonic() + WARM_UP_LIMIT + 0.1, self._ensure_workers))
+            if self.launcher.waiting_for_server():
+                return  # its fork will be ready first; a spawn now would only compete with it
             while len(self.spares) < self.standby_workers:
                 self._start_worker()
 
     def _start_worker(self) -> None:
-        self._adopt_worker(WorkerProcess(self.ctx, next(self._numbers), self.private_dir, self.worker_config))
+        self._adopt_worker(WorkerProcess(self.ctx, next(self._numbers), self.private_dir, self.worker_config,
+                                         start_method=self.launcher.context()))
 
     def _adopt_worker(self, worker: WorkerProcess) -> None:
         self.spares.append(worker)
@@ -490,7 +503,7 @@ class SupervisorLoop:
         self._by_sentinel[worker.sentinel] = worker
         self.poller.register(worker.link, zmq.POLLIN)
         self.poller.register(worker.sentinel, zmq.POLLIN)
-        log.debug("started worker %s (pid %s)", worker.number, worker.pid)
+        log.debug("started worker %s (pid %s, %s)", worker.number, worker.pid, worker.start_method)
 
     def _activate(self, worker: WorkerProcess) -> None:
         # Comms open now outlived their worker (or there were none): the new
@@ -689,19 +702,7 @@ class SupervisorLoop:
         deadline = time.monotonic() + 1.0
         for worker in workers:
             worker.stop(grace=max(0.05, deadline - time.monotonic()))
-        _stop_resource_tracker()
+        self.launcher.close()
         signal.set_wakeup_fd(-1)
         self._wake_r.close()
         self._wake_w.close()
-
-
-def _stop_resource_tracker() -> None:
-    """multiprocess starts a resource-tracker process for spawn children; end it
-    with the supervisor rather than leaving it to notice on its own."""
-    try:
-        from multiprocess import resource_tracker
-
-        resource_tracker._resource_tracker._stop()
-    except Exception:  # private API: best effort
-        pass
-

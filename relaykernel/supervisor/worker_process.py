@@ -1,7 +1,7 @@
 """Start, watch, signal and stop one worker process.
 
-Owned by the supervisor's main thread.  A worker is a ``multiprocess`` spawn
-child linked by one PAIR socket over ipc in the supervisor's private 0700
+Owned by the supervisor's main thread.  A worker is a ``multiprocess`` child
+(spawned, or forked from the fork server: launcher.py) linked by one PAIR socket over ipc in the supervisor's private 0700
 directory.  Liveness comes from the process sentinel (an fd the poller
 watches), never from a quiet link; readiness comes from the worker's READY
 message.
@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import multiprocess
 import zmq
 
-from .. import heap, progress, wire
+from .. import progress, wire
 from ..worker.entry import WorkerConfig, run_worker
+from .launcher import WorkerLauncher, child_start
 
 log = logging.getLogger("relaykernel.supervisor")
 
@@ -63,9 +63,8 @@ class ExitInfo:
 class WorkerProcess:
     """One worker: its process and its end of the link."""
 
-    _spawn = multiprocess.get_context("spawn")
-
-    def __init__(self, ctx: zmq.Context, number: int, private_dir: str, config: WorkerConfig) -> None:
+    def __init__(self, ctx: zmq.Context, number: int, private_dir: str, config: WorkerConfig,
+                 start_method: Any = WorkerLauncher.spawn_context) -> None:
         self.number = number
         self.link = ctx.socket(zmq.PAIR)
         self.link.setsockopt(zmq.LINGER, 0)
@@ -80,19 +79,13 @@ class WorkerProcess:
         #: comms that existed when this worker became active, not yet adopted
         self.orphans: set[str] = set()
         self.started_at = time.monotonic()
-        self.process: Any = self._spawn.Process(
+        #: "spawn" or "forkserver"
+        self.start_method: str = start_method.get_start_method()
+        self.process: Any = start_method.Process(
             target=run_worker, args=(self.config,), name=f"relaykernel-worker-{number}"
         )
-        # Start with SIGINT ignored (inherited across exec) until the worker has its
-        # own process group: jupyter_client interrupts the kernel's whole group.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        # huge pages for the worker's large buffers, read by glibc at exec (heap.py)
-        os.environ[heap.TUNABLES_ENV] = heap.hugepage_tunables(config.inherited_tunables)
-        try:
+        with child_start(config.inherited_tunables):  # a forked one inherited them from the server
             self.process.start()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-            heap.restore_tunables(config.inherited_tunables)
         self.pid: int = self.process.pid
         self.sentinel: int = self.process.sentinel
         #: our read ends of the worker's stdout/stderr capture pipes, by stream name

@@ -10,6 +10,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+#: What the worker imports before READY, for the fork server to import once
+#: (supervisor/launcher.py).  Importing them starts no thread and touches no
+#: stream: safe to fork after.
+PRELOAD = (
+    "relaykernel.worker.main",
+    "relaykernel.worker.kernel",
+    "relaykernel.worker.shell",
+    "relaykernel.worker.compat",
+    "relaykernel.comm",
+    "IPython.extensions.storemagic",
+)
+
 
 @dataclass(frozen=True)
 class WorkerConfig:

@@ -102,6 +102,33 @@ def serve(config: WorkerConfig) -> None:
     os._exit(0)  # after flushing, as for user code
 
 
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _leave_fork_server() -> None:
+    """Close this process's copy of the fork server's "alive" pipe (a forked worker
+    inherits one), so that the server can exit with the supervisor.  User code that
+    asks for a fork server then starts its own, as in a spawned worker."""
+    from multiprocess import forkserver
+
+    server = forkserver._forkserver  # private API of multiprocess
+    alive_w = getattr(server, "_forkserver_alive_fd", None)
+    if alive_w is not None:
+        server._forkserver_alive_fd = None
+        server._forkserver_address = None
+        try:
+            os.close(alive_w)
+        except OSError:
+            pass
+
+
 def _exit_after_flushing(kernel: WorkerKernel, link: Link, real_exit: Callable[[int], Any]) -> Callable[[int], Any]:
     """``os._exit`` that first sends what is pending: for user code, what the cell
     printed before it reaches the frontend (stream batches and queued link messages
@@ -179,19 +206,27 @@ def _log_to(fd: int, level: int) -> None:
     logger.propagate = False
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Exit when the supervisor does, even if it is SIGKILLed."""
+def _die_with_parent(supervisor_pid: int) -> None:
+    """Exit when the supervisor does, even if it is SIGKILLed.
+
+    The parent is the supervisor, or the fork server it started (supervisor/
+    launcher.py), which exits when the supervisor does once no worker keeps its
+    "alive" pipe open: so the worker closes its copy, and dies with its parent."""
+    parent = os.getppid()
+    _leave_fork_server()
     if sys.platform.startswith("linux"):
         try:
             PR_SET_PDEATHSIG = 1
             ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         except (OSError, AttributeError):
             pass
-    if parent_pid and os.getppid() != parent_pid:
-        os._exit(1)  # the supervisor died before we got here
+    if parent == 1 or os.getppid() != parent:
+        os._exit(1)  # the parent died before we got here, or before PDEATHSIG was set
+    if supervisor_pid and parent != supervisor_pid and not _exists(supervisor_pid):
+        os._exit(1)  # forked by a server whose supervisor is gone
 
     def watch() -> None:
-        while os.getppid() == parent_pid:
+        while os.getppid() == parent:
             time.sleep(1.0)
         os._exit(1)
 

@@ -226,6 +226,22 @@ def _kernel_pid(km: KernelManager) -> int:
     return int(pid)
 
 
+def worker_processes(supervisor_pid: int) -> list[psutil.Process]:
+    """The supervisor's worker processes: spawned ones are its children, forked ones
+    the children of its fork server (relaykernel/supervisor/launcher.py)."""
+    found = []
+    try:
+        for child in psutil.Process(supervisor_pid).children():
+            cmdline = " ".join(child.cmdline())
+            if "spawn_main" in cmdline:
+                found.append(child)
+            elif "multiprocess.forkserver" in cmdline:
+                found.extend(child.children())
+    except psutil.Error:
+        pass
+    return found
+
+
 def _descendants(pid: int) -> list[int]:
     try:
         return [p.pid for p in psutil.Process(pid).children(recursive=True)]

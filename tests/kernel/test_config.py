@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-import psutil
-
 from tests.kernel.helpers import (
     evaluate,
     execute_ok,
@@ -13,11 +11,8 @@ from tests.kernel.helpers import (
     start_kernel,
     stop_kernel,
     wait_for,
+    worker_processes,
 )
-
-
-def _workers(pid: int) -> list[psutil.Process]:
-    return [p for p in psutil.Process(pid).children() if "spawn_main" in " ".join(p.cmdline())]
 
 
 @relaykernel_only
@@ -27,7 +22,7 @@ def test_config_file_on_the_jupyter_config_path_is_read(tmp_path):
     handle = start_kernel(env={"JUPYTER_CONFIG_DIR": str(tmp_path)})
     try:
         execute_ok(handle.kc, "1")
-        wait_for(lambda: len(_workers(handle.pid)) == 3, 30, what="three worker processes")
+        wait_for(lambda: len(worker_processes(handle.pid)) == 3, 30, what="three worker processes")
     finally:
         stop_kernel(handle)
 

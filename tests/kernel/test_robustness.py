@@ -51,6 +51,7 @@ from tests.kernel.helpers import (
     start_kernel,
     stop_kernel,
     wait_for,
+    worker_processes,
 )
 
 
@@ -367,14 +368,7 @@ def test_dying_spares_do_not_fail_the_running_cell(kernel):
     supervisor = kernel.process()
 
     def spares() -> list[psutil.Process]:
-        found = []
-        for child in supervisor.children():
-            try:
-                if child.pid != worker and "spawn_main" in " ".join(child.cmdline()):
-                    found.append(child)
-            except psutil.Error:
-                pass
-        return found
+        return [p for p in worker_processes(supervisor.pid) if p.pid != worker]
 
     msg_id = kc.execute("import time; time.sleep(6); 'A'")
     iopub: list[dict[str, Any]] = []

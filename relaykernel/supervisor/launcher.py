@@ -1,0 +1,196 @@
+"""How worker processes start: spawned, or forked from a server that has IPython loaded.
+
+A spawned worker is a fresh interpreter that imports IPython and relaykernel's
+worker before it can say READY: ~0.4 s of a core.  The warm spare hides that
+from one crash or restart, but the spare that replaces it pays it again, so a
+second crash soon after (native code that segfaults, run again at once) waited
+~0.3 s for it, and every replacement took a core for 0.4 s just when the user
+runs the next cell.  ``multiprocess``'s fork server imports those modules once;
+a worker forked from it only builds its shell.
+
+The first worker is spawned anyway (by the early step): the server would have
+to import the same modules before it could fork it.  The server starts when
+the first spare is wanted, and spares are spawned again if it cannot start or
+dies.  Until it answers, the loop waits for it instead of spawning a spare
+that would import IPython alongside it.
+
+The server is started with what a spawned worker starts with (SIGINT ignored,
+huge pages for glibc's malloc), so forked workers inherit the same.  It leaves
+on its own when the supervisor's end of its "alive" pipe closes (every worker
+closes its copy, see ``worker.main``), even if the supervisor is SIGKILLed;
+forked workers then die with it (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import multiprocess
+from multiprocess import forkserver, resource_tracker
+
+from .. import heap
+from ..worker.entry import PRELOAD
+
+log = logging.getLogger("relaykernel.supervisor")
+
+#: Seconds the fork server may take to answer before spares are spawned again.
+WARM_UP_LIMIT = 20.0
+#: Fork servers started per supervisor at most (one that keeps dying is not restarted forever).
+MAX_WARM_UPS = 3
+
+
+class ServerState(enum.Enum):
+    COLD = "cold"  # not started (or died): spawn
+    WARMING = "warming"  # started; its first fork is on its way
+    WARM = "warm"  # forked a probe process: fork from it
+    FAILED = "failed"  # could not start, or died too often: spawn from now on
+
+
+@contextlib.contextmanager
+def child_start(inherited_tunables: str | None) -> Iterator[None]:
+    """What a process the supervisor starts for user code inherits: SIGINT ignored
+    until the worker leads its own process group (jupyter_client interrupts the
+    kernel's whole group), and huge pages for glibc's malloc (read at exec, heap.py).
+    Main thread only (signal.signal)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ[heap.TUNABLES_ENV] = heap.hugepage_tunables(inherited_tunables)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        heap.restore_tunables(inherited_tunables)
+
+
+class WorkerLauncher:
+    """Chooses how the next worker starts; owns the fork server.  Main thread, except
+    for the probe thread, which only waits for the server's first fork."""
+
+    spawn_context: Any = multiprocess.get_context("spawn")
+
+    def __init__(self, inherited_tunables: str | None) -> None:
+        self._tunables = inherited_tunables
+        self._fork_context: Any = multiprocess.get_context("forkserver")
+        self.state = ServerState.COLD
+        self._warm_ups = 0
+        self._warming_since = 0.0
+        self._server_pid: int | None = None
+        #: readable when the probe thread has an answer; the loop polls it
+        self.wake_fd, self._wake_w = os.pipe()
+        os.set_blocking(self.wake_fd, False)
+
+    # ------------------------------------------------------------- the server
+    def warm_up(self) -> None:
+        """Start the fork server (returns at once) and a thread that waits for its first fork."""
+        if self.state is not ServerState.COLD:
+            return
+        if self._warm_ups >= MAX_WARM_UPS:
+            self.state = ServerState.FAILED
+            return
+        self._warm_ups += 1
+        try:
+            self._fork_context.set_forkserver_preload(list(PRELOAD))
+            with child_start(self._tunables):
+                forkserver.ensure_running()
+        except Exception as e:  # noqa: BLE001 - spawning still works
+            log.warning("could not start the worker fork server (%s); spawning workers", e)
+            self.state = ServerState.FAILED
+            return
+        self._server_pid = forkserver._forkserver._forkserver_pid
+        self.state = ServerState.WARMING
+        self._warming_since = time.monotonic()
+        threading.Thread(target=self._probe, name="relaykernel-forkserver-probe", daemon=True).start()
+
+    def _probe(self) -> None:
+        """Fork one empty process: returns once the server has imported IPython."""
+        ok = False
+        try:
+            probe = self._fork_context.Process(name="relaykernel-forkserver-probe")
+            probe.start()
+            probe.join(WARM_UP_LIMIT)
+            ok = probe.exitcode == 0
+        except Exception as e:  # noqa: BLE001 - reported below; spawning still works
+            log.warning("the worker fork server did not answer: %s", e)
+        if self.state is ServerState.WARMING:
+            self.state = ServerState.WARM if ok else ServerState.FAILED
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:  # closed: the supervisor is stopping
+            pass
+
+    def acknowledge(self) -> None:
+        """The loop saw wake_fd: empty it."""
+        try:
+            while os.read(self.wake_fd, 64):
+                pass
+        except OSError:
+            pass
+
+    def waiting_for_server(self) -> bool:
+        """Whether a spare should wait for the fork server rather than be spawned now."""
+        if self.state is ServerState.WARMING and time.monotonic() - self._warming_since > WARM_UP_LIMIT:
+            log.warning("the worker fork server did not answer in %g s; spawning workers", WARM_UP_LIMIT)
+            self.state = ServerState.FAILED
+        return self.state is ServerState.WARMING
+
+    def _server_alive(self) -> bool:
+        if self._server_pid is None:
+            return False
+        try:  # WNOWAIT: leave it to multiprocess to reap
+            return os.waitid(os.P_PID, self._server_pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        except ChildProcessError:
+            return False
+
+    # --------------------------------------------------------------- workers
+    def context(self) -> Any:
+        """The multiprocess context the next worker starts with."""
+        if self.state is ServerState.WARM:
+            if self._server_alive():
+                return self._fork_context
+            log.warning("the worker fork server exited; spawning workers until it is back")
+            self.state = ServerState.COLD
+        return self.spawn_context
+
+    def close(self) -> None:
+        """Stop the fork server and the resource tracker with the supervisor (both would
+        notice on their own, a moment later).  Bounded: ~1 s at most."""
+        for fd in (self.wake_fd, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        server = forkserver._forkserver  # private API of multiprocess: best effort
+        try:
+            alive_w = server._forkserver_alive_fd
+            if alive_w is not None:
+                os.close(alive_w)  # the server sees EOF and exits
+                server._forkserver_alive_fd = None
+            if self._server_pid is not None:
+                _reap(self._server_pid, 1.0)
+            server._forkserver_pid = None
+        except Exception as e:  # noqa: BLE001
+            log.debug("stopping the fork server: %s", e)
+        try:
+            resource_tracker._resource_tracker._stop()
+        except Exception as e:  # noqa: BLE001 - private API: best effort
+            log.debug("stopping the resource tracker: %s", e)
+
+
+def _reap(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.01)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)

@@ -1,0 +1,146 @@
+"""Workers forked from the fork server (relaykernel/supervisor/launcher.py).
+
+After the first worker, relaykernel forks its workers from a server that has
+IPython imported, so a spare is ready in milliseconds and crashes in a row do
+not wait for one.  These tests check what users rely on with such workers:
+they run cells, are interrupted, are replaced after crashes one after another,
+and nothing outlives the kernel, even when the supervisor or the server is
+killed.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import psutil
+import pytest
+
+from tests.kernel.helpers import (
+    Deadline,
+    collect_iopub_until_idle,
+    evaluate,
+    execute,
+    execute_ok,
+    get_reply,
+    pid_exists,
+    reap,
+    relaykernel_only,
+    start_kernel,
+    stop_kernel,
+    wait_for,
+)
+
+pytestmark = relaykernel_only
+
+
+def _fork_server(supervisor_pid: int) -> psutil.Process | None:
+    for child in psutil.Process(supervisor_pid).children():
+        try:
+            if "multiprocess.forkserver" in " ".join(child.cmdline()):
+                return child
+        except psutil.Error:
+            pass
+    return None
+
+
+def _forked_spare(supervisor_pid: int) -> psutil.Process | None:
+    """The fork server, once it has forked a spare (the first spare waits for it)."""
+    server = _fork_server(supervisor_pid)
+    if server is None:
+        return None
+    try:
+        return server if server.children() else None
+    except psutil.Error:
+        return None
+
+
+def _crash(kc) -> None:
+    reply, _ = execute(kc, "import os; os._exit(7)")
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "WorkerDied"
+
+
+@pytest.fixture
+def handle():
+    h = start_kernel()
+    try:
+        execute_ok(h.kc, "1")
+        wait_for(lambda: _forked_spare(h.pid), 60, what="a spare forked from the fork server")
+        yield h
+    finally:
+        leftovers = stop_kernel(h)
+        assert not leftovers, f"processes had to be killed after shutdown: {leftovers}"
+
+
+def test_crashes_in_a_row_are_served_by_forked_workers(handle):
+    """Three crashes back to back: each next cell runs, in a worker the fork server
+    forked, with the session's execution count and a fresh namespace."""
+    server = _fork_server(handle.pid)
+    assert server is not None
+    for _ in range(3):
+        execute_ok(handle.kc, "marker = 1")
+        _crash(handle.kc)
+        worker = int(evaluate(handle.kc, "__import__('os').getpid()"))
+        assert psutil.Process(worker).ppid() == server.pid  # forked, not spawned
+        assert evaluate(handle.kc, "'marker' in dir()") == "False"
+    # a forked worker is a full kernel: rich output, magics, the comm machinery
+    _, iopub = execute_ok(handle.kc, "%time x = 6 * 7\nfrom IPython.display import HTML; HTML('<b>ok</b>')")
+    assert any(m["msg_type"] == "execute_result" and "text/html" in m["content"]["data"] for m in iopub)
+    assert evaluate(handle.kc, "type(get_ipython().kernel.comm_manager).__name__") == "'CommManager'"
+
+
+def test_forked_worker_takes_interrupts(handle):
+    """A forked worker leads its own process group and takes SIGINT like a spawned one."""
+    _crash(handle.kc)
+    worker = int(evaluate(handle.kc, "__import__('os').getpid()"))
+    assert psutil.Process(worker).ppid() == _fork_server(handle.pid).pid
+    assert evaluate(handle.kc, "__import__('os').getpgid(0) == __import__('os').getpid()") == "True"
+    msg_id = handle.kc.execute("import time; time.sleep(60)")
+    deadline = Deadline(30)
+    while True:  # the cell is running once execute_input is out
+        msg = handle.kc.get_iopub_msg(timeout=deadline.remaining())
+        if msg["msg_type"] == "execute_input" and msg["parent_header"].get("msg_id") == msg_id:
+            break
+    handle.km.interrupt_kernel()
+    reply = get_reply(handle.kc, msg_id, timeout=30)
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    collect_iopub_until_idle(handle.kc, msg_id, timeout=30)
+    assert int(evaluate(handle.kc, "__import__('os').getpid()")) == worker  # interrupted, not replaced
+
+
+def test_supervisor_sigkill_takes_the_fork_server_and_its_workers(handle):
+    """Nobody is left to stop them: the server sees its alive pipe close (the workers
+    closed their copies) and its workers die with it."""
+    _crash(handle.kc)  # the active worker is now a forked one
+    server = _fork_server(handle.pid)
+    wait_for(lambda: len(server.children()) == 2, 60, what="a forked active worker and a forked spare")
+    supervisor = handle.process()
+    descendants = supervisor.children(recursive=True)
+    assert len(descendants) >= 4  # resource tracker, fork server, active worker, spare
+    supervisor.kill()
+    supervisor.wait(timeout=5)
+    _, alive = psutil.wait_procs(descendants, timeout=10)
+    left = [(p.pid, p.cmdline()) for p in alive]
+    reap(alive, 0)  # by pid, so that a failure leaves nothing behind
+    assert not left, f"left after the supervisor's SIGKILL: {left}"
+
+
+def test_a_killed_fork_server_takes_its_workers_and_the_kernel_goes_on(handle):
+    """SIGKILL of the fork server: its workers die with it, the cell in flight gets
+    its error reply, and the kernel carries on with spawned or newly forked workers."""
+    _crash(handle.kc)
+    worker = int(evaluate(handle.kc, "__import__('os').getpid()"))
+    server = _fork_server(handle.pid)
+    msg_id = handle.kc.execute("import time; time.sleep(60)")
+    deadline = Deadline(30)
+    while True:
+        msg = handle.kc.get_iopub_msg(timeout=deadline.remaining())
+        if msg["msg_type"] == "execute_input" and msg["parent_header"].get("msg_id") == msg_id:
+            break
+    server.send_signal(signal.SIGKILL)
+    reply = get_reply(handle.kc, msg_id, timeout=30)
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "WorkerDied"
+    wait_for(lambda: not pid_exists(worker), 10, what="the forked worker to die with its server")
+    assert evaluate(handle.kc, "6 * 7") == "42"
+    assert pid_exists(handle.pid)
