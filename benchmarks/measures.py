@@ -380,7 +380,10 @@ def comms(b: Bench) -> list[Row]:
 
 # ------------------------------------------------------------------ 5 restart
 def restart(b: Bench, ctx: zmq.Context) -> list[Row]:
-    """``km.restart_kernel()`` until a kernel_info_reply on a *fresh* client."""
+    """``km.restart_kernel()`` until a kernel_info_reply on a *fresh* client, and on
+    until the first ``1+1`` result: what the user waits for before a cell runs
+    (relaykernel's supervisor answers kernel_info without a worker)."""
+    result = {lb: Cell() for lb in b.labels}
 
     def one(lb: str, i: int) -> float:
         k = b.kernels[lb]
@@ -390,17 +393,18 @@ def restart(b: Bench, ctx: zmq.Context) -> list[Row]:
         k.kc, k.waiter = new_client(k.km, ctx)
         k.waiter.kernel_info(b.cfg.timeout, alive=k.alive)
         dt = time.perf_counter() - t0
-        first_result(k, b.cfg.timeout)  # untimed: the restarted kernel really works
+        first_result(k, b.cfg.timeout)  # the restarted kernel really works
+        result[lb].samples.append(time.perf_counter() - t0)
         return dt
 
+    info = interleave(b.labels, b.cfg.restarts, one)
+    for lb in b.labels:
+        if info[lb].note:
+            result[lb].note = info[lb].note
+            result[lb].samples.clear()
     return [
-        Row(
-            f"restart → kernel_info (n={b.cfg.restarts})",
-            "ms",
-            interleave(b.labels, b.cfg.restarts, one),
-            "≤ 0.2x",
-            1e3,
-        )
+        Row(f"restart → kernel_info (n={b.cfg.restarts})", "ms", info, "≤ 0.2x", 1e3),
+        Row(f"restart → first `1+1` result (n={b.cfg.restarts})", "ms", result, "", 1e3),
     ]
 
 
