@@ -111,7 +111,7 @@ class SupervisorLoop:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
-        self.launcher = WorkerLauncher(worker_config.inherited_tunables)
+        self.launcher = WorkerLauncher(worker_config.inherited_tunables, private_dir)
         self.poller.register(self.launcher.wake_fd, zmq.POLLIN)
         self._by_link: dict[zmq.Socket, WorkerProcess] = {}
         self._by_sentinel: dict[int, WorkerProcess] = {}

@@ -75,8 +75,9 @@ class WorkerLauncher:
 
     spawn_context: Any = multiprocess.get_context("spawn")
 
-    def __init__(self, inherited_tunables: str | None) -> None:
+    def __init__(self, inherited_tunables: str | None, private_dir: str) -> None:
         self._tunables = inherited_tunables
+        self._private_dir = private_dir
         self._fork_context: Any = multiprocess.get_context("forkserver")
         self.state = ServerState.COLD
         self._warm_ups = 0
@@ -96,6 +97,10 @@ class WorkerLauncher:
             return
         self._warm_ups += 1
         try:
+            # its listening socket goes into the supervisor's private 0700 directory,
+            # removed with it, rather than a pymp-* directory of its own that a killed
+            # supervisor would leave in /tmp (private API: multiprocess.util.get_temp_dir)
+            multiprocess.current_process()._config.setdefault("tempdir", self._private_dir)
             self._fork_context.set_forkserver_preload(list(PRELOAD))
             with child_start(self._tunables):
                 forkserver.ensure_running()
