@@ -172,12 +172,12 @@ def begin(args: list[str]) -> EarlyStart:
 
     # the rest waits until kernel_info can be answered
     import logging
-    import tempfile
 
     from ..worker.entry import WorkerConfig
+    from . import private_dir
     from .worker_process import WorkerProcess  # multiprocess: ~70 ms
 
-    early.private_dir = tempfile.mkdtemp(prefix="relaykernel-")  # 0700: the link stays ours
+    early.private_dir = private_dir.create()  # 0700: the link stays ours
 
     config = WorkerConfig(
         key=key, signature_scheme=scheme, session_id=session_id,

@@ -28,6 +28,7 @@ from .comm_relay import CommRelay
 from .kernel_info import kernel_info_content
 from .launcher import WARM_UP_LIMIT, ServerState, WorkerLauncher
 from .outbox import Outbox
+from .private_dir import remove_abandoned
 from .recovery import WORKER_DIED, Death, read_crash_log
 from .resources import GIB, MemoryGuard, Usage
 from .shell_queue import ShellQueue, stops_on_error
@@ -54,6 +55,9 @@ SPARE_DEATH_WINDOW = 30.0
 #: A dead worker's link is read until it has been quiet this long (ms): what the
 #: worker sent just before dying may still be passing through the IO threads.
 DEAD_LINK_QUIET_MS = 10
+#: Seconds after start before killed supervisors' private directories are removed
+#: (private_dir.py): off the path of the first requests.
+ABANDONED_DIRS_DELAY = 3.0
 
 
 class SupervisorLoop:
@@ -152,6 +156,7 @@ class SupervisorLoop:
         self._held.clear()
         if self.memory_guard.enabled:
             self._timers.append((time.monotonic(), self._check_memory))
+        self._timers.append((time.monotonic() + ABANDONED_DIRS_DELAY, self._remove_abandoned_dirs))
         try:
             while not self._stopping:
                 self._poll_once()
@@ -669,6 +674,10 @@ class SupervisorLoop:
             self._timers = [t for t in self._timers if t[0] > now]
             for _, callback in due:
                 callback()
+
+    def _remove_abandoned_dirs(self) -> None:
+        for path in remove_abandoned(self.private_dir):
+            log.info("removed %s, left by a supervisor that was killed", path)
 
     def _record_signal(self, signum: int, frame: Any) -> None:
         self._pending_signals.append(signum)
