@@ -1,10 +1,10 @@
 """Start, watch, signal and stop one worker process.
 
 Owned by the supervisor's main thread.  A worker is a ``multiprocess`` child
-(spawned, or forked from the fork server: launcher.py) linked by one PAIR socket over ipc in the supervisor's private 0700
-directory.  Liveness comes from the process sentinel (an fd the poller
-watches), never from a quiet link; readiness comes from the worker's READY
-message.
+(spawned, or forked from the fork server: launcher.py) linked by one PAIR
+socket over ipc in the supervisor's private 0700 directory.  Liveness comes
+from the process sentinel (an fd the poller watches), never from a quiet link;
+readiness comes from the worker's READY message.
 """
 
 from __future__ import annotations
