@@ -60,6 +60,16 @@ def _crash(kc) -> None:
     assert reply["content"]["ename"] == "WorkerDied"
 
 
+def _start_sleeping_cell(kc) -> str:
+    """Run a 60 s sleep; return once it runs (its execute_input is out)."""
+    msg_id = kc.execute("import time; time.sleep(60)")
+    deadline = Deadline(30)
+    while True:
+        msg = kc.get_iopub_msg(timeout=deadline.remaining())
+        if msg["msg_type"] == "execute_input" and msg["parent_header"].get("msg_id") == msg_id:
+            return msg_id
+
+
 @pytest.fixture
 def handle():
     h = start_kernel()
@@ -95,12 +105,7 @@ def test_forked_worker_takes_interrupts(handle):
     worker = int(evaluate(handle.kc, "__import__('os').getpid()"))
     assert psutil.Process(worker).ppid() == _fork_server(handle.pid).pid
     assert evaluate(handle.kc, "__import__('os').getpgid(0) == __import__('os').getpid()") == "True"
-    msg_id = handle.kc.execute("import time; time.sleep(60)")
-    deadline = Deadline(30)
-    while True:  # the cell is running once execute_input is out
-        msg = handle.kc.get_iopub_msg(timeout=deadline.remaining())
-        if msg["msg_type"] == "execute_input" and msg["parent_header"].get("msg_id") == msg_id:
-            break
+    msg_id = _start_sleeping_cell(handle.kc)
     handle.km.interrupt_kernel()
     reply = get_reply(handle.kc, msg_id, timeout=30)
     assert reply["content"]["ename"] == "KeyboardInterrupt"
@@ -131,12 +136,7 @@ def test_a_killed_fork_server_takes_its_workers_and_the_kernel_goes_on(handle):
     _crash(handle.kc)
     worker = int(evaluate(handle.kc, "__import__('os').getpid()"))
     server = _fork_server(handle.pid)
-    msg_id = handle.kc.execute("import time; time.sleep(60)")
-    deadline = Deadline(30)
-    while True:
-        msg = handle.kc.get_iopub_msg(timeout=deadline.remaining())
-        if msg["msg_type"] == "execute_input" and msg["parent_header"].get("msg_id") == msg_id:
-            break
+    msg_id = _start_sleeping_cell(handle.kc)
     server.send_signal(signal.SIGKILL)
     reply = get_reply(handle.kc, msg_id, timeout=30)
     assert reply["content"]["status"] == "error"
