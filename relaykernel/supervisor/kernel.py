@@ -626,8 +626,12 @@ class SupervisorLoop:
             self.out.publish(request, "execute_input", {"code": request.content.get("code", ""),
                                                      "execution_count": self.execution_count})
         self._last_output(request, death)
-        self.out.stream(request, "stderr", death.report(len(self.comms)))
-        error = wire.error_reply(WORKER_DIED, death.evalue, death.traceback())
+        if request.msg_type == "execute_request":  # its error output says it all; no second copy
+            if death.last_words():
+                self.out.stream(request, "stderr", death.last_words())
+        else:  # a comm message or another request: the stream is the only place to say it
+            self.out.stream(request, "stderr", death.report(len(self.comms)))
+        error = wire.error_reply(WORKER_DIED, death.evalue, death.traceback(len(self.comms)))
         if request.msg_type == "execute_request":
             content = request.content
             if not content.get("silent") and content.get("store_history", True):

@@ -45,10 +45,19 @@ class Death:
             return self.reason
         return f"{self.reason} ({what})" if self.reason else f"the worker process ended: {what}"
 
-    def traceback(self) -> list[str]:
-        """Lines a frontend draws for the error: frontends show the traceback, not evalue."""
-        return [f"{WORKER_DIED}: {self.evalue}", f"Probable cause: {self.probable_cause()}.",
-                "The worker's variables are lost; the kernel, its history and its comms are kept."]
+    def traceback(self, open_comms: int) -> list[str]:
+        """Lines a frontend draws for the error (frontends show the traceback, not
+        evalue): the whole explanation, so that a cell's error is the one place it is."""
+        if self.restart:
+            return [f"{WORKER_DIED}: {self.evalue}",
+                    f"A fresh worker has taken over ({open_comms} open comm(s) kept)."]
+        return [f"{WORKER_DIED}: {self.evalue}", f"Probable cause: {self.probable_cause()}.", *_lost_and_kept(open_comms)]
+
+    def last_words(self) -> str:
+        """faulthandler's output, for the stream before the error ('' if none)."""
+        if not self.crash_log.strip():
+            return ""
+        return "relaykernel: the worker process died. Last words of the worker:\n" + _indent(self.crash_log.strip()) + "\n"
 
     def probable_cause(self) -> str:
         if self.reason:
@@ -71,12 +80,13 @@ class Death:
         ]
         if self.crash_log.strip():
             lines.append("Last words of the worker:\n" + _indent(self.crash_log.strip()))
-        lines += [
-            "Lost: the worker's variables, imports and other state.",
+        return "\n".join(lines + _lost_and_kept(open_comms)) + "\n"
+
+
+def _lost_and_kept(open_comms: int) -> list[str]:
+    return ["Lost: the worker's variables, imports and other state.",
             f"Kept: the kernel, its execution count and history, and {open_comms} open comm(s).",
-            "A fresh worker has taken over; re-run the cells you need.",
-        ]
-        return "\n".join(lines) + "\n"
+            "A fresh worker has taken over; re-run the cells you need."]
 
 
 def read_crash_log(path: str, head: int = 1500, tail: int = 2500) -> str:

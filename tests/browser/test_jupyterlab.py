@@ -218,7 +218,7 @@ def test_03_worker_crash_keeps_widget(page: Any, lab_server: LabServer, step: Ca
     wait_cell_done(cell)
     text = output_text(cell)
     step("crash-reported")
-    assert "the worker process running your code died" in text, text
+    assert "the worker process ended: exit code 1" in text, text
     assert "1 open comm" in text or "open comm(s)" in text, text
 
     # Same kernel (the supervisor survived), idle again, slider still on the page.

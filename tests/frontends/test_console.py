@@ -103,7 +103,8 @@ def test_console_ctrl_c_interrupts(console: TmuxSession, tmp_path: Path):
 def test_console_survives_worker_crash(console: TmuxSession):
     run(console, "y = 1", 1)
     out = run(console, "import os; os._exit(1)", 2, timeout=60)
-    assert "worker process running your code died" in out
+    assert "WorkerDied: the worker process ended: exit code 1" in out
+    assert "A fresh worker has taken over" in out
     out = run(console, "print(1 + 1)", 3)
     assert "\n2" in out
     out = run(console, "'y' in dir()", 4)

@@ -31,14 +31,17 @@ pytestmark = relaykernel_only
 
 
 def _crash(kc: Any, code: str) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The crash's reply, and the streams published before the crash report (the
+    worker's last words from faulthandler, or else the cell's WorkerDied error)."""
     reply, iopub = execute(kc, code, timeout=60)
     assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "WorkerDied", reply["content"]
-    streams = [(m["content"]["name"], m["content"]["text"]) for m in iopub if m["msg_type"] == "stream"]
-    return reply, streams
-
-
-def _report_index(streams: list[tuple[str, str]]) -> int:
-    return next(i for i, (name, text) in enumerate(streams) if name == "stderr" and "died" in text)
+    streams = []
+    for m in iopub:
+        if m["msg_type"] == "error" or (m["msg_type"] == "stream" and "died" in m["content"]["text"]):
+            return reply, streams
+        if m["msg_type"] == "stream":
+            streams.append((m["content"]["name"], m["content"]["text"]))
+    raise AssertionError(f"no crash report: {iopub}")
 
 
 @pytest.mark.parametrize("death", [
@@ -54,9 +57,8 @@ def test_native_output_right_before_a_crash_is_shown(kernel, death):
             "os.write(1, b'native stdout: step 3 of 5\\n')\n"
             "os.write(2, b'native stderr: Assertion `n > 0` failed.\\n')\n"
             f"{death}\n")
-    _, streams = _crash(kernel.kc, code)
-    report = _report_index(streams)
-    before = streams[:report]
+    _, before = _crash(kernel.kc, code)
+    streams = before
     assert ("stdout", "native stdout: step 3 of 5\n") in before, streams
     assert "native stderr: Assertion `n > 0` failed.\n" in "".join(t for n, t in before if n == "stderr"), streams
     assert evaluate(kernel.kc, "'alive'") == "'alive'"
@@ -68,8 +70,7 @@ def test_print_then_os_exit_shows_the_print(kernel):
             "sys.stderr.write('python stderr before exit\\n')\n"
             "os._exit(3)\n")
     reply, streams = _crash(kernel.kc, code)
-    report = _report_index(streams)
-    text = {name: "".join(t for n, t in streams[:report] if n == name) for name in ("stdout", "stderr")}
+    text = {name: "".join(t for n, t in streams if n == name) for name in ("stdout", "stderr")}
     assert text == {"stdout": "python stdout before exit\n", "stderr": "python stderr before exit\n"}, streams
     assert "exit code 3" in reply["content"]["evalue"]
 
