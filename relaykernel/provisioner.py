@@ -81,21 +81,22 @@ class RelayProvisioner(LocalProvisioner):  # type: ignore[misc]
                 os.killpg(pgid, signal.SIGKILL)
 
     def _worker_groups(self) -> list[int]:
-        """Process groups led by the supervisor's children (its workers); Linux only."""
+        """Process groups led by the supervisor's workers; Linux only.  Spawned workers
+        are its children, forked ones the children of its fork server, which (like the
+        resource tracker) stays in the supervisor's group: so look into the children
+        that lead no group of their own, and collect those that do."""
         pid = self.pid if self._supervisor_alive() else None
         if pid is None or not os.path.isdir(f"/proc/{pid}/task"):
             return []
-        groups = []
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children") as f:
-                    children = [int(c) for c in f.read().split()]
-            except (OSError, ValueError):
-                continue
-            for child in children:
+        groups: list[int] = []
+        in_our_group = [pid]
+        while in_our_group:
+            for child in _children(in_our_group.pop()):
                 with contextlib.suppress(OSError):
                     if os.getpgid(child) == child:
                         groups.append(child)
+                    else:
+                        in_our_group.append(child)
         return groups
 
     async def cleanup(self, restart: bool = False) -> None:
@@ -108,3 +109,18 @@ class RelayProvisioner(LocalProvisioner):  # type: ignore[misc]
         if swapping and self._supervisor_alive():
             return self.connection_info
         return await super().launch_kernel(cmd, **kwargs)
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return children
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return children

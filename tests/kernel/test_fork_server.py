@@ -15,6 +15,7 @@ import signal
 import psutil
 import pytest
 
+from tests.kernel.crash_helpers import install_spec
 from tests.kernel.helpers import (
     Deadline,
     collect_iopub_until_idle,
@@ -144,3 +145,23 @@ def test_a_killed_fork_server_takes_its_workers_and_the_kernel_goes_on(handle):
     wait_for(lambda: not pid_exists(worker), 10, what="the forked worker to die with its server")
     assert evaluate(handle.kc, "6 * 7") == "42"
     assert pid_exists(handle.pid)
+
+
+def test_a_forced_shutdown_takes_the_programs_a_forked_worker_started():
+    """shutdown_kernel(now=True) through the relaykernel provisioner kills each worker's
+    process group, forked workers' (children of the fork server) as well as spawned ones'."""
+    handle = start_kernel(install_spec("relaykernel-provisioned"))
+    child = None
+    try:
+        execute_ok(handle.kc, "1")
+        wait_for(lambda: _forked_spare(handle.pid), 60, what="a spare forked from the fork server")
+        _crash(handle.kc)
+        worker = int(evaluate(handle.kc, "__import__('os').getpid()"))
+        assert psutil.Process(worker).ppid() == _fork_server(handle.pid).pid
+        child = int(evaluate(handle.kc, "__import__('subprocess').Popen(['sleep', '300']).pid"))
+        handle.km.shutdown_kernel(now=True)
+        wait_for(lambda: not pid_exists(child), 10, what="the cell's sleep to be killed")
+    finally:
+        if child is not None and pid_exists(child):
+            psutil.Process(child).kill()
+        stop_kernel(handle)
