@@ -3,7 +3,8 @@
 ``OutStream`` replaces ``sys.stdout``/``sys.stderr``: writes are batched (a
 print loop becomes a few large messages) and flushed by the link's IO thread
 after ``FLUSH_INTERVAL``, when the batch grows past ``MAX_BATCH``, before any
-other output, and before the reply.  ``FdCapture`` points file descriptors 1
+other output, and before the reply; the first line after a quiet spell leaves
+at once (it shows sooner, and a crash right after does not take it along).  ``FdCapture`` points file descriptors 1
 and 2 at pipes and feeds what C extensions, ``os.system`` and subprocesses
 write there into the same streams.
 
@@ -52,6 +53,10 @@ class OutStream(io.TextIOBase):
         self._parts: list[str] = []
         self._size = 0
         self._since = 0.0
+        #: when the last batch left, and whether the one being filled began after a
+        #: quiet spell (see write)
+        self._sent_at = 0.0
+        self._after_quiet = False
         self._direct = False  # a forked child: write straight to the fd
 
     @property
@@ -83,10 +88,15 @@ class OutStream(io.TextIOBase):
             return len(text)
         with self._lock:
             if not self._parts:
-                self._since = time.monotonic()
+                self._since = now = time.monotonic()
+                self._after_quiet = now - self._sent_at >= FLUSH_INTERVAL
             self._parts.append(text)
             self._size += len(text)
-            if self._size >= MAX_BATCH:
+            # The first line after a quiet spell leaves at once: a line printed before
+            # a long native call is then out even if that call crashes the worker
+            # (a batch dies with the process), and it shows without the batch's wait.
+            # A print loop still batches: its lines do not follow a quiet spell.
+            if self._size >= MAX_BATCH or (self._after_quiet and "\n" in text):
                 self._send_locked()
         return len(text)
 
@@ -127,6 +137,7 @@ class OutStream(io.TextIOBase):
         text = "".join(self._parts)
         self._parts.clear()
         self._size = 0
+        self._sent_at = time.monotonic()
         self._publish("stream", {"name": self.name, "text": text})
 
 

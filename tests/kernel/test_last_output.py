@@ -9,7 +9,9 @@ Two ways it used to be lost:
   joins the stream's batch, which may still die unsent within its 50 ms.);
 * ``print(...); os._exit(n)``: the text was in the stream's batch, or queued in
   zmq, when the process ended.  ``os._exit`` in the worker now flushes first
-  (not in forked children, which multiprocessing ends with ``os._exit``).
+  (not in forked children, which multiprocessing ends with ``os._exit``);
+* a line printed before a native call that segfaults within the batch's 50 ms:
+  the first line after a quiet spell now leaves at once.
 
 The text comes before the crash report, under the cell that wrote it.
 """
@@ -90,3 +92,26 @@ def test_forked_children_still_exit_at_once(kernel):
                               "    print(pool.map(abs, [-1, -2, -3]))\n", timeout=60)
     assert "[1, 2, 3]\n" in "".join(m["content"]["text"] for m in iopub if m["msg_type"] == "stream")
     assert kernel.worker_pid() == worker
+
+
+def test_a_line_printed_after_a_quiet_spell_survives_a_crash_soon_after(kernel):
+    """``print(...)`` then native code that segfaults: the batch would die with the
+    worker, so the first line after a quiet spell is sent at once.  The cell stops the
+    timed flush (the link thread's ticker) so that only that rule can send it."""
+    code = ("import ctypes, sys, time\n"
+            "sys.stdout.flush_if_due = lambda now: None\n"
+            "time.sleep(0.2)\n"  # quiet
+            "print('processing', 'file-17')\n"
+            "time.sleep(0.3)\n"  # the line leaves the IO thread meanwhile
+            "ctypes.string_at(0)\n")
+    _, streams = _crash(kernel.kc, code)
+    assert ("stdout", "processing file-17\n") in streams, streams
+
+
+def test_a_print_loop_still_batches(kernel):
+    """Only the first line after a quiet spell leaves alone: 2,000 quick lines come in a
+    few messages, whole and in order."""
+    _, iopub = execute_ok(kernel.kc, "for i in range(2000): print(i)")
+    texts = [m["content"]["text"] for m in iopub if m["msg_type"] == "stream"]
+    assert "".join(texts) == "".join(f"{i}\n" for i in range(2000))
+    assert len(texts) <= 20, len(texts)
