@@ -34,6 +34,7 @@ import os
 import signal
 from typing import Any
 
+import psutil
 from jupyter_client.provisioning import LocalProvisioner
 
 INPLACE_ENV = "RELAYKERNEL_INPLACE_RESTART"
@@ -81,22 +82,25 @@ class RelayProvisioner(LocalProvisioner):  # type: ignore[misc]
                 os.killpg(pgid, signal.SIGKILL)
 
     def _worker_groups(self) -> list[int]:
-        """Process groups led by the supervisor's workers; Linux only.  Spawned workers
-        are its children, forked ones the children of its fork server, which (like the
+        """Process groups led by the supervisor's workers.  Spawned workers are its
+        children, forked ones the children of its fork server, which (like the
         resource tracker) stays in the supervisor's group: so look into the children
         that lead no group of their own, and collect those that do."""
-        pid = self.pid if self._supervisor_alive() else None
-        if pid is None or not os.path.isdir(f"/proc/{pid}/task"):
+        if not self._supervisor_alive():
             return []
         groups: list[int] = []
-        in_our_group = [pid]
+        in_our_group = [self.pid]
         while in_our_group:
-            for child in _children(in_our_group.pop()):
+            try:
+                children = psutil.Process(in_our_group.pop()).children()
+            except psutil.Error:
+                continue
+            for child in children:
                 with contextlib.suppress(OSError):
-                    if os.getpgid(child) == child:
-                        groups.append(child)
+                    if os.getpgid(child.pid) == child.pid:
+                        groups.append(child.pid)
                     else:
-                        in_our_group.append(child)
+                        in_our_group.append(child.pid)
         return groups
 
     async def cleanup(self, restart: bool = False) -> None:
@@ -110,17 +114,3 @@ class RelayProvisioner(LocalProvisioner):  # type: ignore[misc]
             return self.connection_info
         return await super().launch_kernel(cmd, **kwargs)
 
-
-def _children(pid: int) -> list[int]:
-    children: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return children
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                children += [int(c) for c in f.read().split()]
-        except (OSError, ValueError):
-            continue
-    return children

@@ -627,8 +627,8 @@ class SupervisorLoop:
                                                      "execution_count": self.execution_count})
         self._last_output(request, death)
         if request.msg_type == "execute_request":  # its error output says it all; no second copy
-            if death.last_words():
-                self.out.stream(request, "stderr", death.last_words())
+            if last_words := death.last_words():
+                self.out.stream(request, "stderr", last_words)
         else:  # a comm message or another request: the stream is the only place to say it
             self.out.stream(request, "stderr", death.report(len(self.comms)))
         error = wire.error_reply(WORKER_DIED, death.evalue, death.traceback(len(self.comms)))

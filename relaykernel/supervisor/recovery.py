@@ -55,9 +55,11 @@ class Death:
 
     def last_words(self) -> str:
         """faulthandler's output, for the stream before the error ('' if none)."""
-        if not self.crash_log.strip():
-            return ""
-        return "relaykernel: the worker process died. Last words of the worker:\n" + _indent(self.crash_log.strip()) + "\n"
+        block = self._last_words_block()
+        return f"relaykernel: the worker process died. {block}\n" if block else ""
+
+    def _last_words_block(self) -> str:
+        return "Last words of the worker:\n" + _indent(self.crash_log.strip()) if self.crash_log.strip() else ""
 
     def probable_cause(self) -> str:
         if self.reason:
@@ -79,7 +81,7 @@ class Death:
             f"Probable cause: {self.probable_cause()}.",
         ]
         if self.crash_log.strip():
-            lines.append("Last words of the worker:\n" + _indent(self.crash_log.strip()))
+            lines.append(self._last_words_block())
         return "\n".join(lines + _lost_and_kept(open_comms)) + "\n"
 
 

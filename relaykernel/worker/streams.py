@@ -4,9 +4,9 @@
 print loop becomes a few large messages) and flushed by the link's IO thread
 after ``FLUSH_INTERVAL``, when the batch grows past ``MAX_BATCH``, before any
 other output, and before the reply; the first line after a quiet spell leaves
-at once (it shows sooner, and a crash right after does not take it along).  ``FdCapture`` points file descriptors 1
-and 2 at pipes and feeds what C extensions, ``os.system`` and subprocesses
-write there into the same streams.
+at once (it shows sooner, and a crash right after does not take it along).
+``FdCapture`` points file descriptors 1 and 2 at pipes and feeds what C
+extensions, ``os.system`` and subprocesses write there into the same streams.
 
 Threads: any thread may write; flushes hold the stream's lock while sending so
 two flushes of one stream never reorder.

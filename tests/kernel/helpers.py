@@ -226,17 +226,28 @@ def _kernel_pid(km: KernelManager) -> int:
     return int(pid)
 
 
+def fork_server(supervisor_pid: int) -> psutil.Process | None:
+    """The supervisor's worker fork server (relaykernel/supervisor/launcher.py), if running."""
+    for child in psutil.Process(supervisor_pid).children():
+        try:
+            if "multiprocess.forkserver" in " ".join(child.cmdline()):
+                return child
+        except psutil.Error:
+            pass
+    return None
+
+
 def worker_processes(supervisor_pid: int) -> list[psutil.Process]:
     """The supervisor's worker processes: spawned ones are its children, forked ones
-    the children of its fork server (relaykernel/supervisor/launcher.py)."""
+    the children of its fork server."""
     found = []
     try:
         for child in psutil.Process(supervisor_pid).children():
-            cmdline = " ".join(child.cmdline())
-            if "spawn_main" in cmdline:
+            if "spawn_main" in " ".join(child.cmdline()):
                 found.append(child)
-            elif "multiprocess.forkserver" in cmdline:
-                found.extend(child.children())
+        server = fork_server(supervisor_pid)
+        if server is not None:
+            found.extend(server.children())
     except psutil.Error:
         pass
     return found

@@ -17,11 +17,14 @@ import pytest
 
 from tests.kernel.crash_helpers import install_spec
 from tests.kernel.helpers import (
+    KERNEL_NAME,
     Deadline,
+    KernelHandle,
     collect_iopub_until_idle,
     evaluate,
     execute,
     execute_ok,
+    fork_server,
     get_reply,
     pid_exists,
     reap,
@@ -34,19 +37,9 @@ from tests.kernel.helpers import (
 pytestmark = relaykernel_only
 
 
-def _fork_server(supervisor_pid: int) -> psutil.Process | None:
-    for child in psutil.Process(supervisor_pid).children():
-        try:
-            if "multiprocess.forkserver" in " ".join(child.cmdline()):
-                return child
-        except psutil.Error:
-            pass
-    return None
-
-
 def _forked_spare(supervisor_pid: int) -> psutil.Process | None:
     """The fork server, once it has forked a spare (the first spare waits for it)."""
-    server = _fork_server(supervisor_pid)
+    server = fork_server(supervisor_pid)
     if server is None:
         return None
     try:
@@ -71,12 +64,21 @@ def _start_sleeping_cell(kc) -> str:
             return msg_id
 
 
-@pytest.fixture
-def handle():
-    h = start_kernel()
+def _start_with_a_forked_spare(kernel_name: str = KERNEL_NAME) -> KernelHandle:
+    h = start_kernel(kernel_name)
     try:
         execute_ok(h.kc, "1")
         wait_for(lambda: _forked_spare(h.pid), 60, what="a spare forked from the fork server")
+    except BaseException:
+        stop_kernel(h)
+        raise
+    return h
+
+
+@pytest.fixture
+def handle():
+    h = _start_with_a_forked_spare()
+    try:
         yield h
     finally:
         leftovers = stop_kernel(h)
@@ -86,7 +88,7 @@ def handle():
 def test_crashes_in_a_row_are_served_by_forked_workers(handle):
     """Three crashes back to back: each next cell runs, in a worker the fork server
     forked, with the session's execution count and a fresh namespace."""
-    server = _fork_server(handle.pid)
+    server = fork_server(handle.pid)
     assert server is not None
     for _ in range(3):
         execute_ok(handle.kc, "marker = 1")
@@ -104,7 +106,7 @@ def test_forked_worker_takes_interrupts(handle):
     """A forked worker leads its own process group and takes SIGINT like a spawned one."""
     _crash(handle.kc)
     worker = int(evaluate(handle.kc, "__import__('os').getpid()"))
-    assert psutil.Process(worker).ppid() == _fork_server(handle.pid).pid
+    assert psutil.Process(worker).ppid() == fork_server(handle.pid).pid
     assert evaluate(handle.kc, "__import__('os').getpgid(0) == __import__('os').getpid()") == "True"
     msg_id = _start_sleeping_cell(handle.kc)
     handle.km.interrupt_kernel()
@@ -118,7 +120,7 @@ def test_supervisor_sigkill_takes_the_fork_server_and_its_workers(handle):
     """Nobody is left to stop them: the server sees its alive pipe close (the workers
     closed their copies) and its workers die with it."""
     _crash(handle.kc)  # the active worker is now a forked one
-    server = _fork_server(handle.pid)
+    server = fork_server(handle.pid)
     wait_for(lambda: len(server.children()) == 2, 60, what="a forked active worker and a forked spare")
     supervisor = handle.process()
     descendants = supervisor.children(recursive=True)
@@ -136,7 +138,7 @@ def test_a_killed_fork_server_takes_its_workers_and_the_kernel_goes_on(handle):
     its error reply, and the kernel carries on with spawned or newly forked workers."""
     _crash(handle.kc)
     worker = int(evaluate(handle.kc, "__import__('os').getpid()"))
-    server = _fork_server(handle.pid)
+    server = fork_server(handle.pid)
     msg_id = _start_sleeping_cell(handle.kc)
     server.send_signal(signal.SIGKILL)
     reply = get_reply(handle.kc, msg_id, timeout=30)
@@ -150,14 +152,12 @@ def test_a_killed_fork_server_takes_its_workers_and_the_kernel_goes_on(handle):
 def test_a_forced_shutdown_takes_the_programs_a_forked_worker_started():
     """shutdown_kernel(now=True) through the relaykernel provisioner kills each worker's
     process group, forked workers' (children of the fork server) as well as spawned ones'."""
-    handle = start_kernel(install_spec("relaykernel-provisioned"))
+    handle = _start_with_a_forked_spare(install_spec("relaykernel-provisioned"))
     child = None
     try:
-        execute_ok(handle.kc, "1")
-        wait_for(lambda: _forked_spare(handle.pid), 60, what="a spare forked from the fork server")
         _crash(handle.kc)
         worker = int(evaluate(handle.kc, "__import__('os').getpid()"))
-        assert psutil.Process(worker).ppid() == _fork_server(handle.pid).pid
+        assert psutil.Process(worker).ppid() == fork_server(handle.pid).pid
         child = int(evaluate(handle.kc, "__import__('subprocess').Popen(['sleep', '300']).pid"))
         handle.km.shutdown_kernel(now=True)
         wait_for(lambda: not pid_exists(child), 10, what="the cell's sleep to be killed")
