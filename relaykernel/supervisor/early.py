@@ -173,7 +173,7 @@ def begin(args: list[str]) -> EarlyStart:
     # the rest waits until kernel_info can be answered
     import logging
 
-    from ..worker.entry import WorkerConfig
+    from ..spawn import WorkerConfig
     from . import private_dir
     from .worker_process import WorkerProcess  # multiprocess: ~70 ms
 

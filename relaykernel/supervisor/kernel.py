@@ -23,7 +23,7 @@ import zmq
 from .. import wire
 from ..heap import release_freed_memory
 from ..signing import Signer
-from ..worker.entry import WorkerConfig
+from ..spawn import WorkerConfig
 from .comm_relay import CommRelay
 from .kernel_info import kernel_info_content
 from .launcher import WARM_UP_LIMIT, ServerState, WorkerLauncher

@@ -37,7 +37,7 @@ import multiprocess
 from multiprocess import forkserver, resource_tracker
 
 from .. import heap
-from ..worker.entry import PRELOAD
+from ..spawn import PRELOAD
 
 log = logging.getLogger("relaykernel.supervisor")
 

@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 
 from .. import progress, wire
-from ..worker.entry import WorkerConfig, run_worker
+from ..spawn import WorkerConfig, run_worker
 from .launcher import WorkerLauncher, child_start
 
 log = logging.getLogger("relaykernel.supervisor")

@@ -25,7 +25,7 @@ import zmq
 from .. import CONNECTION_FILE_ENV, heap, progress, wire
 from ..io_threads import batch_io_threads
 from ..signing import Signer
-from .entry import WorkerConfig
+from ..spawn import WorkerConfig
 from .link import Link
 from .messages import Messenger
 from .streams import FdCapture, OutStream, after_fork_in_child, order_child_output
@@ -64,6 +64,8 @@ def serve(config: WorkerConfig) -> None:
     messenger = Messenger(Signer(config.key, config.signature_scheme, config.session_id), link)
     stdout = OutStream("stdout", messenger.publish, fileno=1)
     stderr = OutStream("stderr", messenger.publish, fileno=2)
+    link.on_malformed = lambda why: stderr.write(
+        f"relaykernel: a message from the kernel's supervisor could not be read and was lost ({why}).\n")
     capture = FdCapture({1: stdout, 2: stderr})
     capture.start()
     order_child_output(capture)

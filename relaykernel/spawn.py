@@ -1,8 +1,12 @@
-"""Entry point of the worker process, and the configuration it is started with.
+"""The spawn contract between the supervisor and a worker, defined once.
 
-Imported by the supervisor (to name the spawn target), so this module must not
-import IPython at import time: everything heavy is imported inside
-:func:`run_worker`, in the child.
+What a worker is started with (:class:`WorkerConfig`, pickled to the child),
+what the fork server imports before forking workers (:data:`PRELOAD`) and the
+process target (:func:`run_worker`).  It belongs to neither side: the
+supervisor imports it to start workers, the worker to read its configuration.
+So it must not import IPython, nor anything of the supervisor or the worker, at
+import time: the worker's modules are imported inside :func:`run_worker`, in
+the child.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ class WorkerConfig:
 def run_worker(config: WorkerConfig) -> None:
     """Process target: become a worker and serve until told to stop."""
     try:
-        from .main import serve
+        from .worker.main import serve
 
         serve(config)
     except BaseException:
