@@ -9,7 +9,7 @@ Every link message carries ``kind``, ``meta`` and ``payload``:
   possible.
 
 On the socket that is the multipart zmq message ``[packed, *large]``:
-``packed`` holds kind, meta and every payload frame under
+``packed`` holds kind, meta (whatever its size) and every payload frame under
 :data:`PACK_LIMIT` bytes (a size table, then the bytes); larger payload
 frames (binary buffers) follow as zmq frames of their own, sent by reference
 and never copied.  A Jupyter message has seven small frames, so this saves
@@ -129,14 +129,17 @@ def _nbytes(frame: Any) -> int:
 def encode(kind: bytes, meta: dict[str, Any] | None = None, payload: Sequence[Any] = ()) -> list[Any]:
     """Frames for :func:`send_frames`: ``[packed, *large]``.
 
-    ``packed`` holds ``kind``, the meta JSON and every payload frame under
-    PACK_LIMIT: a count, a table of sizes, then the bytes.  Payload frames may
-    be bytes, memoryviews or zmq.Frames."""
-    parts = [kind, json.dumps(meta).encode() if meta else b"", *payload]
-    sizes: list[int] = []
-    small: list[Any] = []
+    ``packed`` holds ``kind``, the meta JSON (of any size) and every payload
+    frame under PACK_LIMIT: a count, a table of sizes, then the bytes.  Payload
+    frames may be bytes, memoryviews or zmq.Frames."""
+    raw_meta = json.dumps(meta).encode() if meta else b""
+    # kind and meta are always packed, whatever their size: decode needs them
+    # in the first frame (a 64 KiB meta, such as ADOPT's widget states, once went
+    # out as a frame of its own and the message was rejected)
+    sizes: list[int] = [len(kind), len(raw_meta)]
+    small: list[Any] = [kind, raw_meta]
     large: list[Any] = []
-    for frame in parts:
+    for frame in payload:
         size = _nbytes(frame)
         if size < PACK_LIMIT:
             sizes.append(size)

@@ -85,6 +85,9 @@ class Link:
         #: that arrived while input() waited for its reply), in arrival order
         self._kept: collections.deque[wire.LinkMessage] = collections.deque()
         self.tickers: list[Callable[[], None]] = []
+        #: told why, when a message from the supervisor cannot be decoded and is
+        #: dropped, so the user learns of it (main.py writes it to stderr)
+        self.on_malformed: Callable[[str], object] | None = None
         self._stopped = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="relaykernel-flush", daemon=True)
 
@@ -159,6 +162,8 @@ class Link:
                 lm = wire.decode(frames)
             except wire.WireError as e:
                 log.warning("dropped a malformed link message: %s", e)
+                if self.on_malformed is not None:
+                    self.on_malformed(str(e))
                 continue
             if kinds is None or lm.kind in kinds:
                 return lm

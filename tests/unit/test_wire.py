@@ -95,3 +95,50 @@ def test_extra_frames_beyond_the_size_table_raise_wire_error():
     frames = wire.encode(wire.IOPUB, None, [b"a"])
     with pytest.raises(wire.WireError):
         wire.decode([*frames, b"stray"])
+
+
+def _big_meta(size: int = 3 * wire.PACK_LIMIT) -> dict:
+    """A meta whose JSON is well over PACK_LIMIT, like ADOPT's with many widgets' states."""
+    return {"comms": [{"content": {"comm_id": str(i), "data": {"value": "v" * 1000}},
+                       "metadata": {}, "buffers": 0} for i in range(size // 1000)]}
+
+
+@pytest.mark.parametrize("payload", [
+    [],
+    [b"small", b"x" * (wire.PACK_LIMIT + 5)],  # a large buffer too, separate as before
+    [b"y" * (2 * wire.PACK_LIMIT), b"z" * wire.PACK_LIMIT],
+], ids=["meta-only", "small-and-large-frames", "large-frames"])
+def test_a_meta_of_any_size_round_trips(payload):
+    meta = _big_meta()
+    frames = wire.encode(wire.ADOPT, meta, payload)
+    large = [f for f in payload if len(f) >= wire.PACK_LIMIT]
+    assert len(frames) == 1 + len(large)
+    assert all(sent is buffer for sent, buffer in zip(frames[1:], large))  # still by reference
+    lm = wire.decode(frames)
+    assert lm.kind == wire.ADOPT
+    assert lm.meta == meta
+    assert [wire.as_bytes(f) for f in lm.payload] == payload
+
+
+@pytest.mark.parametrize("direction", ["supervisor-to-worker", "worker-to-supervisor"])
+@pytest.mark.parametrize("with_buffers", [False, True], ids=["no-buffers", "buffers"])
+def test_a_big_meta_crosses_the_link_both_ways(tmp_path, direction, with_buffers):
+    """Both ends of a PAIR link, as the supervisor (binds) and the worker (connects)."""
+    ctx = zmq.Context()
+    supervisor, worker = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        supervisor.bind(f"ipc://{tmp_path}/link")
+        worker.connect(f"ipc://{tmp_path}/link")
+        sender, receiver = (supervisor, worker) if direction == "supervisor-to-worker" else (worker, supervisor)
+        meta = _big_meta(5 * wire.PACK_LIMIT)
+        payload = [b"b" * (wire.PACK_LIMIT + 1), b"tiny"] if with_buffers else []
+        kind = wire.ADOPT if direction == "supervisor-to-worker" else wire.COMM
+        wire.send_frames(sender, wire.encode(kind, meta, payload))
+        assert receiver.poll(5000)
+        lm = wire.decode(wire.recv_frames(receiver))
+        assert (lm.kind, lm.meta) == (kind, meta)
+        assert [wire.as_bytes(f) for f in lm.payload] == payload
+    finally:
+        supervisor.close(0)
+        worker.close(0)
+        ctx.term()
