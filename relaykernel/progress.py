@@ -13,15 +13,26 @@ The worker stores the count in a shared mapping of an 8-byte file in the
 supervisor's private directory before it begins each request: a store to
 memory, done before the request's code runs, so it survives any death.  The
 supervisor reads the file after the worker is gone.
+
+The worker also leaves a record for the provisioner, which must outlive the
+supervisor itself: its process group (see :func:`record_group`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
 
 _COUNT = struct.Struct("=Q")
+
+#: Set by the provisioner (provisioner.py) in the kernel's environment, which the
+#: workers and the programs their cells start inherit: a 0700 directory of its own
+#: where each worker leaves an empty file named after its process group.  Both the
+#: files and the environment outlive a SIGKILLed supervisor, so a forced shutdown
+#: still finds the groups, and tells ours from a reused id by this variable.
+GROUPS_ENV = "RELAYKERNEL_GROUPS_DIR"
 
 
 def create(path: str) -> None:
@@ -43,10 +54,41 @@ def read(path: str) -> int | None:
     return _COUNT.unpack(data)[0] if len(data) == _COUNT.size else None
 
 
+def record_group() -> None:
+    """Worker, once it leads its own process group: name the group in the provisioner's
+    directory (if the kernel was started by it), and remove the files of groups that
+    have ended, so the directory holds about one file per live worker."""
+    directory = os.environ.get(GROUPS_ENV)
+    if not directory:
+        return
+    try:
+        os.close(os.open(os.path.join(directory, str(os.getpgrp())), os.O_WRONLY | os.O_CREAT, 0o600))
+        ended = [name for name in os.listdir(directory) if name.isdigit() and not group_alive(int(name))]
+    except OSError:
+        return  # the provisioner is gone, and its directory with it
+    for name in ended:
+        with contextlib.suppress(OSError):  # another worker may prune it too
+            os.unlink(os.path.join(directory, name))
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process group still holds a process we may signal."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # another user's: the id was reused, our group ended
+    return True
+
+
 class Counter:
-    """Worker: counts the requests it begins, in the supervisor's file."""
+    """Worker: counts the requests it begins, in the supervisor's file.  Made once
+    the worker leads its group and before it runs any request, so it also records
+    that group for the provisioner (:func:`record_group`)."""
 
     def __init__(self, path: str) -> None:
+        record_group()
         fd = os.open(path, os.O_RDWR)
         try:
             self._map = mmap.mmap(fd, _COUNT.size)

@@ -25,17 +25,27 @@ supervisor's process group.  Each worker leads a group of its own (so an
 interrupt reaches what it started), and dies with the supervisor, but the
 programs a cell started would outlive them: so ``kill`` also kills the
 workers' groups, as a kill of ipykernel's group takes its children along.
+A live supervisor's workers are found in its process tree; the groups of a
+supervisor that died (SIGKILL, the OOM killer) are in a 0700 directory of
+the provisioner's, where each worker records its own (progress.record_group),
+and ``cleanup`` kills them too.  A recorded group is killed only if one of its
+processes carries that directory in its environment: a group id reused by
+someone else's program is left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import tempfile
 from typing import Any
 
 import psutil
 from jupyter_client.provisioning import LocalProvisioner
+
+from .progress import GROUPS_ENV, group_alive
 
 INPLACE_ENV = "RELAYKERNEL_INPLACE_RESTART"
 
@@ -44,6 +54,8 @@ class RelayProvisioner(LocalProvisioner):  # type: ignore[misc]
     """LocalProvisioner whose restarts keep the supervisor and swap its worker."""
 
     _swapping = False
+    #: where the workers record their process groups (see the module docstring)
+    groups_dir: str | None = None
 
     def _supervisor_alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -52,6 +64,9 @@ class RelayProvisioner(LocalProvisioner):  # type: ignore[misc]
         kwargs = await super().pre_launch(**kwargs)
         env = dict(kwargs.get("env") or os.environ)
         env[INPLACE_ENV] = "1"
+        if self.groups_dir is None:
+            self.groups_dir = tempfile.mkdtemp(prefix="relaykernel-groups-")
+        env[GROUPS_ENV] = self.groups_dir
         kwargs["env"] = env
         return kwargs
 
@@ -75,11 +90,20 @@ class RelayProvisioner(LocalProvisioner):  # type: ignore[misc]
         await super().terminate(restart=restart)
 
     async def kill(self, restart: bool = False) -> None:
-        groups = self._worker_groups()
+        groups = {*self._worker_groups(), *self._recorded_groups()}
         await super().kill(restart=restart)
-        for pgid in groups:
-            with contextlib.suppress(OSError):
-                os.killpg(pgid, signal.SIGKILL)
+        _kill_groups(groups)
+
+    def _recorded_groups(self) -> set[int]:
+        """The groups workers recorded that still hold one of our processes."""
+        if self.groups_dir is None:
+            return set()
+        try:
+            names = os.listdir(self.groups_dir)
+        except OSError:
+            return set()
+        recorded = {int(name) for name in names if name.isdigit() and group_alive(int(name))}
+        return _groups_marked(recorded, self.groups_dir) if recorded else set()
 
     def _worker_groups(self) -> list[int]:
         """Process groups led by the supervisor's workers.  Spawned workers are its
@@ -106,6 +130,11 @@ class RelayProvisioner(LocalProvisioner):  # type: ignore[misc]
     async def cleanup(self, restart: bool = False) -> None:
         if self._swapping:
             return  # the supervisor, its ports and its connection file live on
+        # a supervisor that died by itself (not through kill) left its workers' programs
+        _kill_groups(self._recorded_groups())
+        if self.groups_dir is not None:
+            shutil.rmtree(self.groups_dir, ignore_errors=True)
+            self.groups_dir = None
         await super().cleanup(restart=restart)
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
@@ -114,3 +143,23 @@ class RelayProvisioner(LocalProvisioner):  # type: ignore[misc]
             return self.connection_info
         return await super().launch_kernel(cmd, **kwargs)
 
+
+def _groups_marked(candidates: set[int], groups_dir: str) -> set[int]:
+    """Those of ``candidates`` that hold a process whose environment names ``groups_dir``:
+    a group id is reused only once all its processes have ended, so a group that holds
+    one of ours is still ours."""
+    ours: set[int] = set()
+    for proc in psutil.process_iter():
+        try:
+            pgid = os.getpgid(proc.pid)
+            if pgid in candidates and pgid not in ours and proc.environ().get(GROUPS_ENV) == groups_dir:
+                ours.add(pgid)
+        except (psutil.Error, OSError):
+            continue  # ended meanwhile, or not ours to read
+    return ours
+
+
+def _kill_groups(groups: set[int]) -> None:
+    for pgid in groups:
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, signal.SIGKILL)

@@ -6,12 +6,23 @@ across worker deaths, the private directory, what the provisioner kills).
 
 from __future__ import annotations
 
+import os
+import subprocess
+
+import psutil
 import pytest
 
 from tests.kernel import crash_helpers
 from tests.kernel.comm_helpers import comm_msg, comms_of, handled
 from tests.kernel.crash_helpers import install_spec
-from tests.kernel.helpers import evaluate, execute, execute_ok, relaykernel_only
+from tests.kernel.helpers import (
+    evaluate,
+    execute,
+    execute_ok,
+    pid_exists,
+    relaykernel_only,
+    wait_for,
+)
 
 pytestmark = relaykernel_only
 
@@ -54,3 +65,30 @@ def test_widgets_whose_state_passes_64_kib_survive_a_crash_and_a_restart(relay):
     handled(kc, comm_msg(kc, first, {"method": "update", "state": {"value": 7}, "buffer_paths": []}))
     assert evaluate(kc, WIDGET_VALUES) == repr(repr((sorted([*range(1, 30), 7]), [70_000])))
     relay.track(h)
+
+
+def test_a_forced_shutdown_kills_what_cells_started_after_the_supervisor_died(relay):
+    """The supervisor is SIGKILLed (the OOM killer), then shutdown_kernel(now=True): the
+    program a cell started is killed all the same, from the groups the workers recorded
+    with the provisioner; a recorded group id that is not ours (reused) is left alone."""
+    h = relay.start(install_spec("relaykernel-provisioned"))
+    child = int(evaluate(h.kc, "__import__('subprocess').Popen(['sleep', '300']).pid"))
+    relay.track(h)
+    # the provisioner's directory, as the cell's program inherited it
+    groups_dir = psutil.Process(child).environ().get("RELAYKERNEL_GROUPS_DIR")
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True, env={"PATH": os.environ["PATH"]})
+    try:
+        if groups_dir is not None:  # a recorded group whose id was reused by someone else
+            open(os.path.join(groups_dir, str(stranger.pid)), "w").close()
+        h.process().kill()
+        wait_for(lambda: not h.km.is_alive(), 10, what="the supervisor to be dead")
+        assert pid_exists(child)  # nobody else kills it
+        h.km.shutdown_kernel(now=True)
+        wait_for(lambda: not pid_exists(child), 10, what="the cell's sleep to be killed")
+        assert stranger.poll() is None, "a group that is not the kernel's was killed"
+        assert groups_dir is not None and not os.path.exists(groups_dir)
+    finally:
+        stranger.kill()
+        stranger.wait(10)
+        if pid_exists(child):
+            psutil.Process(child).kill()
