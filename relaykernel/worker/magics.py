@@ -1,14 +1,18 @@
 """IPython magics a Jupyter kernel offers beyond IPython's own.
 
 The ones ipykernel users rely on: ``%connect_info``, ``%clear``, ``%less``,
-``%more``, ``%man`` and ``%autosave`` (which asks the notebook frontend, in
-JavaScript, to change its autosave interval).
+``%more``, ``%man``, ``%qtconsole`` and ``%autosave`` (which asks the notebook
+frontend, in JavaScript, to change its autosave interval).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import subprocess
+import sys
+import warnings
 from typing import Any
 
 from IPython.core import page
@@ -76,6 +80,29 @@ class RelayMagics(Magics):
         """Show a man page in the pager.  Usage: ``%man PAGE``"""
         shell: Any = self.shell
         page.page(shell.getoutput(f"man {arg_s} | col -b", split=False))
+
+    @line_magic
+    def qtconsole(self, arg_s: str = "") -> None:
+        """Open a Qt console attached to this kernel (when qtconsole is installed).
+
+        Usage: ``%qtconsole [qtconsole options]``.  Like ipykernel, quiet when
+        the console cannot start: a notebook that says ``%qtconsole`` still runs
+        where there is no qtconsole or no display.
+        """
+        from IPython.utils.process import arg_split
+
+        from .. import get_connection_file
+
+        if importlib.util.find_spec("qtconsole") is None:
+            return
+        try:
+            # its own session: an interrupt of the kernel must not reach the console
+            subprocess.Popen([sys.executable, "-m", "qtconsole", "--existing", get_connection_file(),
+                              *arg_split(arg_s, posix=os.name == "posix")],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+        except Exception as e:  # noqa: BLE001 - a warning, not an error, like ipykernel
+            warnings.warn(f"Could not start qtconsole: {e!r}", stacklevel=2)
 
     @line_magic
     def autosave(self, arg_s: str) -> None:

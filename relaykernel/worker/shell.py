@@ -10,12 +10,24 @@ from typing import Any
 
 from IPython.core import page, payloadpage
 from IPython.core.autocall import ExitAutocall
+from IPython.core.compilerop import CachingCompiler
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell, InteractiveShellABC
 from traitlets import Any as AnyTrait
 from traitlets import Instance, Type, default
 from traitlets.config import Config
+
+from . import cell_names
+
+
+class CellCompiler(CachingCompiler):
+    """Compiles each cell under a file name made from its source (cell_names.py),
+    as ipykernel does: tracebacks show the cell's whole layout, and a debugger
+    frontend can compute the name of a cell's file."""
+
+    def get_code_name(self, raw_code: str, transformed_code: str, number: int) -> str:
+        return cell_names.cell_file_name(raw_code)
 
 
 class RelayDisplayPublisher(DisplayPublisher):
@@ -79,6 +91,7 @@ class ZMQInteractiveShell(InteractiveShell):
     def _exiter_default(self) -> RelayExitAutocall:
         return RelayExitAutocall(self)
 
+    compiler_class = Type(CellCompiler)
     displayhook_class = Type(RelayDisplayHook)
     display_pub_class = Type(RelayDisplayPublisher)
     kernel = AnyTrait(help="The worker kernel (relaykernel.worker.kernel.WorkerKernel).")

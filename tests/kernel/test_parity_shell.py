@@ -1,0 +1,53 @@
+"""The worker's IPython shell behaves like ipykernel's (issues 17 and 24).
+
+Every test here runs against ipykernel too (RELAYKERNEL_TEST_KERNEL=ipykernel)
+unless marked otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+
+from relaykernel.worker.cell_names import source_hash
+from tests.kernel.helpers import (
+    execute,
+    execute_ok,
+    of_type,
+    outputs,
+    stream_text,
+)
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _plain(traceback: list[str]) -> str:
+    return _ANSI.sub("", "\n".join(traceback))
+
+
+# ------------------------------------------------------------ cell file names
+def test_cells_compile_to_files_named_by_the_murmur2_of_their_source(kernel):
+    """The name a debugger frontend computes: <tmp>/ipykernel_<pid>/<murmur2(source)>.py."""
+    kc = kernel.kc
+    code = "import os\ndef where():\n    pass\npid = os.getpid()\nfile = where.__code__.co_filename"
+    execute_ok(kc, code)
+    _, iopub = execute_ok(kc, "print(pid, file, sep='|')")
+    pid, file = stream_text(iopub).strip().split("|")
+    assert file == f"{tempfile.gettempdir()}/ipykernel_{pid}/{source_hash(code)}.py"
+
+
+def test_a_traceback_shows_the_cell_with_its_layout(kernel):
+    """Blank lines and indentation of the cell stay in the traceback, as under ipykernel."""
+    reply, iopub = execute(kernel.kc, "def f():\n\n    return 1 / 0\nf()")
+    assert reply["content"]["status"] == "error"
+    [error] = of_type(iopub, "error")
+    text = _plain(error["content"]["traceback"])
+    assert re.search(r"^\s+2\s*$", text, re.MULTILINE), text  # the blank line 2 is shown
+    assert re.search(r"^-+> 3\s{5}return 1 / 0$", text, re.MULTILINE), text  # with its indentation
+
+
+def test_qtconsole_magic_is_quiet(kernel):
+    """ipykernel's %qtconsole starts a console if it can and says nothing otherwise."""
+    reply, iopub = execute(kernel.kc, "%qtconsole")
+    assert reply["content"]["status"] == "ok", reply["content"]
+    assert outputs(iopub) == []
