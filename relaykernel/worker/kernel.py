@@ -209,10 +209,11 @@ class WorkerKernel:
             self.messenger.publish("execute_input", {"code": code, "execution_count": count},
                                    started=True)
         self.last_error = None
+        shell.displayhook_failed = False
         result = await self._run_cell(code, store_history, silent)
         # Like ipykernel: the number of the last stored cell (this one, if it was stored).
         reply: dict[str, Any] = {"execution_count": shell.execution_count - 1}
-        if result.success:
+        if result.success and not shell.displayhook_failed:
             reply["status"] = "ok"
             reply["user_expressions"] = shell.user_expressions(content.get("user_expressions") or {})
         else:

@@ -51,7 +51,11 @@ class RelayDisplayPublisher(DisplayPublisher):
 class RelayDisplayHook(DisplayHook):
     """The value of a cell's last expression -> execute_result."""
 
+    #: between start and finish: a traceback shown now is a formatting error of the result
+    formatting = False
+
     def start_displayhook(self) -> None:
+        self.formatting = True
         self._result: dict[str, Any] = {"execution_count": self.prompt_count, "data": {}, "metadata": {}}
 
     def write_output_prompt(self) -> None:
@@ -67,6 +71,7 @@ class RelayDisplayHook(DisplayHook):
         if self._result["data"]:
             kernel.messenger.publish("execute_result", self._result)
         self._result = {}
+        self.formatting = False
 
 
 class RelayExitAutocall(ExitAutocall):
@@ -135,6 +140,9 @@ class ZMQInteractiveShell(InteractiveShell):
         kernel.flush_streams()
         error = {"ename": getattr(etype, "__name__", str(etype)), "evalue": str(evalue), "traceback": stb}
         kernel.last_error = error
+        if getattr(self.displayhook, "formatting", False):
+            # the cell's result could not be formatted: the cell fails, as under ipykernel
+            self.displayhook_failed = True
         kernel.messenger.publish("error", error)
 
     def set_next_input(self, text: str, replace: bool = False) -> None:
@@ -145,6 +153,8 @@ class ZMQInteractiveShell(InteractiveShell):
         self.payload_manager.write_payload({"source": "ask_exit", "keepkernel": self.keepkernel_on_exit})
 
     keepkernel_on_exit = False
+    #: an error was shown while formatting the running cell's result (reset per cell)
+    displayhook_failed = False
 
     #: GUIs that need no event loop of their own: the frontend draws them
     #: (matplotlib's inline, nbagg/notebook, webagg, ipympl/widget), or they run

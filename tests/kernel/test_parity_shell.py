@@ -51,3 +51,34 @@ def test_qtconsole_magic_is_quiet(kernel):
     reply, iopub = execute(kernel.kc, "%qtconsole")
     assert reply["content"]["status"] == "ok", reply["content"]
     assert outputs(iopub) == []
+
+
+# ----------------------------------------------------------- display errors
+def test_a_result_that_cannot_be_formatted_fails_the_cell(kernel):
+    """The error is published and the execute_reply says error, as under ipykernel."""
+    kc = kernel.kc
+    code = ("class Broken:\n"
+            "    def _repr_html_(self):\n"
+            "        raise ValueError('no html today')\n"
+            "Broken()")
+    reply, iopub = execute(kc, code)
+    assert reply["content"]["status"] == "error", reply["content"]
+    [error] = of_type(iopub, "error")
+    assert error["content"]["ename"] == "ValueError"
+    assert "no html today" in _plain(error["content"]["traceback"])
+    # the next cell is not affected
+    reply, _ = execute(kc, "1 + 1")
+    assert reply["content"]["status"] == "ok"
+
+
+def test_a_display_call_that_cannot_be_formatted_does_not_fail_the_cell(kernel):
+    """ipykernel fails only a cell whose *result* cannot be formatted; display() goes on."""
+    code = ("class Broken:\n"
+            "    def _repr_html_(self):\n"
+            "        raise ValueError('no html today')\n"
+            "display(Broken())\n"
+            "print('after')")
+    reply, iopub = execute(kernel.kc, code)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    assert len(of_type(iopub, "error")) == 1
+    assert "after" in stream_text(iopub)
