@@ -176,6 +176,7 @@ class WorkerKernel:
             msg_type = str(msg["msg_type"] or "")
             self._parent_msg = msg
             self.messenger.set_parent(msg["header"], wire.as_bytes(frames[0]))
+            self._restore_lost_streams()
             handler = self.handlers.get(msg_type)
             if handler is None:
                 log.warning("unknown request type %r", msg_type)
@@ -194,6 +195,17 @@ class WorkerKernel:
             self.flush_streams()
             reply_type = msg_type[: -len("request")] + "reply" if msg_type.endswith("_request") else None
             self.messenger.done(reply_type if reply is not None else None, reply, meta, self._reply_metadata)
+
+    def _restore_lost_streams(self) -> None:
+        """A cell that set sys.stdout or sys.stderr to None (or anything that cannot
+        write) broke every later request, IPython's own writes included: put ours
+        back, and say so.  A stream redirected elsewhere that writes is left alone."""
+        for name, ours in (("stdout", self.stdout), ("stderr", self.stderr)):
+            lost = getattr(sys, name, None)
+            if not callable(getattr(lost, "write", None)):
+                setattr(sys, name, ours)
+                self.stderr.write(f"relaykernel: sys.{name} was {lost!r}, which cannot be written to; "
+                                  f"the kernel's {name} is back in its place.\n")
 
     # -------------------------------------------------------------- execute
     async def execute_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

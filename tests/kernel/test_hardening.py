@@ -19,8 +19,10 @@ from tests.kernel.helpers import (
     evaluate,
     execute,
     execute_ok,
+    of_type,
     pid_exists,
     relaykernel_only,
+    stream_text,
     wait_for,
 )
 
@@ -92,3 +94,23 @@ def test_a_forced_shutdown_kills_what_cells_started_after_the_supervisor_died(re
         stranger.wait(10)
         if pid_exists(child):
             psutil.Process(child).kill()
+
+
+@pytest.mark.parametrize("name", ["stdout", "stderr"])
+def test_a_cell_that_sets_a_std_stream_to_none_breaks_no_later_cell(kernel, name):
+    """Every later request failed with AttributeError and no traceback.  (ipykernel 7.4
+    stops answering altogether: hence relaykernel only.)"""
+    kc = kernel.kc
+    execute_ok(kc, f"import sys; sys.{name} = None")
+    reply, iopub = execute_ok(kc, "print('back'); 6 * 7")
+    assert stream_text(iopub) == "back\n"
+    assert of_type(iopub, "execute_result")[0]["content"]["data"]["text/plain"] == "42"
+    assert f"sys.{name} was None" in stream_text(iopub, "stderr")
+    reply, iopub = execute(kc, "1 / 0")
+    assert reply["content"]["ename"] == "ZeroDivisionError"
+    assert any("ZeroDivisionError" in line for line in of_type(iopub, "error")[0]["content"]["traceback"])
+    # a stream redirected somewhere that writes stays redirected, as the user wanted
+    _, iopub = execute_ok(kc, f"import io; sys.{name} = kept = io.StringIO()")
+    _, iopub = execute_ok(kc, f"print('into the buffer', file=sys.{name})")
+    assert "into the buffer" not in stream_text(iopub, name)
+    assert evaluate(kc, "kept.getvalue()") == repr("into the buffer\n")
