@@ -222,7 +222,10 @@ class WorkerKernel:
                                    started=True)
         self.last_error = None
         shell.displayhook_failed = False
-        result = await self._run_cell(code, store_history, silent)
+        # JupyterLab's cell id; run_cell hands both to pre_run_cell handlers, as under ipykernel
+        cell_meta = msg.get("metadata") or {}
+        cell_id = cell_meta.get("cellId")
+        result = await self._run_cell(code, store_history, silent, cell_id, cell_meta)
         # Like ipykernel: the number of the last stored cell (this one, if it was stored).
         reply: dict[str, Any] = {"execution_count": shell.execution_count - 1}
         if result.success and not shell.displayhook_failed:
@@ -248,7 +251,8 @@ class WorkerKernel:
                                   "with no variables.\n")
         return reply, meta
 
-    async def _run_cell(self, code: str, store_history: bool, silent: bool) -> Any:
+    async def _run_cell(self, code: str, store_history: bool, silent: bool, cell_id: str | None = None,
+                        cell_meta: dict[str, Any] | None = None) -> Any:
         """Run a cell; one with top-level await runs as a task of the worker's loop.
 
         An interrupt cannot raise KeyboardInterrupt in an awaiting cell (it would
@@ -267,18 +271,21 @@ class WorkerKernel:
             if shell.should_run_async(code, transformed_cell=transformed,
                                       preprocessing_exc_tuple=preprocessing_error):
                 return await self._run_awaiting_cell(code, store_history, silent, transformed,
-                                                     preprocessing_error)
+                                                     preprocessing_error, cell_id, cell_meta)
         with self.gate.user_code():  # also a cell run by another %autoawait runner (trio, curio)
-            return shell.run_cell(code, store_history=store_history, silent=silent)
+            return shell.run_cell(code, store_history=store_history, silent=silent,
+                                  **_cell_args(shell.run_cell, cell_id, cell_meta))
 
     async def _run_awaiting_cell(self, code: str, store_history: bool, silent: bool, transformed: str,
-                                 preprocessing_error: Any) -> Any:
+                                 preprocessing_error: Any, cell_id: str | None = None,
+                                 cell_meta: dict[str, Any] | None = None) -> Any:
         """What ``run_cell`` does around ``run_cell_async``, awaiting it in the worker's
         loop: post_execute runs matplotlib-inline's figure flush, among others."""
         shell = self.shell
         task = asyncio.ensure_future(shell.run_cell_async(
             code, store_history=store_history, silent=silent, transformed_cell=transformed,
-            preprocessing_exc_tuple=preprocessing_error))
+            preprocessing_exc_tuple=preprocessing_error,
+            **_cell_args(shell.run_cell_async, cell_id, cell_meta)))
         loop = asyncio.get_running_loop()
 
         def cancel() -> None:
@@ -398,6 +405,24 @@ def _parse(frames: list[Any]) -> dict[str, Any]:
         "content": json.loads(wire.as_bytes(frames[3])),
         "buffers": [memoryview(f) for f in frames[4:]],
     }
+
+
+def _cell_args(run: Callable[..., Any], cell_id: str | None,
+               cell_meta: dict[str, Any] | None) -> dict[str, Any]:
+    """``cell_id`` and ``cell_meta`` for IPython's run_cell(_async), those this IPython takes."""
+    accepted = _CELL_PARAMS.get(run.__name__)
+    if accepted is None:
+        try:
+            names = set(inspect.signature(run).parameters)
+        except (TypeError, ValueError):
+            names = set()
+        accepted = _CELL_PARAMS[run.__name__] = frozenset({"cell_id", "cell_meta"} & names)
+    given = {"cell_id": cell_id, "cell_meta": cell_meta}
+    return {name: given[name] for name in accepted}
+
+
+#: which of cell_id / cell_meta run_cell and run_cell_async accept (older IPythons lack cell_meta)
+_CELL_PARAMS: dict[str, frozenset[str]] = {}
 
 
 def _error_of(exc: BaseException | None) -> dict[str, Any]:

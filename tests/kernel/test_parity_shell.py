@@ -11,8 +11,10 @@ import tempfile
 
 from relaykernel.worker.cell_names import source_hash
 from tests.kernel.helpers import (
+    collect_iopub_until_idle,
     execute,
     execute_ok,
+    get_reply,
     of_type,
     outputs,
     stream_text,
@@ -82,3 +84,25 @@ def test_a_display_call_that_cannot_be_formatted_does_not_fail_the_cell(kernel):
     assert reply["content"]["status"] == "ok", reply["content"]
     assert len(of_type(iopub, "error")) == 1
     assert "after" in stream_text(iopub)
+
+
+# ------------------------------------------------------------------ cell id
+def test_pre_run_cell_sees_the_cell_id_from_the_request_metadata(kernel):
+    """JupyterLab sends metadata.cellId; pre_run_cell handlers get it as info.cell_id,
+    in a plain cell and in one with top-level await."""
+    kc = kernel.kc
+    execute_ok(kc, "import asyncio\n"
+                   "seen = []\n"
+                   "get_ipython().events.register('pre_run_cell', "
+                   "lambda info: seen.append((info.cell_id, (info.cell_meta or {}).get('cellId'))))")
+    for code, cell_id in (("x = 1", "a1b2-plain"), ("await asyncio.sleep(0)", "c3d4-await")):
+        msg = kc.session.msg("execute_request", {"code": code, "silent": False, "store_history": True,
+                                                 "user_expressions": {}, "allow_stdin": False,
+                                                 "stop_on_error": True},
+                             metadata={"cellId": cell_id})
+        kc.shell_channel.send(msg)
+        msg_id = msg["header"]["msg_id"]
+        assert get_reply(kc, msg_id)["content"]["status"] == "ok"
+        collect_iopub_until_idle(kc, msg_id)
+        _, iopub = execute_ok(kc, "print(seen[-2])")  # [-1] is this cell's
+        assert stream_text(iopub).strip() == repr((cell_id, cell_id))
