@@ -106,3 +106,23 @@ def test_pre_run_cell_sees_the_cell_id_from_the_request_metadata(kernel):
         collect_iopub_until_idle(kc, msg_id)
         _, iopub = execute_ok(kc, "print(seen[-2])")  # [-1] is this cell's
         assert stream_text(iopub).strip() == repr((cell_id, cell_id))
+
+
+# ----------------------------------------------------------------- sys.path
+def test_imports_follow_cd(kernel, tmp_path):
+    """'' is on sys.path, so after %cd a module there imports, as under ipykernel."""
+    kc = kernel.kc
+    (tmp_path / "parity_module_here.py").write_text("where = 'next to the notebook'\n")
+    execute_ok(kc, f"%cd {tmp_path}")
+    _, iopub = execute_ok(kc, "import parity_module_here\nprint(parity_module_here.where)")
+    assert stream_text(iopub).strip() == "next to the notebook"
+
+
+def test_sys_path_has_the_current_directory_where_ipykernel_puts_it(kernel):
+    """'' once, right before the first site-packages (after the standard library), and
+    not the absolute directory the kernel was started in."""
+    code = ("import os, sys\n"
+            "site = next(i for i, p in enumerate(sys.path) if os.path.basename(p) == 'site-packages')\n"
+            "print(sys.path.count(''), sys.path.index('') == site - 1, os.getcwd() in sys.path)")
+    _, iopub = execute_ok(kernel.kc, code)
+    assert stream_text(iopub).split() == ["1", "True", "False"]
