@@ -8,6 +8,8 @@ knows the kernel is still there and what to re-run.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 from dataclasses import dataclass, field
 
@@ -93,12 +95,19 @@ def _lost_and_kept(open_comms: int) -> list[str]:
 
 def read_crash_log(path: str, head: int = 1500, tail: int = 2500) -> str:
     """The worker's faulthandler output ('' if none): its start, which names the
-    fatal error, and its end, which holds the innermost frames of a deep stack."""
+    fatal error, and its end, which holds the innermost frames of a deep stack.
+
+    Called once its worker is dead, so the file is removed: a kernel that lives
+    through many crashes keeps only the logs of its live workers, not one per
+    worker it ever had (150 crashes left 158 files)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError:
         return ""
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
     if len(data) > head + tail:
         data = data[:head] + b"\n    ...\n" + data[-tail:]
     return data.decode("utf-8", "replace")

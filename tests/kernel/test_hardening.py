@@ -7,11 +7,13 @@ across worker deaths, the private directory, what the provisioner kills).
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 
 import psutil
 import pytest
 
+from relaykernel.supervisor import private_dir
 from tests.kernel import crash_helpers
 from tests.kernel.comm_helpers import comm_msg, comms_of, handled
 from tests.kernel.crash_helpers import install_spec
@@ -19,6 +21,7 @@ from tests.kernel.helpers import (
     evaluate,
     execute,
     execute_ok,
+    fork_server,
     of_type,
     pid_exists,
     relaykernel_only,
@@ -114,3 +117,30 @@ def test_a_cell_that_sets_a_std_stream_to_none_breaks_no_later_cell(kernel, name
     _, iopub = execute_ok(kc, f"print('into the buffer', file=sys.{name})")
     assert "into the buffer" not in stream_text(iopub, name)
     assert evaluate(kc, "kept.getvalue()") == repr("into the buffer\n")
+
+
+def _private_entries(kernel) -> dict[str, int]:
+    """name -> st_mode of every entry of the kernel's private directory, once a spare
+    has been forked (so the fork server's socket is there too)."""
+
+    def forked_spare() -> bool:
+        server = fork_server(kernel.pid)
+        return server is not None and bool(server.children())
+
+    wait_for(forked_spare, 60, what="a spare forked from the fork server")
+    directory = next(os.path.dirname(f.path) for f in kernel.process().open_files()
+                     if os.path.basename(f.path) == private_dir.LOCK_NAME)
+    return {name: os.lstat(os.path.join(directory, name)).st_mode for name in os.listdir(directory)}
+
+
+def test_crash_logs_of_dead_workers_do_not_pile_up(kernel):
+    """One crash log per dead worker stayed for the kernel's life (150 crashes -> 158 files)."""
+    for _ in range(4):
+        reply, _ = execute(kernel.kc, "import os; os._exit(1)")
+        assert reply["content"]["ename"] == "WorkerDied", reply["content"]
+    execute_ok(kernel.kc, "1")
+    entries = _private_entries(kernel)
+    crash_logs = sorted(name for name in entries if name.startswith("crash"))
+    workers = sorted(name for name in entries if stat.S_ISSOCK(entries[name]) and name.startswith("worker-"))
+    assert crash_logs and len(crash_logs) <= len(workers), (crash_logs, workers)  # one per live worker
+
