@@ -70,6 +70,7 @@ class WorkerProcess:
         self.link.setsockopt(zmq.LINGER, 0)
         self.endpoint = f"ipc://{private_dir}/worker-{number}"
         self.link.bind(self.endpoint)
+        os.chmod(self.endpoint[len("ipc://") :], 0o600)  # private even if the directory's mode changes
         self.progress_file = f"{private_dir}/worker-{number}.started"
         progress.create(self.progress_file)
         #: DONEs received: with progress.read, tells which sent request was running

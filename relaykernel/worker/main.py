@@ -54,7 +54,9 @@ def serve(config: WorkerConfig) -> None:
     _die_with_parent(config.supervisor_pid)
     os.environ[CONNECTION_FILE_ENV] = config.connection_file
     heap.restore_tunables(config.inherited_tunables)
-    crash_log = open(config.crash_log, "w")  # noqa: SIM115 - lives as long as the process
+    # 0600: private even if the directory's mode changes
+    crash_log = open(os.open(config.crash_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),  # noqa: SIM115
+                     "w")  # lives as long as the process
     faulthandler.enable(file=crash_log, all_threads=False)
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 3000))
 
@@ -83,7 +85,6 @@ def serve(config: WorkerConfig) -> None:
     from .kernel import WorkerKernel, install_streams
     from .shell import ZMQInteractiveShell
 
-    _cwd_on_sys_path()
     install_streams(stdout, stderr)
     kernel = WorkerKernel(link, messenger, (stdout, stderr), capture)
     kernel.gate.install()
@@ -103,23 +104,6 @@ def serve(config: WorkerConfig) -> None:
                            "output_pipes": capture.read_ends()})
     _serve_forever(kernel, link, progress.Counter(config.progress_file) if config.progress_file else None)
     os._exit(0)  # after flushing, as for user code
-
-
-def _cwd_on_sys_path() -> None:
-    """Make ``sys.path`` what ipykernel's is: ``''`` (whatever directory ``%cd`` made
-    current) right before the first site-packages, after the standard library, and
-    not the absolute directory the kernel started in, which ``python -m`` put first.
-
-    Imports then follow ``%cd`` as under ipykernel.  Called once the worker's own
-    imports are done (as ipykernel adds ``''`` after its own), before the shell exists.
-    """
-    if sys.path and (sys.path[0] == "" or os.path.realpath(sys.path[0]) == os.path.realpath(os.getcwd())):
-        del sys.path[0]
-    if "" in sys.path or getattr(sys.flags, "safe_path", False):  # -P, PYTHONSAFEPATH (3.11+)
-        return
-    index = next((i for i, entry in enumerate(sys.path)
-                  if os.path.basename(entry) in ("site-packages", "dist-packages")), 0)
-    sys.path.insert(index, "")
 
 
 def _exists(pid: int) -> bool:

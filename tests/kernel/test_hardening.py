@@ -144,3 +144,14 @@ def test_crash_logs_of_dead_workers_do_not_pile_up(kernel):
     workers = sorted(name for name in entries if stat.S_ISSOCK(entries[name]) and name.startswith("worker-"))
     assert crash_logs and len(crash_logs) <= len(workers), (crash_logs, workers)  # one per live worker
 
+
+def test_every_entry_of_the_private_directory_is_private(kernel):
+    """Sockets were 0755 and crash logs 0644 (inside the 0700 directory): each entry is
+    private by itself, so a later change of the directory's mode exposes nothing."""
+    execute_ok(kernel.kc, "print('hello')")
+    entries = _private_entries(kernel)
+    kinds = {stat.S_IFMT(mode) for mode in entries.values()}
+    assert {stat.S_IFSOCK, stat.S_IFREG} <= kinds, entries  # links, crash logs, progress, lock
+    wrong = {name: oct(stat.S_IMODE(mode)) for name, mode in entries.items()
+             if stat.S_IMODE(mode) != (0o700 if stat.S_ISDIR(mode) else 0o600)}
+    assert not wrong, wrong
