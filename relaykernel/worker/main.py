@@ -85,6 +85,7 @@ def serve(config: WorkerConfig) -> None:
     from .kernel import WorkerKernel, install_streams
     from .shell import ZMQInteractiveShell
 
+    _cwd_on_sys_path()
     install_streams(stdout, stderr)
     kernel = WorkerKernel(link, messenger, (stdout, stderr), capture)
     kernel.gate.install()
@@ -104,6 +105,23 @@ def serve(config: WorkerConfig) -> None:
                            "output_pipes": capture.read_ends()})
     _serve_forever(kernel, link, progress.Counter(config.progress_file) if config.progress_file else None)
     os._exit(0)  # after flushing, as for user code
+
+
+def _cwd_on_sys_path() -> None:
+    """Make ``sys.path`` what ipykernel's is: ``''`` (whatever directory ``%cd`` made
+    current) right before the first site-packages, after the standard library, and
+    not the absolute directory the kernel started in, which ``python -m`` put first.
+
+    Imports then follow ``%cd`` as under ipykernel.  Called once the worker's own
+    imports are done (as ipykernel adds ``''`` after its own), before the shell exists.
+    """
+    if sys.path and (sys.path[0] == "" or os.path.realpath(sys.path[0]) == os.path.realpath(os.getcwd())):
+        del sys.path[0]
+    if "" in sys.path or getattr(sys.flags, "safe_path", False):  # -P, PYTHONSAFEPATH (3.11+)
+        return
+    index = next((i for i, entry in enumerate(sys.path)
+                  if os.path.basename(entry) in ("site-packages", "dist-packages")), 0)
+    sys.path.insert(index, "")
 
 
 def _exists(pid: int) -> bool:
