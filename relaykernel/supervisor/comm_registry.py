@@ -32,6 +32,7 @@ WIDGET_TARGET = "jupyter.widget"
 _STATE_METHODS = ("update", "echo_update")
 _SIDES = ("frontend", "kernel")
 _BINARY = (bytes, bytearray, memoryview)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 Path = list[str | int]
 
@@ -47,15 +48,28 @@ def _copy_json(value: Any) -> Any:
     """Copy a decoded JSON tree so later caller mutations cannot reach us.
 
     Tuples become lists (what they would be after a JSON round trip) and
-    binary leaves become ``bytes``.
+    binary leaves become ``bytes``.  Iterative, like :func:`_split_buffers`:
+    valid JSON nested deeper than Python's recursion allows (``json`` parses
+    ~1000 levels) must not make the supervisor drop a comm_open.
     """
-    if isinstance(value, dict):
-        return {k: _copy_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_copy_json(v) for v in value]
-    if isinstance(value, _BINARY):
-        return _to_bytes(value)
-    return value
+    if type(value) is dict and all(type(v) in _SCALARS for v in value.values()):
+        return dict(value)  # most widget updates: {"value": 7}
+    root: list[Any] = [None]
+    todo: list[tuple[Any, Any, Any]] = [(value, root, 0)]  # (source, its copy's container, key)
+    while todo:
+        source, into, key = todo.pop()
+        if isinstance(source, dict):
+            copy: Any = dict.fromkeys(source)  # the keys in their order, values filled in below
+            todo.extend((v, copy, k) for k, v in source.items())
+        elif isinstance(source, (list, tuple)):
+            copy = [None] * len(source)
+            todo.extend((v, copy, i) for i, v in enumerate(source))
+        elif isinstance(source, _BINARY):
+            copy = _to_bytes(source)
+        else:
+            copy = source
+        into[key] = copy
+    return root[0]
 
 
 def _put_buffers(state: dict[str, Any], paths: list[Any], buffers: list[Any]) -> None:
@@ -86,27 +100,31 @@ def _split_buffers(value: Any, path: Path, paths: list[Path], buffers: list[byte
     Mirrors the ipywidgets wire layout: a binary dict value is removed from
     its dict, a binary list item is replaced by ``None`` (so indices stay
     valid), and buffers are listed in depth-first, insertion order.
+    Iterative, so a state of any depth can be replayed (see _copy_json).
     """
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            if isinstance(v, _BINARY):
-                paths.append(path + [k])
-                buffers.append(_to_bytes(v))
-            else:
-                out[k] = _split_buffers(v, path + [k], paths, buffers)
-        return out
-    if isinstance(value, (list, tuple)):
-        items: list[Any] = []
-        for i, v in enumerate(value):
-            if isinstance(v, _BINARY):
-                paths.append(path + [i])
-                buffers.append(_to_bytes(v))
-                items.append(None)
-            else:
-                items.append(_split_buffers(v, path + [i], paths, buffers))
-        return items
-    return value
+    root: list[Any] = [None]
+    # (source, its copy's container, key, path); popped in depth-first order
+    todo: list[tuple[Any, Any, Any, Path]] = [(value, root, 0, path)]
+    while todo:
+        source, into, key, at = todo.pop()
+        if isinstance(source, _BINARY):
+            paths.append(at)
+            buffers.append(_to_bytes(source))
+            if isinstance(into, list):
+                into[key] = None
+            continue
+        if isinstance(source, dict):
+            copy: Any = {k: None for k, v in source.items() if not isinstance(v, _BINARY)}
+            children = list(source.items())
+        elif isinstance(source, (list, tuple)):
+            copy = [None] * len(source)
+            children = list(enumerate(source))
+        else:
+            into[key] = source
+            continue
+        into[key] = copy
+        todo.extend((v, copy, k, [*at, k]) for k, v in reversed(children))
+    return root[0]
 
 
 @dataclass

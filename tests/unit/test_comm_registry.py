@@ -437,3 +437,52 @@ def test_replay_recreates_widgets_in_fresh_worker(widgets_env: list[dict[str, An
         assert [bytes(x) for x in b1] == [bytes(x) for x in b2]
     assert widget_mod._instances[slider.model_id].value == 9
     assert widget_mod._instances[image.model_id].value == b"pixels"
+
+
+# -- deep trees -------------------------------------------------------------------
+
+
+def _nested(depth: int, leaf: Any = "bottom") -> Any:
+    """{"a": [{"a": [... leaf ...]}]}: dicts and lists, ``depth`` containers deep."""
+    value = leaf
+    for level in range(depth):
+        value = {"a": value} if level % 2 else [value]
+    return value
+
+
+def _chain(value: Any) -> tuple[list[str], Any]:
+    """The container types down a _nested tree, and its leaf (== would recurse)."""
+    kinds = []
+    while isinstance(value, (dict, list)):
+        kinds.append(type(value).__name__)
+        value = value["a"] if isinstance(value, dict) else value[0]
+    return kinds, value
+
+
+def test_a_comm_open_with_json_nested_beyond_the_recursion_limit_is_kept() -> None:
+    """Valid JSON 900 deep (json parses ~1000) was dropped with a RecursionError."""
+    data = json.loads(json.dumps({"deep": _nested(900)}))
+    reg = CommRegistry()
+    reg.opened({"comm_id": "d", "target_name": "t", "data": data}, {"m": _nested(900)}, [], "frontend")
+    content, metadata, _ = reg.open_message_for_replay("d")
+    assert json.dumps(content["data"]) == json.dumps(data)
+    assert metadata == {"m": _nested(900)}
+    assert content["data"] is not data  # still a copy
+
+
+def test_a_deep_widget_state_keeps_its_buffers_and_their_paths() -> None:
+    depth = 5000
+    state = _model_state(tree=_nested(depth, b"leaf"), flat=b"f")
+    reg = CommRegistry()
+    reg.opened(_widget_open("w", {"_model_name": "X"}), WIDGET_META, [], "kernel")
+    assert reg.message(_msg("w", {"method": "update", "state": state, "buffer_paths": []}), [], "kernel")
+    content, _, buffers = reg.open_message_for_replay("w")
+    tree_path, flat_path = content["data"]["buffer_paths"]
+    assert buffers == [b"leaf", b"f"]  # depth-first, in the state's key order
+    assert flat_path == ["flat"]
+    assert tree_path[0] == "tree" and len(tree_path) == depth + 1
+    assert tree_path[1:] == ["a" if level % 2 else 0 for level in reversed(range(depth))]
+    assert _chain(content["data"]["state"]["tree"]) == _chain(_nested(depth, None))  # list items stay, as None
+    data, wire_buffers = reg.widget_states()
+    assert wire_buffers == [b"leaf", b"f"]
+    assert data["buffer_paths"][1] == ["w", "state", "flat"]
