@@ -52,7 +52,8 @@ class WorkerKernel:
         self.shell: Any = None
         self.comm_manager = CommManager(kernel=self)
         self.last_error: dict[str, Any] | None = None
-        self._parent_msg: dict[str, Any] = {}
+        #: the latest request that came on control, for get_parent('control')
+        self._control_parent: dict[str, Any] = {}
         #: metadata of the reply being built (execute_request's timing), else None
         self._reply_metadata: dict[str, Any] | None = None
         #: names this worker in execute_reply metadata, as ipykernel's engine id does
@@ -87,8 +88,7 @@ class WorkerKernel:
         """
         if fds and self.fd_capture is not None:
             self.fd_capture.drain()
-        self.stdout.flush()
-        self.stderr.flush()
+        self.stdout.send_now()  # both streams' text, in written order
 
     def send_comm(self, msg_type: str, content: dict[str, Any], metadata: dict[str, Any],
                   buffers: list[Any] | None) -> None:
@@ -118,11 +118,21 @@ class WorkerKernel:
 
     @property
     def _parent_header(self) -> dict[str, Any]:  # what ipywidgets 7 and older libraries read
-        return self._parent_msg
+        return self.get_parent()
 
-    def get_parent(self, channel: str = "shell") -> dict[str, Any]:
-        """The request being handled (ipywidgets' Output and interact use its msg_id)."""
-        return self._parent_msg
+    def get_parent(self, channel: str | None = None) -> dict[str, Any]:
+        """The request the calling context answers (ipywidgets' Output and interact
+        use its msg_id): the cell that started this task or thread, or the request
+        being handled; ``'control'``: the latest control request, as in ipykernel."""
+        if channel == "control":
+            return self._control_parent
+        return self.messenger.current().msg
+
+    def set_parent(self, ident: Any, parent: dict[str, Any], channel: str = "shell") -> None:
+        """ipykernel's: outputs of the calling context answer ``parent`` from now on."""
+        if channel == "control":
+            self._control_parent = parent
+        self.messenger.set_parent(parent, channel=channel)
 
     def activate(self, meta: dict[str, Any]) -> None:
         """Become the kernel's worker: continue its execution count, and import
@@ -162,20 +172,23 @@ class WorkerKernel:
                 log.warning("could not adopt comm %s: %s", content.get("comm_id"), e)
         self.flush_streams()
 
-    async def handle(self, frames: list[Any]) -> None:
+    async def handle(self, frames: list[Any], channel: str = "shell") -> None:
         """Run one request and send its DONE, even if the handler raises or is interrupted.
 
+        ``channel``: where the request came from (``shell`` or ``control``).
         Streams (and fd pipes) are flushed once, here, right before the DONE."""
         reply: dict[str, Any] | None = None
         meta: dict[str, Any] = {"status": "ok"}
         msg_type = ""
+        parent = None  # the reply answers the request even if user code set another parent
         self._reply_metadata = None
         try:
             # the supervisor checked every part, so this fails only on a broken link
             msg = _parse(frames)
             msg_type = str(msg["msg_type"] or "")
-            self._parent_msg = msg
-            self.messenger.set_parent(msg["header"], wire.as_bytes(frames[0]))
+            if channel == "control":
+                self._control_parent = msg
+            parent = self.messenger.set_parent(msg, wire.as_bytes(frames[0]), channel)
             self._restore_lost_streams()
             handler = self.handlers.get(msg_type)
             if handler is None:
@@ -194,7 +207,8 @@ class WorkerKernel:
         finally:
             self.flush_streams()
             reply_type = msg_type[: -len("request")] + "reply" if msg_type.endswith("_request") else None
-            self.messenger.done(reply_type if reply is not None else None, reply, meta, self._reply_metadata)
+            self.messenger.done(reply_type if reply is not None else None, reply, meta, self._reply_metadata,
+                                parent)
 
     def _restore_lost_streams(self) -> None:
         """A cell that set sys.stdout or sys.stderr to None (or anything that cannot

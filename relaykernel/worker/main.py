@@ -27,8 +27,8 @@ from ..io_threads import batch_io_threads
 from ..signing import Signer
 from ..spawn import WorkerConfig
 from .link import Link
-from .messages import Messenger
-from .streams import FdCapture, OutStream, after_fork_in_child, order_child_output
+from .messages import Messenger, record_thread_parents
+from .streams import FdCapture, OutputOrder, OutStream, after_fork_in_child, order_child_output
 
 if TYPE_CHECKING:  # at run time imported in serve(), once the streams are captured (it loads IPython)
     from .kernel import WorkerKernel
@@ -64,15 +64,16 @@ def serve(config: WorkerConfig) -> None:
     link = Link(ctx, config.endpoint)
     batch_io_threads()
     messenger = Messenger(Signer(config.key, config.signature_scheme, config.session_id), link)
-    stdout = OutStream("stdout", messenger.publish, fileno=1)
-    stderr = OutStream("stderr", messenger.publish, fileno=2)
+    order = OutputOrder(messenger.publish_stream, messenger.current)  # one order for both streams
+    stdout = OutStream("stdout", order, fileno=1, parents=messenger)
+    stderr = OutStream("stderr", order, fileno=2, parents=messenger)
     link.on_malformed = lambda why: stderr.write(
         f"relaykernel: a message from the kernel's supervisor could not be read and was lost ({why}).\n")
     capture = FdCapture({1: stdout, 2: stderr})
     capture.start()
     order_child_output(capture)
     _log_to(capture.saved[2], config.log_level)
-    link.tickers.append(lambda: _flush_due(stdout, stderr))
+    link.tickers.append(lambda: order.flush_if_due(time.monotonic()))
     link.start()
 
     def in_forked_child() -> None:
@@ -87,6 +88,7 @@ def serve(config: WorkerConfig) -> None:
 
     _cwd_on_sys_path()
     install_streams(stdout, stderr)
+    record_thread_parents(messenger)  # after our own threads started: they follow the latest request
     kernel = WorkerKernel(link, messenger, (stdout, stderr), capture)
     kernel.gate.install()
     _install_comm_hooks(kernel)
@@ -194,7 +196,9 @@ async def _serve(kernel: WorkerKernel, link: Link, counter: progress.Counter | N
         if lm.kind == wire.REQUEST:
             if counter is not None:
                 counter.begin_request()
-            await kernel.handle(list(lm.payload))
+            # the supervisor marks requests that came on control; others came on shell
+            channel = "control" if (lm.meta or {}).get("channel") == "control" else "shell"
+            await kernel.handle(list(lm.payload), channel)
         elif lm.kind == wire.ACTIVATE:
             kernel.activate(lm.meta)
             link.send(wire.ACTIVATED)
@@ -211,12 +215,6 @@ def _install_comm_hooks(kernel: WorkerKernel) -> None:
 
     comm.create_comm = lambda *args, **kwargs: Comm(*args, kernel=kernel, **kwargs)
     comm.get_comm_manager = lambda: kernel.comm_manager
-
-
-def _flush_due(*streams: OutStream) -> None:
-    now = time.monotonic()
-    for stream in streams:
-        stream.flush_if_due(now)
 
 
 def _log_to(fd: int, level: int) -> None:

@@ -107,12 +107,26 @@ class ZMQInteractiveShell(InteractiveShell):
         self.config.setdefault("IPKernelApp", Config())
 
     def get_parent(self) -> dict[str, Any]:
-        """The request being handled, as ipykernel's shell offers it."""
+        """The request the calling context answers, as ipykernel's shell offers it."""
         return self.kernel.get_parent() if self.kernel is not None else {}
 
     @property
     def parent_header(self) -> dict[str, Any]:
         return self.get_parent()
+
+    # One parent serves streams, displays, results and comms (the Messenger's, per
+    # asyncio context and thread), so these set it for all of them at once.
+    def set_parent(self, parent: dict[str, Any]) -> None:
+        """Outputs of the calling context (and tasks and threads it starts) answer ``parent``."""
+        self.kernel.messenger.set_parent(parent)
+
+    def set_thread_parent(self, parent: dict[str, Any]) -> Any:
+        """Outputs of the calling context only answer ``parent``; returns a token
+        for :meth:`reset_thread_parent`."""
+        return self.kernel.messenger.set_thread_parent(parent)
+
+    def reset_thread_parent(self, token: Any) -> None:
+        self.kernel.messenger.reset_thread_parent(token)
 
     def init_environment(self) -> None:
         import os

@@ -1,15 +1,25 @@
 """stdout/stderr of the worker as Jupyter stream messages.
 
-``OutStream`` replaces ``sys.stdout``/``sys.stderr``: writes are batched (a
-print loop becomes a few large messages) and flushed by the link's IO thread
-after ``FLUSH_INTERVAL``, when the batch grows past ``MAX_BATCH``, before any
-other output, and before the reply; the first line after a quiet spell leaves
-at once (it shows sooner, and a crash right after does not take it along).
+``OutStream`` replaces ``sys.stdout``/``sys.stderr``.  Both write into one
+:class:`OutputOrder`, which keeps what they wrote in the order it was written
+(stderr never overtakes earlier stdout) and batches it: a print loop becomes a
+few large messages, sent by the link's IO thread after ``FLUSH_INTERVAL``, when
+the batch grows past ``MAX_BATCH``, before any other output, and before the
+reply.  The first line after a quiet spell leaves at once (it shows sooner, and
+a crash right after does not take it along).  A user's ``flush()`` asks for a
+send soon, not now: ``print(i, flush=True)`` in a loop still batches (a
+message per line swamped the supervisor and delayed interrupts by seconds),
+while a lone flushed print after a quiet spell still leaves at once.
+
+Each piece of text is sent with the parent of the context that wrote it
+(``current_parent``: the cell, or the asyncio task or thread a cell started),
+so output of a background task goes to the cell that started it.
+
 ``FdCapture`` points file descriptors 1 and 2 at pipes and feeds what C
 extensions, ``os.system`` and subprocesses write there into the same streams.
 
-Threads: any thread may write; flushes hold the stream's lock while sending so
-two flushes of one stream never reorder.
+Threads: any thread may write; sends happen under the order's lock, so two
+sends never reorder.
 
 Forked children (multiprocessing's default start method on Linux before
 Python 3.14, ``os.fork``) inherit these objects but not the threads behind
@@ -39,24 +49,129 @@ from typing import Any
 FLUSH_INTERVAL = 0.05
 #: Send at once when this many characters are waiting.
 MAX_BATCH = 1 << 16
+#: Most messages one send makes.  Output that switches between stdout and
+#: stderr (or between cells' threads) more often than this in one batch is
+#: merged per stream and parent, in the order each first wrote: written order
+#: is then kept within each stream only, and a flood of alternating writes
+#: cannot become a flood of messages.
+MAX_SEGMENTS = 32
+
+#: Publishes one stream message: (msg_type, content, parent)
+Publish = Callable[[str, "dict[str, Any]", Any], None]
+
+
+class OutputOrder:
+    """What stdout and stderr wrote and have not sent yet, in written order.
+
+    The pending text is a list of segments, one per run of writes with the
+    same stream and parent; a send publishes them in order, one message each.
+    """
+
+    def __init__(self, publish: Publish, current_parent: Callable[[], Any] = lambda: None) -> None:
+        self._publish = publish
+        self._current_parent = current_parent
+        self.lock = threading.RLock()
+        self._segments: list[tuple[str, Any, list[str]]] = []
+        self._size = 0
+        self._since = 0.0  # when the oldest pending text was written
+        #: when the last send happened, and whether the pending text began after a
+        #: quiet spell (see add)
+        self._sent_at = 0.0
+        self._after_quiet = False
+
+    def add(self, name: str, text: str) -> None:
+        parent = self._current_parent()
+        with self.lock:
+            segments = self._segments
+            if not segments:
+                self._since = now = time.monotonic()
+                self._after_quiet = now - self._sent_at >= FLUSH_INTERVAL
+            last = segments[-1] if segments else None
+            if last is not None and last[0] == name and last[1] is parent:
+                last[2].append(text)
+            else:
+                segments.append((name, parent, [text]))
+            self._size += len(text)
+            # The first line after a quiet spell leaves at once: a line printed before
+            # a long native call is then out even if that call crashes the worker
+            # (a batch dies with the process), and it shows without the batch's wait.
+            # A print loop still batches: its lines do not follow a quiet spell.
+            if self._size >= MAX_BATCH or (self._after_quiet and "\n" in text):
+                self._send_locked()
+
+    def flush_soon(self) -> None:
+        """A user's flush(): send now only text that began after a quiet spell,
+        else leave it to the next tick (at most ``FLUSH_INTERVAL`` away)."""
+        with self.lock:
+            if self._segments and self._after_quiet:
+                self._send_locked()
+
+    def send_now(self) -> None:
+        """Send everything pending (before other output, a reply, an exit)."""
+        with self.lock:
+            if self._segments:
+                self._send_locked()
+
+    def flush_if_due(self, now: float) -> None:
+        """Called by the IO thread's ticker."""
+        if self._segments and now - self._since >= FLUSH_INTERVAL:
+            self.send_now()
+
+    def pending(self, name: str) -> bool:
+        return any(segment[0] == name for segment in self._segments)
+
+    def forget(self) -> None:
+        """In a forked child: drop what the worker has pending (the worker sends it)
+        and a lock some vanished thread may hold."""
+        self.lock = threading.RLock()
+        self._segments = []
+        self._size = 0
+
+    def _send_locked(self) -> None:
+        segments = self._segments
+        if len(segments) > MAX_SEGMENTS:
+            segments = _merged(segments)
+        self._segments = []
+        self._size = 0
+        self._sent_at = time.monotonic()
+        for name, parent, parts in segments:
+            self._publish("stream", {"name": name, "text": "".join(parts)}, parent)
+
+
+def _merged(segments: list[tuple[str, Any, list[str]]]) -> list[tuple[str, Any, list[str]]]:
+    """One segment per (stream, parent), in the order each first appears."""
+    merged: dict[tuple[str, int], tuple[str, Any, list[str]]] = {}
+    for name, parent, parts in segments:
+        key = (name, id(parent))
+        if key in merged:
+            merged[key][2].extend(parts)
+        else:
+            merged[key] = (name, parent, list(parts))
+    return list(merged.values())
 
 
 class OutStream(io.TextIOBase):
-    """A text stream whose writes become ``stream`` messages."""
+    """A text stream whose writes become ``stream`` messages (through ``order``).
 
-    def __init__(self, name: str, publish: Callable[[str, dict[str, Any]], None], fileno: int | None = None) -> None:
+    Has what libraries probe on ipykernel's OutStream: ``name``, ``echo``,
+    ``topic``, ``parent_header``, ``set_parent``, ``set_thread_parent``,
+    ``_is_master_process()``."""
+
+    #: ipykernel's streams can copy output to another file; these never do
+    echo = None
+
+    def __init__(self, name: str, order: OutputOrder, fileno: int | None = None,
+                 parents: Any = None) -> None:
         super().__init__()
         self.name = name
-        self._publish = publish
+        self.topic = f"stream.{name}".encode()
+        self._order = order
         self._fileno = fileno
+        #: the worker's Messenger (set_parent & co), None in tests
+        self._parents = parents
+        self._master_pid = os.getpid()
         self._lock = threading.RLock()
-        self._parts: list[str] = []
-        self._size = 0
-        self._since = 0.0
-        #: when the last batch left, and whether the one being filled began after a
-        #: quiet spell (see write)
-        self._sent_at = 0.0
-        self._after_quiet = False
+        self._parts: list[str] = []  # a forked child's line being assembled
         self._direct = False  # a forked child: write straight to the fd
 
     @property
@@ -78,6 +193,27 @@ class OutStream(io.TextIOBase):
             raise io.UnsupportedOperation("fileno")
         return self._fileno
 
+    def _is_master_process(self) -> bool:
+        """False in a forked child (ipykernel's name, which libraries check)."""
+        return os.getpid() == self._master_pid
+
+    # The parent header, as ipykernel's streams expose it; here one parent serves
+    # every kind of output, so these are the Messenger's.
+    @property
+    def parent_header(self) -> dict[str, Any]:
+        return self._parents.current().header if self._parents is not None else {}
+
+    def set_parent(self, parent: dict[str, Any]) -> None:
+        if self._parents is not None:
+            self._parents.set_parent(parent)
+
+    def set_thread_parent(self, parent: dict[str, Any]) -> Any:
+        return self._parents.set_thread_parent(parent) if self._parents is not None else None
+
+    def reset_thread_parent(self, token: Any) -> None:
+        if self._parents is not None and token is not None:
+            self._parents.reset_thread_parent(token)
+
     def write(self, text: str) -> int:  # type: ignore[override]
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
@@ -85,60 +221,48 @@ class OutStream(io.TextIOBase):
             return 0
         if self._direct:
             self._write_lines(text)
-            return len(text)
-        with self._lock:
-            if not self._parts:
-                self._since = now = time.monotonic()
-                self._after_quiet = now - self._sent_at >= FLUSH_INTERVAL
-            self._parts.append(text)
-            self._size += len(text)
-            # The first line after a quiet spell leaves at once: a line printed before
-            # a long native call is then out even if that call crashes the worker
-            # (a batch dies with the process), and it shows without the batch's wait.
-            # A print loop still batches: its lines do not follow a quiet spell.
-            if self._size >= MAX_BATCH or (self._after_quiet and "\n" in text):
-                self._send_locked()
+        else:
+            self._order.add(self.name, text)
         return len(text)
 
     def flush(self) -> None:
-        with self._lock:
-            if self._parts:
-                if self._direct:
-                    self._write_lines("", whole=True)
-                else:
-                    self._send_locked()
+        """Send soon (see the module docstring); :meth:`send_now` sends now."""
+        if self._direct:
+            self._write_lines("", whole=True)
+        else:
+            self._order.flush_soon()
+
+    def send_now(self) -> None:
+        """Send what is pending, of both streams, in written order."""
+        if self._direct:
+            self._write_lines("", whole=True)
+        else:
+            self._order.send_now()
 
     def flush_if_due(self, now: float) -> None:
         """Called by the IO thread's ticker."""
-        if self._parts and now - self._since >= FLUSH_INTERVAL:
-            self.flush()
+        self._order.flush_if_due(now)
 
     def write_to_fd(self) -> None:
         """In a forked child: drop what the worker had batched (the worker sends it),
         forget a lock some vanished thread may hold, and write whole lines to the
         fd (no flush thread runs here; ``print`` writes a line in pieces, and
         pieces from several children would interleave)."""
+        self._order.forget()
         self._lock = threading.RLock()
         self._parts = []
-        self._size = 0
         self._direct = self._fileno is not None
 
     def _write_lines(self, text: str, whole: bool = False) -> None:
         with self._lock:
-            self._parts.append(text)
-            if not whole and "\n" not in text:
+            if text:
+                self._parts.append(text)
+            if not self._parts or (not whole and "\n" not in text):
                 return
             pending = "".join(self._parts)
             cut = len(pending) if whole else pending.rindex("\n") + 1
             self._parts = [pending[cut:]] if cut < len(pending) else []
         _write_fd(self.fileno(), pending[:cut].encode("utf-8", "replace"))
-
-    def _send_locked(self) -> None:
-        text = "".join(self._parts)
-        self._parts.clear()
-        self._size = 0
-        self._sent_at = time.monotonic()
-        self._publish("stream", {"name": self.name, "text": text})
 
 
 class FdCapture:

@@ -14,6 +14,7 @@ from tests.kernel.helpers import (
     parent_id,
     relaykernel_only,
     stream_text,
+    wait_for,
 )
 
 
@@ -177,3 +178,77 @@ def test_child_program_output_keeps_its_place_among_prints(kernel):
     _, iopub = execute_ok(kernel.kc, code, timeout=60)
     assert stream_text(iopub, "stdout").split() == [f"{x}{i}" for i in range(15) for x in "abcdexyxy"]
     assert stream_text(iopub, "stderr").split() == [f"{x}{i}" for i in range(15) for x in "BC"]
+
+
+def _stream_runs(iopub: list[dict]) -> list[tuple[str, str]]:
+    """(stream name, text) of each stream message, in arrival order."""
+    return [(m["content"]["name"], m["content"]["text"]) for m in of_type(iopub, "stream")]
+
+
+def test_stderr_does_not_overtake_earlier_stdout(kernel):
+    """Issue 24: three prints, then a warning: the warning came second (stderr's first
+    line after a quiet spell left at once, stdout's lines still waited in their batch)."""
+    code = "import warnings\nfor i in range(3):\n    print('line', i)\nwarnings.warn('careful')"
+    for _ in range(3):
+        _, iopub = execute_ok(kernel.kc, code)
+        runs = _stream_runs(iopub)
+        warned = next(i for i, (name, text) in enumerate(runs) if name == "stderr" and "careful" in text)
+        assert "".join(text for name, text in runs[:warned] if name == "stdout") == \
+            "line 0\nline 1\nline 2\n", runs
+
+
+@relaykernel_only  # ipykernel batches each stream apart: it sends 'a c' and 'b d'
+def test_output_keeps_written_order_across_stdout_and_stderr(kernel):
+    _, iopub = execute_ok(kernel.kc, "import sys\nprint('a')\nprint('b', file=sys.stderr)\n"
+                                     "print('c')\nsys.stderr.write('d\\n')\nprint('e')")
+    assert _stream_runs(iopub) == [("stdout", "a\n"), ("stderr", "b\n"), ("stdout", "c\n"),
+                                   ("stderr", "d\n"), ("stdout", "e\n")]
+
+
+@relaykernel_only  # ipykernel sends a message per flush, a line each
+def test_flushing_every_line_still_batches_and_an_interrupt_stops_it(kernel):
+    """Issue 24: ``print(i, flush=True)`` in a loop sent a message per line (~18k a
+    second): the supervisor fell behind, and the KeyboardInterrupt came seconds (once
+    94 s) after the interrupt.  A flush now asks for a send soon, as in ipykernel."""
+    kc = kernel.kc
+    msg_id = kc.execute("i = 0\nwhile True:\n    print(i, flush=True)\n    i += 1")
+    seen: list[dict] = []
+
+    def lines() -> int:
+        return sum(m["content"]["text"].count("\n") for m in seen)
+
+    def printed_a_lot() -> bool:
+        try:
+            msg = kc.get_iopub_msg(timeout=0.2)
+        except Empty:
+            return False
+        if parent_id(msg) == msg_id and msg["msg_type"] == "stream":
+            seen.append(msg)
+        return lines() >= 20_000
+
+    wait_for(printed_a_lot, timeout=60, interval=0, what="20,000 printed lines")
+    kernel.km.interrupt_kernel()
+    reply = get_reply(kc, msg_id, timeout=30)
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    seen.extend(of_type(collect_iopub_until_idle(kc, msg_id, timeout=30), "stream"))
+    assert len(seen) * 100 <= lines(), (len(seen), lines())
+
+
+def test_stream_has_what_libraries_probe_on_ipykernel_streams(kernel):
+    """Issue 17: OutStream lacked ``_is_master_process`` (and parent_header & co)."""
+    code = ("import os, sys\n"
+            "ip = get_ipython()\n"
+            "s = sys.stdout\n"
+            "assert s._is_master_process() is True\n"
+            "assert s.name == 'stdout' and sys.stderr.name == 'stderr' and s.echo is None\n"
+            "assert s.parent_header['msg_id'] == ip.get_parent()['header']['msg_id']\n"
+            "assert callable(s.set_parent) and callable(s.set_thread_parent)\n"
+            "r, w = os.pipe()\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    os.write(w, b'1' if not s._is_master_process() else b'0')\n"
+            "    os._exit(0)\n"
+            "os.waitpid(pid, 0)\n"
+            "assert os.read(r, 1) == b'1'\n")
+    execute_ok(kernel.kc, code, timeout=60)
