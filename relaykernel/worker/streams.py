@@ -6,10 +6,11 @@
 few large messages, sent by the link's IO thread after ``FLUSH_INTERVAL``, when
 the batch grows past ``MAX_BATCH``, before any other output, and before the
 reply.  The first line after a quiet spell leaves at once (it shows sooner, and
-a crash right after does not take it along).  A user's ``flush()`` asks for a
-send soon, not now: ``print(i, flush=True)`` in a loop still batches (a
-message per line swamped the supervisor and delayed interrupts by seconds),
-while a lone flushed print after a quiet spell still leaves at once.
+a crash right after does not take it along).  A user's ``flush()`` sends at
+once only if nothing was sent in the last ``FLUSH_GAP``, else soon:
+``print(i, flush=True)`` in a loop still batches (a message per line swamped
+the supervisor and delayed interrupts by seconds), while a lone flushed print
+still leaves at once.
 
 Each piece of text is sent with the parent of the context that wrote it
 (``current_parent``: the cell, or the asyncio task or thread a cell started),
@@ -49,6 +50,11 @@ from typing import Any
 FLUSH_INTERVAL = 0.05
 #: Send at once when this many characters are waiting.
 MAX_BATCH = 1 << 16
+#: A user's flush() sends at once if nothing was sent for this long (seconds),
+#: else it leaves the text to the next tick: a loop flushing every line makes
+#: at most ~100 messages a second, and what it flushed before a crash is lost
+#: only if it was flushed less than this after an earlier send.
+FLUSH_GAP = 0.01
 #: Most messages one send makes.  Output that switches between stdout and
 #: stderr (or between cells' threads) more often than this in one batch is
 #: merged per stream and parent, in the order each first wrote: written order
@@ -100,10 +106,10 @@ class OutputOrder:
                 self._send_locked()
 
     def flush_soon(self) -> None:
-        """A user's flush(): send now only text that began after a quiet spell,
+        """A user's flush(): send now if nothing was sent in the last ``FLUSH_GAP``,
         else leave it to the next tick (at most ``FLUSH_INTERVAL`` away)."""
         with self.lock:
-            if self._segments and self._after_quiet:
+            if self._segments and (self._after_quiet or time.monotonic() - self._sent_at >= FLUSH_GAP):
                 self._send_locked()
 
     def send_now(self) -> None:

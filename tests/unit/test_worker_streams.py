@@ -5,7 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from relaykernel.worker.streams import FLUSH_INTERVAL, MAX_SEGMENTS, OutputOrder, OutStream
+from relaykernel.worker.streams import (
+    FLUSH_GAP,
+    FLUSH_INTERVAL,
+    MAX_SEGMENTS,
+    OutputOrder,
+    OutStream,
+)
 
 
 class Recorder:
@@ -72,6 +78,15 @@ def test_flushing_every_line_of_a_loop_waits_for_the_tick():
     order.flush_if_due(time.monotonic() + FLUSH_INTERVAL)
     assert len(rec.sent) == 1
     assert rec.sent[0][1].split() == [str(i) for i in range(1000)]
+
+
+def test_a_flush_some_time_after_the_last_send_sends_at_once():
+    rec, order, out, _ = streams()
+    print("a", file=out, flush=True)
+    assert rec.sent == []
+    order._sent_at = time.monotonic() - FLUSH_GAP
+    print("b", file=out, flush=True)
+    assert rec.sent == [("stdout", "a\nb\n", "cell-1")]
 
 
 def test_a_lone_flush_after_a_quiet_spell_sends_a_partial_line_at_once():
