@@ -6,11 +6,15 @@ Jupyter messages through the :class:`~relaykernel.worker.messages.Messenger`.
 
 from __future__ import annotations
 
+import pdb  # noqa: T100 - made interruptible below
+import sys
+import types
 from typing import Any
 
 from IPython.core import page, payloadpage
 from IPython.core.autocall import ExitAutocall
 from IPython.core.compilerop import CachingCompiler
+from IPython.core.debugger import InterruptiblePdb
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell, InteractiveShellABC
@@ -28,6 +32,37 @@ class CellCompiler(CachingCompiler):
 
     def get_code_name(self, raw_code: str, transformed_code: str, number: int) -> str:
         return cell_names.cell_file_name(raw_code)
+
+
+class KernelPdb(InterruptiblePdb):
+    """The worker's pdb: an interrupt at its prompt ends the session *and the cell*.
+
+    Stdlib pdb catches KeyboardInterrupt at its prompt and prompts again, so an
+    interrupt could not end a cell stopped in ``breakpoint()``: the grace period
+    ran out and the worker, with every variable, was replaced.  IPython's
+    InterruptiblePdb ends the session, but IPython 9's ``Pdb.interaction`` then
+    swallows the KeyboardInterrupt and the rest of the cell runs on (what
+    ipykernel 7 does); here it reaches the cell, which fails with it, as an
+    interrupt of a cell anywhere else does.
+    """
+
+    _interrupted = False
+
+    def cmdloop(self, intro: str | None = None) -> None:
+        try:
+            super().cmdloop(intro)
+        except KeyboardInterrupt:  # InterruptiblePdb has ended the session
+            self._interrupted = True
+            raise
+
+    def interaction(self, frame: Any, tb_or_exc: Any) -> None:
+        self._interrupted = False
+        super().interaction(frame, tb_or_exc)
+        if self._interrupted:
+            interrupt = KeyboardInterrupt()
+            # shown as the cell's frames down to where the debugger stopped
+            interrupt._render_traceback_ = lambda: _traceback_to(interrupt, frame)  # type: ignore[attr-defined]
+            raise interrupt
 
 
 class RelayDisplayPublisher(DisplayPublisher):
@@ -144,6 +179,17 @@ class ZMQInteractiveShell(InteractiveShell):
 
         self.register_magics(RelayMagics)
 
+    @property
+    def debugger_cls(self) -> type[KernelPdb]:  # %debug, %pdb
+        return KernelPdb
+
+    def init_pdb(self) -> None:
+        super().init_pdb()
+        # pdb.set_trace(), breakpoint() (sys.breakpointhook calls pdb.set_trace) and
+        # pdb.run / pdb.post_mortem use the interruptible debugger, as under ipykernel
+        pdb.Pdb = KernelPdb  # type: ignore[misc, assignment]
+        pdb.set_trace = _set_trace
+
     def init_hooks(self) -> None:
         super().init_hooks()
         # `?obj`, %pdoc and friends page into a payload, as Jupyter frontends expect
@@ -178,6 +224,36 @@ class ZMQInteractiveShell(InteractiveShell):
     def enable_gui(self, gui: str | None = None) -> None:
         if gui is not None and gui not in self.NO_LOOP_GUIS:
             raise NotImplementedError(f"relaykernel has no event loop integration for GUI {gui!r}")
+
+
+def _traceback_to(error: BaseException, frame: Any) -> list[str]:
+    """``error``'s traceback as IPython shows a cell's: from the cell down to ``frame``
+    (the frame the debugger stopped in; a trace function's exception has no frame
+    of the user's in its own traceback, only bdb's)."""
+    frames = []
+    caller = frame
+    while caller is not None and caller.f_code is not _RUN_CODE:
+        frames.append(caller)
+        caller = caller.f_back
+    if caller is None:  # not under run_code (a thread, a comm callback): where it stopped
+        frames = frames[:1]
+    tb = None
+    for f in frames:  # innermost first: each wraps the ones it called
+        tb = types.TracebackType(tb, f, f.f_lasti, f.f_lineno)
+    shell = InteractiveShell.instance()
+    return list(shell.InteractiveTB.structured_traceback(type(error), error, tb))
+
+
+#: the code of IPython's run_code, whose frame calls every cell's
+_RUN_CODE = InteractiveShell.run_code.__code__
+
+
+def _set_trace(frame: Any = None, *, header: str | None = None) -> None:
+    """``pdb.set_trace()`` in the worker: :class:`KernelPdb`, stopping in the caller."""
+    debugger = KernelPdb()
+    if header is not None:
+        debugger.message(header)
+    debugger.set_trace(frame or sys._getframe().f_back)
 
 
 InteractiveShellABC.register(ZMQInteractiveShell)

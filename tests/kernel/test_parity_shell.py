@@ -9,8 +9,11 @@ from __future__ import annotations
 import re
 import tempfile
 
+import pytest
+
 from relaykernel.worker.cell_names import source_hash
 from tests.kernel.helpers import (
+    IS_IPYKERNEL,
     collect_iopub_until_idle,
     execute,
     execute_ok,
@@ -126,3 +129,39 @@ def test_sys_path_has_the_current_directory_where_ipykernel_puts_it(kernel):
             "print(sys.path.count(''), sys.path.index('') == site - 1, os.getcwd() in sys.path)")
     _, iopub = execute_ok(kernel.kc, code)
     assert stream_text(iopub).split() == ["1", "True", "False"]
+
+
+# --------------------------------------------------------------------- pdb
+@pytest.mark.skipif(IS_IPYKERNEL, reason=(
+    "deliberate difference: ipykernel 7.4 sends breakpoint() to debugpy's hook, and at a "
+    "pdb.set_trace() prompt IPython 9's Pdb.interaction swallows the interrupt, so the "
+    "rest of the cell runs and the reply is ok; relaykernel ends the cell"))
+def test_an_interrupt_ends_a_cell_stopped_in_breakpoint_and_keeps_the_worker(kernel):
+    """Stdlib pdb swallows KeyboardInterrupt at its prompt (the worker was replaced after
+    the grace period); the interrupt must end the debugger and the cell
+    (KeyboardInterrupt), and keep the variables and the process."""
+    kc = kernel.kc
+    execute_ok(kc, "import os\nkept = 'still here'\npid = os.getpid()")
+    msg_id = kc.execute("x = 1\nbreakpoint()\nx = 2", allow_stdin=True)
+    assert "pdb>" in kc.get_stdin_msg(timeout=30)["content"]["prompt"]
+    kernel.km.interrupt_kernel()
+    reply = get_reply(kc, msg_id, timeout=30)
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    [error] = of_type(collect_iopub_until_idle(kc, msg_id), "error")
+    text = _plain(error["content"]["traceback"])
+    assert "----> 2 breakpoint()" in text and "bdb.py" not in text, text  # the cell, not pdb
+    _, iopub = execute_ok(kc, "print(kept, x, os.getpid() == pid)")
+    assert stream_text(iopub).strip() == "still here 1 True"
+
+
+def test_pdb_set_trace_prompts_over_stdin_and_continues(kernel):
+    """pdb.set_trace() asks its commands with input_request; 'c' lets the cell finish."""
+    kc = kernel.kc
+    msg_id = kc.execute("import pdb\ny = 1\npdb.set_trace()\ny = 2", allow_stdin=True)
+    assert "pdb>" in kc.get_stdin_msg(timeout=30)["content"]["prompt"]
+    kc.input("c")
+    assert get_reply(kc, msg_id, timeout=30)["content"]["status"] == "ok"
+    collect_iopub_until_idle(kc, msg_id)
+    _, iopub = execute_ok(kc, "print(y)")
+    assert stream_text(iopub).strip() == "2"
