@@ -52,8 +52,9 @@ class WorkerKernel:
         self.shell: Any = None
         self.comm_manager = CommManager(kernel=self)
         self.last_error: dict[str, Any] | None = None
-        #: the latest request that came on control, for get_parent('control')
+        #: the latest request that came on each channel, for get_parent(channel)
         self._control_parent: dict[str, Any] = {}
+        self._shell_parent: dict[str, Any] = {}
         #: metadata of the reply being built (execute_request's timing), else None
         self._reply_metadata: dict[str, Any] | None = None
         #: names this worker in execute_reply metadata, as ipykernel's engine id does
@@ -123,15 +124,21 @@ class WorkerKernel:
     def get_parent(self, channel: str | None = None) -> dict[str, Any]:
         """The request the calling context answers (ipywidgets' Output and interact
         use its msg_id): the cell that started this task or thread, or the request
-        being handled; ``'control'``: the latest control request, as in ipykernel."""
+        being handled; ``'control'``: the latest control request, as in ipykernel
+        (``'shell'`` while a control request runs: the latest shell request)."""
         if channel == "control":
             return self._control_parent
-        return self.messenger.current().msg
+        parent = self.messenger.current()
+        if channel == "shell" and parent.channel == "control":
+            return self._shell_parent
+        return parent.msg
 
     def set_parent(self, ident: Any, parent: dict[str, Any], channel: str = "shell") -> None:
         """ipykernel's: outputs of the calling context answer ``parent`` from now on."""
         if channel == "control":
             self._control_parent = parent
+        else:
+            self._shell_parent = parent
         self.messenger.set_parent(parent, channel=channel)
 
     def activate(self, meta: dict[str, Any]) -> None:
@@ -188,6 +195,8 @@ class WorkerKernel:
             msg_type = str(msg["msg_type"] or "")
             if channel == "control":
                 self._control_parent = msg
+            else:
+                self._shell_parent = msg
             parent = self.messenger.set_parent(msg, wire.as_bytes(frames[0]), channel)
             self._restore_lost_streams()
             handler = self.handlers.get(msg_type)

@@ -146,22 +146,25 @@ def test_set_thread_parent_and_set_parent_redirect_output(kernel):
     assert not of_type([m for m in msgs if parent_id(m) == second_id], "error")
 
 
-def test_get_parent_names_the_request_being_handled_or_the_latest_control_one(kernel):
-    """``get_parent()`` and ``get_parent('shell')``: the running execute;
-    ``get_parent('control')``: the request that came on control last (the
-    supervisor tells the worker which channel a request came on)."""
+def test_get_parent_names_the_request_being_handled_or_the_latest_of_a_channel(kernel):
+    """``get_parent()``: the running request; ``get_parent('control')``: the request
+    that came on control last, ``get_parent('shell')`` the one that came on shell
+    (the supervisor tells the worker which channel a request came on)."""
     kc = kernel.kc
-    control = kc.session.msg("execute_request", {"code": "on_control = 1", "silent": False,
-                                                 "store_history": False, "user_expressions": {},
-                                                 "allow_stdin": False})
+    shell_id, _ = _run_collecting_all(kc, "k = get_ipython().kernel")
+    control = kc.session.msg("execute_request", {
+        "code": "print('control sees', k.get_parent()['header']['msg_id'],\n"
+                "      k.get_parent('shell')['header']['msg_id'])",
+        "silent": False, "store_history": False, "user_expressions": {}, "allow_stdin": False})
     kc.control_channel.send(control)
     control_id = control["header"]["msg_id"]
     assert get_reply(kc, control_id, channel="control")["content"]["status"] == "ok"
-    code = ("k = get_ipython().kernel\n"
-            "print(k.get_parent()['header']['msg_id'])\n"
+    code = ("print(k.get_parent()['header']['msg_id'])\n"
             "print(k.get_parent('shell')['header']['msg_id'])\n"
             "print(get_ipython().get_parent()['header']['msg_id'])\n"
             "print(k.get_parent('control')['header']['msg_id'])")
     msg_id, msgs = _run_collecting_all(kc, code)
     text = "".join(m["content"]["text"] for m in of_type(msgs, "stream") if parent_id(m) == msg_id)
     assert text.split() == [msg_id] * 3 + [control_id]
+    seen = "".join(m["content"]["text"] for m in of_type(msgs, "stream") if "control sees" in m["content"]["text"])
+    assert seen.split() == ["control", "sees", control_id, shell_id]
