@@ -65,7 +65,29 @@ class KernelPdb(InterruptiblePdb):
             raise interrupt
 
 
-class RelayDisplayPublisher(DisplayPublisher):
+class OutputParent:
+    """ipykernel's display publisher and display hook each keep a parent header
+    that libraries may read or set; here one parent (the Messenger's, per asyncio
+    context and thread) serves all output, so these read and set that one."""
+
+    def _messenger(self) -> Any:
+        return self.shell.kernel.messenger  # type: ignore[attr-defined]
+
+    @property
+    def parent_header(self) -> dict[str, Any]:
+        return self._messenger().current().header  # type: ignore[no-any-return]
+
+    def set_parent(self, parent: dict[str, Any]) -> None:
+        self._messenger().set_parent(parent)
+
+    def set_thread_parent(self, parent: dict[str, Any]) -> Any:
+        return self._messenger().set_thread_parent(parent)
+
+    def reset_thread_parent(self, token: Any) -> None:
+        self._messenger().reset_thread_parent(token)
+
+
+class RelayDisplayPublisher(OutputParent, DisplayPublisher):
     """display() -> display_data / update_display_data / clear_output."""
 
     shell = Instance(InteractiveShellABC, allow_none=True)
@@ -83,7 +105,7 @@ class RelayDisplayPublisher(DisplayPublisher):
         kernel.messenger.publish("clear_output", {"wait": wait})
 
 
-class RelayDisplayHook(DisplayHook):
+class RelayDisplayHook(OutputParent, DisplayHook):
     """The value of a cell's last expression -> execute_result."""
 
     #: between start and finish: a traceback shown now is a formatting error of the result

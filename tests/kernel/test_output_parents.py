@@ -146,6 +146,27 @@ def test_set_thread_parent_and_set_parent_redirect_output(kernel):
     assert not of_type([m for m in msgs if parent_id(m) == second_id], "error")
 
 
+DISPLAY_CELL = """
+ip = get_ipython()
+this = ip.get_parent()['header']['msg_id']
+assert ip.display_pub.parent_header['msg_id'] == this
+assert ip.displayhook.parent_header['msg_id'] == this
+assert callable(ip.displayhook.set_parent) and callable(ip.display_pub.set_parent)
+tokens = ip.display_pub.set_thread_parent(first)
+display('display to the first cell')
+ip.display_pub.reset_thread_parent(tokens)
+display('display to this cell')
+"""
+
+
+def test_the_display_publisher_and_hook_have_a_parent_as_in_ipykernel(kernel):
+    kc = kernel.kc
+    first_id, _ = _run_collecting_all(kc, "first = get_ipython().get_parent()")
+    second_id, msgs = _run_collecting_all(kc, DISPLAY_CELL)
+    assert _parents_of(msgs, "display to the first cell") == {first_id}
+    assert _parents_of(msgs, "display to this cell") == {second_id}
+
+
 def test_get_parent_names_the_request_being_handled_or_the_latest_of_a_channel(kernel):
     """``get_parent()``: the running request; ``get_parent('control')``: the request
     that came on control last, ``get_parent('shell')`` the one that came on shell
