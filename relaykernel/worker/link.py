@@ -20,11 +20,16 @@ loop, so tasks that cells start (``asyncio.create_task``, ipywidgets' async
 patterns) run between requests, as under ipykernel; ``input()`` still blocks
 in :meth:`Link.receive`.
 
-Signals wake the receiver through the same pipe (``signal.set_wakeup_fd``).
-Python runs a signal's handler in the main thread only once that thread
-leaves the system call it is in, and a signal that lands just before the
-thread enters ``select`` -- or on another thread -- does not interrupt it:
-an interrupt of ``input()`` would wait for a reply that never comes.
+Signals wake the receiver too, through a pipe of their own
+(``signal.set_wakeup_fd``).  Python runs a signal's handler in the main
+thread only once that thread leaves the system call it is in, and a signal
+that lands just before the thread enters ``select`` -- or on another thread
+-- does not interrupt it: an interrupt of ``input()`` would wait for a reply
+that never comes.  The wakeup fd is the process's one, and user code's to
+take (trio sets it for its run and warns if one is set already; asyncio's
+``add_signal_handler`` sets it), so the link holds it only while the main
+thread waits in the link, and forwards what it read to the wakeup fd it
+found there, which is back when the wait ends.
 
 A small thread runs the ``tickers`` (stream flushes) every TICK_INTERVAL.
 
@@ -35,12 +40,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import select
 import signal
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import zmq
@@ -68,6 +74,17 @@ def _only_self_pipe(loop: asyncio.AbstractEventLoop) -> int | None:
     return fds[0] if len(fds) == 1 else None
 
 
+def _set_wakeup_fd(fd: int) -> int:
+    """Put a wakeup fd back; -1 if it is no longer usable (its owner closed it).
+
+    warn_on_full_buffer=False: set_wakeup_fd does not tell how it was set, and a
+    full wakeup buffer only means that a wake is pending already."""
+    try:
+        return signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    except (ValueError, OSError):
+        return signal.set_wakeup_fd(-1)
+
+
 class Link:
     def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
         self._ctx = ctx
@@ -79,8 +96,12 @@ class Link:
         self._lock = threading.Lock()
         self._waiting = False  # the main thread is blocked in receive()
         self._nudge_r, self._nudge_w = os.pipe()
-        os.set_blocking(self._nudge_r, False)
-        os.set_blocking(self._nudge_w, False)
+        #: what signals write to while the main thread waits in the link
+        self._signal_r, self._signal_w = os.pipe()
+        for fd in (self._nudge_r, self._nudge_w, self._signal_r, self._signal_w):
+            os.set_blocking(fd, False)
+        #: the wakeup fd the link found when its wait began (-1: none), while it waits
+        self._outer_wakeup_fd = -1
         #: messages read while the main thread wanted another kind (a request
         #: that arrived while input() waited for its reply), in arrival order
         self._kept: collections.deque[wire.LinkMessage] = collections.deque()
@@ -92,9 +113,7 @@ class Link:
         self._ticker = threading.Thread(target=self._tick, name="relaykernel-flush", daemon=True)
 
     def start(self) -> None:
-        """Start the ticker thread; from the main thread, which also makes
-        every signal wake :meth:`receive` (see the module docstring)."""
-        signal.set_wakeup_fd(self._nudge_w, warn_on_full_buffer=False)
+        """Start the ticker thread."""
         self._ticker.start()
 
     # ---------------------------------------------------------------- sending
@@ -196,31 +215,80 @@ class Link:
             self._drain_nudges()
             wake()
 
+        def signalled() -> None:
+            self._pass_on_signals()
+            wake()
+
         self._waiting = True  # before the check: a sender reads it after its send
         loop.add_reader(self._fd, wake)
         loop.add_reader(self._nudge_r, nudged)
+        loop.add_reader(self._signal_r, signalled)
         try:
-            with self._lock:
-                waiting = self._pair.getsockopt(_EVENTS) & _POLLIN
-            if not waiting:
-                await ready
+            with self._woken_by_signals():
+                with self._lock:
+                    waiting = self._pair.getsockopt(_EVENTS) & _POLLIN
+                if not waiting:
+                    await ready
         finally:
             self._waiting = False
             loop.remove_reader(self._fd)
             loop.remove_reader(self._nudge_r)
+            loop.remove_reader(self._signal_r)
 
     def _select(self, fds: tuple[int, ...]) -> None:
         """Block until the socket may have a message (or another of ``fds`` is readable)."""
         self._waiting = True  # before the check: a sender reads it after its send
         try:
-            with self._lock:
-                waiting = self._pair.getsockopt(_EVENTS) & _POLLIN
-            if not waiting:
-                readable, _, _ = select.select(fds, [], [])
-                if self._nudge_r in readable:  # most wakes are the socket's, no nudge to read
-                    self._drain_nudges()
+            with self._woken_by_signals():
+                with self._lock:
+                    waiting = self._pair.getsockopt(_EVENTS) & _POLLIN
+                if not waiting:
+                    readable, _, _ = select.select((*fds, self._signal_r), [], [])
+                    if self._nudge_r in readable:  # most wakes are the socket's, no nudge to read
+                        self._drain_nudges()
+                    if self._signal_r in readable:
+                        self._pass_on_signals()
         finally:
             self._waiting = False
+
+    @contextlib.contextmanager
+    def _woken_by_signals(self) -> Iterator[None]:
+        """While the main thread waits in the link, a signal also writes to the link's
+        signal pipe; the wakeup fd found there is put back afterwards (see the
+        module docstring), unless the wait set another (a user's task did)."""
+        try:
+            outer = signal.set_wakeup_fd(self._signal_w, warn_on_full_buffer=False)
+        except ValueError:  # not the main thread: signals wake only the main thread's waits
+            yield
+            return
+        if outer == self._signal_w:  # a wait inside a wait (input() in a task): the outer restores
+            yield
+            return
+        self._outer_wakeup_fd = outer
+        try:
+            yield
+        finally:
+            self._outer_wakeup_fd = -1
+            current = _set_wakeup_fd(outer)
+            if current != self._signal_w:  # set during the wait: that one stays
+                _set_wakeup_fd(current)
+            self._pass_on_signals(outer)  # any that came just before the swap
+
+    def _pass_on_signals(self, outer: int | None = None) -> None:
+        """Empty the signal pipe, and write what it held (one byte per signal, its
+        number) to the wakeup fd the link found, so its owner learns of them too."""
+        outer = self._outer_wakeup_fd if outer is None else outer
+        data = b""
+        try:
+            while chunk := os.read(self._signal_r, 512):
+                data += chunk
+        except BlockingIOError:
+            pass
+        if outer != -1 and data:
+            try:
+                os.write(outer, data)
+            except OSError:  # full (a wake is pending there already) or closed
+                pass
 
     def discard_kept(self, kind: bytes) -> None:
         """Forget kept messages of one kind (input replies to an older prompt)."""

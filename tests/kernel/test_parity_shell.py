@@ -14,12 +14,14 @@ import pytest
 from relaykernel.worker.cell_names import source_hash
 from tests.kernel.helpers import (
     IS_IPYKERNEL,
+    Deadline,
     collect_iopub_until_idle,
     execute,
     execute_ok,
     get_reply,
     of_type,
     outputs,
+    relaykernel_only,
     stream_text,
 )
 
@@ -165,3 +167,70 @@ def test_pdb_set_trace_prompts_over_stdin_and_continues(kernel):
     collect_iopub_until_idle(kc, msg_id)
     _, iopub = execute_ok(kc, "print(y)")
     assert stream_text(iopub).strip() == "2"
+
+
+# ------------------------------------------------- signal.set_wakeup_fd, trio
+def test_user_code_finds_no_wakeup_fd_set(kernel):
+    """The process's signal wakeup fd is free for user event loops (trio, asyncio
+    signal handlers) while a cell runs, as under ipykernel."""
+    code = ("import signal\n"
+            "found = signal.set_wakeup_fd(-1)\n"
+            "signal.set_wakeup_fd(found)\n"
+            "print(found)")
+    _, iopub = execute_ok(kernel.kc, code)
+    assert stream_text(iopub).strip() == "-1"
+
+
+def test_trio_runs_without_a_wakeup_fd_collision_and_is_interruptible(kernel):
+    """trio.run warns (RuntimeWarning) if a wakeup fd is set already; an interrupt of
+    trio.sleep ends the cell with KeyboardInterrupt and keeps the worker."""
+    kc = kernel.kc
+    code = ("import os, warnings, trio\n"
+            "pid = os.getpid()\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    trio.run(trio.sleep, 0)\n"
+            "print([str(w.message) for w in caught])")
+    _, iopub = execute_ok(kc, code)
+    assert stream_text(iopub).strip() == "[]"
+    msg_id = kc.execute("trio.run(trio.sleep, 60)")
+    # interrupt once the cell is running (its busy status is out)
+    deadline = Deadline(30)
+    while not deadline.expired():
+        msg = kc.get_iopub_msg(timeout=deadline.remaining())
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_input":
+            break
+    kernel.km.interrupt_kernel()
+    reply = get_reply(kc, msg_id, timeout=30)
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    collect_iopub_until_idle(kc, msg_id)
+    _, iopub = execute_ok(kc, "print(os.getpid() == pid)")
+    assert stream_text(iopub).strip() == "True"
+
+
+@relaykernel_only
+def test_a_user_wakeup_fd_still_hears_signals_while_input_waits(kernel):
+    """A cell leaves its own wakeup fd set; while the next cell waits in input(), a
+    SIGINT landing on another thread still interrupts it (the worker's wake-up), and
+    the user's fd gets the signal's byte too (forwarded), and stays set."""
+    kc = kernel.kc
+    execute_ok(kc, "import signal, socket, threading, time\n"
+                   "mine, theirs = socket.socketpair()\n"
+                   "for s in (mine, theirs): s.setblocking(False)\n"
+                   "signal.set_wakeup_fd(theirs.fileno(), warn_on_full_buffer=False)")
+    code = ("def poke():\n"
+            "    time.sleep(0.3)\n"
+            "    signal.pthread_kill(threading.get_ident(), signal.SIGINT)\n"
+            "threading.Thread(target=poke).start()\n"
+            "input('never answered? ')")
+    msg_id = kc.execute(code, allow_stdin=True)
+    assert kc.get_stdin_msg(timeout=30)["content"]["prompt"] == "never answered? "
+    reply = get_reply(kc, msg_id, timeout=15)  # no interrupt_request: nothing replaces the worker
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    collect_iopub_until_idle(kc, msg_id)
+    code = ("now = signal.set_wakeup_fd(-1)\n"
+            "signal.set_wakeup_fd(now)\n"
+            "print(now == theirs.fileno(), signal.SIGINT in mine.recv(64))")
+    _, iopub = execute_ok(kc, code)
+    assert stream_text(iopub).strip() == "True True"
