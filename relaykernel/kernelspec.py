@@ -28,6 +28,9 @@ def kernel_spec(display_name: str = "Python 3 (relaykernel)") -> dict[str, Any]:
         "interrupt_mode": "signal",
         "metadata": {
             "debugger": False,
+            # KernelManager(transport_encryption='auto' | 'required') provisions
+            # CurveZMQ keys for kernels that say they support them
+            "supported_encryption": ["curve"],
             "kernel_provisioner": {"provisioner_name": "relaykernel-provisioner", "config": {}},
         },
     }

@@ -71,7 +71,8 @@ def _write_spec(kernels_dir: Path, name: str, interrupt_mode: str) -> None:
         "display_name": f"relaykernel tests ({TEST_KERNEL}, interrupt={interrupt_mode})",
         "language": "python",
         "interrupt_mode": interrupt_mode,
-        "metadata": {"debugger": False},
+        # as the installed spec (and ipykernel's): tests may ask for CurveZMQ
+        "metadata": {"debugger": False, "supported_encryption": ["curve"]},
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=2))
 

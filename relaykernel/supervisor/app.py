@@ -29,7 +29,9 @@ from .early import EarlyStart, begin
 from .heartbeat import Heartbeat
 from .kernel import SupervisorLoop
 from .resources import GIB, MemoryGuard
-from .sockets import KernelSockets, Verifier
+from .sockets import KernelSockets, SocketOptions, Verifier
+
+log = logging.getLogger("relaykernel.supervisor")
 
 
 class Supervisor(Application):
@@ -129,10 +131,12 @@ class Supervisor(Application):
         transport, ip = info.get("transport", "tcp"), info.get("ip", "127.0.0.1")
         ctx: zmq.Context = zmq.Context.instance()
         sockets, heartbeat = early.sockets, early.heartbeat
+        options: SocketOptions = early.socket_options
         if sockets is None or heartbeat is None:  # no connection file yet: bind, then write it
-            sockets = KernelSockets.bind_all(ctx, transport, ip, info)
-            heartbeat = Heartbeat(ctx, transport, ip, int(info.get("hb_port", 0)))
+            sockets = KernelSockets.bind_all(ctx, transport, ip, info, options)
+            heartbeat = Heartbeat(ctx, transport, ip, int(info.get("hb_port", 0)), options)
             heartbeat.start()
+        _log_encryption(transport, options)
         wrote_connection_file = not os.path.exists(self.connection_file)
         if wrote_connection_file:
             self._write_connection_file(info, sockets.ports, heartbeat.port, early.key)
@@ -171,3 +175,14 @@ class Supervisor(Application):
         if self.print_connection_hint:
             print(f"relaykernel is running. To connect a client:\n"
                   f"    jupyter console --existing {self.connection_file}", file=sys.__stdout__, flush=True)
+
+
+def _log_encryption(transport: str, options: SocketOptions) -> None:
+    """Say whether the transport is encrypted, as ipykernel does."""
+    if options.encrypted:
+        log.info("Detected CurveZMQ secret key; using transport encryption")
+    elif transport == "tcp":
+        log.warning("Kernel is running over TCP without encryption. All communication (including "
+                    "code and outputs) is sent in plain text and is susceptible to eavesdropping. "
+                    "Use IPC transport or launch with kernel manager-provisioned CurveZMQ keys to "
+                    "enable transport encryption.")

@@ -35,7 +35,7 @@ from ..signing import Signer, new_uuid
 from .heartbeat import Heartbeat
 from .kernel_info import kernel_info_content
 from .outbox import Outbox
-from .sockets import Incoming, KernelSockets, Verifier
+from .sockets import Incoming, KernelSockets, SocketOptions, TransportError, Verifier, curve_keys
 
 log = LazyLogger("relaykernel.supervisor")
 
@@ -114,6 +114,8 @@ class EarlyStart:
         self.session_id = session_id
         self.connection_file = connection_file  # absolute; may not exist yet (the app then writes it)
         self.signer = signer
+        #: what the sockets were (or are to be) bound with
+        self.socket_options = SocketOptions()
         self.private_dir = ""
         self.worker: Any = None  # WorkerProcess (imported after the responder is up)
         #: bound from an existing connection file, else None (the app binds)
@@ -132,6 +134,17 @@ def connection_file_arg(args: list[str]) -> str:
             if arg.startswith(flag + "="):
                 return arg[len(flag) + 1 :]
     return ""
+
+
+def _serve(early: EarlyStart, ctx: zmq.Context, info: dict[str, Any]) -> None:
+    """Bind the connection file's ports and start answering on them."""
+    transport, ip = info.get("transport", "tcp"), info.get("ip", "127.0.0.1")
+    early.sockets = KernelSockets.bind_all(ctx, transport, ip, info, early.socket_options)
+    early.heartbeat = Heartbeat(ctx, transport, ip, int(info.get("hb_port", 0)), early.socket_options)
+    early.heartbeat.start()
+    early.verifier = Verifier(early.signer)
+    early.responder = EarlyResponder(early.sockets, early.verifier, Outbox(early.sockets, early.signer))
+    early.responder.start()
 
 
 def begin(args: list[str]) -> EarlyStart:
@@ -161,14 +174,12 @@ def begin(args: list[str]) -> EarlyStart:
     early = EarlyStart(key=key, signature_scheme=scheme, session_id=session_id,
                        connection_file=os.path.abspath(path), signer=signer)
     ctx: zmq.Context = zmq.Context.instance()
-    if info:
-        transport, ip = info.get("transport", "tcp"), info.get("ip", "127.0.0.1")
-        early.sockets = KernelSockets.bind_all(ctx, transport, ip, info)
-        early.heartbeat = Heartbeat(ctx, transport, ip, int(info.get("hb_port", 0)))
-        early.heartbeat.start()
-        early.verifier = Verifier(signer)
-        early.responder = EarlyResponder(early.sockets, early.verifier, Outbox(early.sockets, signer))
-        early.responder.start()
+    try:  # keys that cannot be used stop the kernel: never a fallback to plain text
+        early.socket_options = SocketOptions(curve=curve_keys(info))
+        if info:
+            _serve(early, ctx, info)
+    except TransportError as e:
+        raise SystemExit(f"relaykernel: cannot start: {e}") from None
 
     # the rest waits until kernel_info can be answered
     import logging

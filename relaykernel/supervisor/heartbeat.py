@@ -12,7 +12,7 @@ import threading
 import zmq
 
 from ..lazylog import LazyLogger
-from .sockets import bind
+from .sockets import SocketOptions, bind
 
 log = LazyLogger("relaykernel.supervisor")
 
@@ -20,10 +20,12 @@ log = LazyLogger("relaykernel.supervisor")
 class Heartbeat(threading.Thread):
     """Echo every ping on a REP socket until the context is terminated or stop()."""
 
-    def __init__(self, ctx: zmq.Context, transport: str, ip: str, port: int) -> None:
+    def __init__(self, ctx: zmq.Context, transport: str, ip: str, port: int,
+                 options: SocketOptions | None = None) -> None:
         super().__init__(name="relaykernel-heartbeat", daemon=True)
         self._socket = ctx.socket(zmq.REP)
         self._socket.setsockopt(zmq.LINGER, 0)
+        (options or SocketOptions()).apply(self._socket)  # encrypted like the others
         self.port = bind(self._socket, transport, ip, port)
         self._stop_flag = threading.Event()
 

@@ -4,6 +4,10 @@ Runs in the supervisor's main thread, which owns shell, control, stdin and
 iopub (the heartbeat socket belongs to heartbeat.py's thread).  Signing and
 verification happen here and nowhere else in the supervisor: everything past
 :func:`verify` is trusted.
+
+CurveZMQ keys from the connection file make all five sockets CurveZMQ servers
+(set before they bind: libzmq copies a socket's options into each connection
+it accepts).
 """
 
 from __future__ import annotations
@@ -209,6 +213,71 @@ def bind(sock: zmq.Socket, transport: str, ip: str, port: int) -> int:
     return port
 
 
+class TransportError(RuntimeError):
+    """The connection file asks for a transport this kernel cannot provide."""
+
+
+class SocketOptions:
+    """How the kernel's sockets are set up before they bind: CurveZMQ keys."""
+
+    __slots__ = ("curve_public", "curve_secret")
+
+    def __init__(self, curve: tuple[bytes, bytes] | None = None) -> None:
+        self.curve_public, self.curve_secret = curve or (b"", b"")
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.curve_secret)
+
+    def apply_curve(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` a CurveZMQ server (before it binds) when keys were given:
+        a client that does not know the server's key cannot connect at all."""
+        if not self.encrypted:
+            return
+        try:
+            sock.curve_secretkey = self.curve_secret
+            sock.curve_publickey = self.curve_public
+            sock.curve_server = True
+        except zmq.ZMQError as e:  # checked in curve_keys; a libzmq refusal still must not go plaintext
+            raise TransportError(f"cannot apply the connection file's CurveZMQ keys: {e}") from None
+
+    def apply(self, sock: zmq.Socket) -> None:
+        """All of these options, for a socket of the kernel that is about to bind."""
+        self.apply_curve(sock)
+        # Never drop: an output lost to a high-water mark is a silent bug.
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+
+
+def curve_keys(info: dict[str, Any]) -> tuple[bytes, bytes] | None:
+    """The CurveZMQ key pair a connection file carries (jupyter_client writes
+    ``curve_publickey`` and ``curve_secretkey``, Z85 text), or None.
+
+    Keys that cannot be used raise TransportError: a kernel the frontend
+    asked to encrypt must not answer in plain text."""
+    public, secret = info.get("curve_publickey"), info.get("curve_secretkey")
+    if public is None and secret is None:
+        return None
+    if not public or not secret:
+        missing = "curve_secretkey" if public else "curve_publickey"
+        raise TransportError(f"the connection file has CurveZMQ keys but no {missing}")
+    if not zmq.has("curve"):
+        raise TransportError("the connection file asks for CurveZMQ encryption, but this pyzmq's "
+                             "libzmq has no CURVE support (zmq.has('curve') is False); "
+                             "install a pyzmq built with libsodium")
+    pair = tuple(k.encode("ascii", "replace") if isinstance(k, str) else bytes(k) for k in (public, secret))
+    for name, key in zip(("curve_publickey", "curve_secretkey"), pair):
+        if len(key) != 40:
+            raise TransportError(f"the connection file's {name} is not a 40-character Z85 key")
+    try:
+        derived = zmq.curve_public(pair[1])
+    except (ValueError, zmq.ZMQError) as e:
+        raise TransportError(f"the connection file's curve_secretkey is not a Z85 key: {e}") from None
+    if derived != pair[0]:
+        raise TransportError("the connection file's curve_publickey does not belong to its curve_secretkey")
+    return pair[0], pair[1]
+
+
 class KernelSockets:
     """The bound sockets of one kernel (heartbeat excluded: it has its own thread)."""
 
@@ -218,16 +287,16 @@ class KernelSockets:
         self.ports = ports
 
     @classmethod
-    def bind_all(cls, ctx: zmq.Context, transport: str, ip: str, ports: dict[str, int]) -> KernelSockets:
+    def bind_all(cls, ctx: zmq.Context, transport: str, ip: str, ports: dict[str, int],
+                 options: SocketOptions | None = None) -> KernelSockets:
+        options = options or SocketOptions()
         socks = {}
         bound = {}
         for name, kind in (("shell", zmq.ROUTER), ("control", zmq.ROUTER),
                            ("stdin", zmq.ROUTER), ("iopub", zmq.XPUB)):
             s = ctx.socket(kind)
             s.setsockopt(zmq.LINGER, 1000)
-            # Never drop: an output lost to a high-water mark is a silent bug.
-            s.setsockopt(zmq.SNDHWM, 0)
-            s.setsockopt(zmq.RCVHWM, 0)
+            options.apply(s)
             if kind == zmq.ROUTER:
                 s.setsockopt(zmq.ROUTER_HANDOVER, 1)
             else:  # every subscription, not only a topic's first, reaches Outbox.welcome

@@ -1,0 +1,195 @@
+"""Transport hardening (issue 21, items 5-7): CurveZMQ encryption, what one
+client can cost the supervisor, and who gets a client's replies.
+
+Every socket here has a bounded wait; every kernel is stopped by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import zmq
+from jupyter_client.connect import write_connection_file
+from jupyter_client.session import Session
+
+from tests.conftest import kernel_argv
+from tests.kernel.helpers import (
+    KERNEL_NAME,
+    KernelHandle,
+    execute_ok,
+    kernel_env,
+    relaykernel_only,
+    start_kernel,
+    stop_kernel,
+    stream_text,
+)
+
+#: How long a socket that should get nothing is listened to.
+SILENCE = 2.0
+MB = 1 << 20
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context]:
+    """A context of the test's own, for raw sockets; its sockets close with it."""
+    context = zmq.Context()
+    try:
+        yield context
+    finally:
+        context.destroy(linger=0)
+
+
+@pytest.fixture
+def encrypted() -> Iterator[KernelHandle]:
+    handle = start_kernel(KERNEL_NAME, transport_encryption="required")
+    try:
+        yield handle
+    finally:
+        stop_kernel(handle)
+
+
+def _url(info: dict, channel: str) -> str:
+    return f"tcp://{info['ip']}:{info[channel + '_port']}"
+
+
+def _curve_client(sock: zmq.Socket, info: dict) -> None:
+    """Configure ``sock`` as jupyter_client does: the connection file's key pair, the kernel's public key."""
+    sock.curve_secretkey = info["curve_secretkey"].encode()
+    sock.curve_publickey = info["curve_publickey"].encode()
+    sock.curve_serverkey = info["curve_publickey"].encode()
+
+
+def _ping(ctx: zmq.Context, info: dict, curve: bool) -> bool:
+    """Whether the heartbeat echoes one ping within SILENCE seconds."""
+    sock = ctx.socket(zmq.REQ)
+    sock.linger = 0
+    if curve:
+        _curve_client(sock, info)
+    sock.connect(_url(info, "hb"))
+    sock.send(b"ping")
+    echoed = sock.poll(SILENCE * 1000) and sock.recv() == b"ping"
+    sock.close(0)
+    return bool(echoed)
+
+
+# ------------------------------------------------------------ (5) CurveZMQ
+def test_required_encryption_runs_code_and_refuses_plain_text(encrypted, ctx):
+    km, kc = encrypted.km, encrypted.kc
+    with open(km.connection_file) as f:
+        info = json.load(f)
+    assert info["curve_publickey"] and info["curve_secretkey"]
+    _, iopub = execute_ok(kc, "print(6 * 7)")
+    assert stream_text(iopub) == "42\n"
+    assert _ping(ctx, info, curve=True), "no encrypted heartbeat"
+
+    # a plaintext client gets nothing, even one that signs with the right key
+    assert not _ping(ctx, info, curve=False), "the heartbeat answered in plain text"
+    shell = ctx.socket(zmq.DEALER)
+    shell.linger = 0
+    shell.connect(_url(info, "shell"))
+    Session(key=km.session.key, signature_scheme=km.session.signature_scheme).send(
+        shell, "kernel_info_request", {})
+    iopub_sub = ctx.socket(zmq.SUB)
+    iopub_sub.linger = 0
+    iopub_sub.setsockopt(zmq.SUBSCRIBE, b"")
+    iopub_sub.connect(_url(info, "iopub"))
+    execute_ok(kc, "print('secret')")  # published while the plaintext subscriber listens
+    assert not shell.poll(SILENCE * 1000), "shell answered a plaintext client"
+    assert not iopub_sub.poll(100), "iopub published in plain text"
+    _, iopub = execute_ok(kc, "print('still here')")
+    assert stream_text(iopub) == "still here\n"
+
+
+def _connection_file(tmp_path: Path, **curve: str) -> str:
+    path = str(tmp_path / "kernel.json")
+    write_connection_file(path, ip="127.0.0.1", key=b"k", transport="tcp")
+    with open(path) as f:
+        info = json.load(f)
+    info.update(curve)
+    with open(path, "w") as f:
+        json.dump(info, f)
+    return path
+
+
+def _run_kernel(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a kernel that is expected to stop by itself (bounded; run kills it on timeout)."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=kernel_env())
+
+
+@relaykernel_only  # ipykernel hands the keys to libzmq: whether it starts depends on libzmq
+def test_keys_that_cannot_be_used_stop_the_kernel(tmp_path):
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    bad = _connection_file(tmp_path, curve_publickey=public, curve_secretkey="not a key")
+    result = _run_kernel([sys.executable, "-m", "relaykernel", "-f", bad])
+    assert result.returncode != 0
+    assert "curve_secretkey" in result.stderr, result.stderr
+
+    # pyzmq without CURVE support: a clear error, never plain text
+    good = _connection_file(tmp_path, curve_publickey=public, curve_secretkey=secret)
+    no_curve = ("import sys, zmq\n"
+                "has = zmq.has\n"
+                "zmq.has = lambda feature: feature != 'curve' and has(feature)\n"
+                "from relaykernel.__main__ import main\n"
+                "main(sys.argv[1:])\n")
+    result = _run_kernel([sys.executable, "-c", no_curve, "-f", good])
+    assert result.returncode != 0
+    assert "has('curve') is False" in result.stderr, result.stderr
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and its descendants, by pid."""
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def _stderr_until(proc: subprocess.Popen[str], text: str, timeout: float) -> str:
+    """Read the process's stderr until ``text`` shows (or the deadline, or EOF)."""
+    seen: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            if text in line:
+                done.set()
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    done.wait(timeout)
+    return "".join(seen)
+
+
+@pytest.mark.parametrize("curve", [False, True], ids=["plaintext", "curve"])
+def test_tcp_without_encryption_is_warned_about(tmp_path, curve):
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    keys = {"curve_publickey": public, "curve_secretkey": secret} if curve else {}
+    path = _connection_file(tmp_path, **keys)
+    argv = [a.replace("{connection_file}", path) for a in kernel_argv()]
+    warning = "Kernel is running over TCP without encryption"
+    proc = subprocess.Popen([*argv, "--log-level=INFO"], stderr=subprocess.PIPE, text=True,
+                            env=kernel_env(), start_new_session=True)
+    try:
+        # both log that they use encryption, at INFO, where a plaintext kernel warns
+        stderr = _stderr_until(proc, "CurveZMQ", timeout=60)
+    finally:
+        _kill_tree(proc.pid)
+        proc.wait(timeout=10)
+    assert "CurveZMQ" in stderr, stderr
+    assert (warning in stderr) is not curve, stderr
