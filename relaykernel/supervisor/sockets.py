@@ -7,7 +7,9 @@ verification happen here and nowhere else in the supervisor: everything past
 
 CurveZMQ keys from the connection file make all five sockets CurveZMQ servers
 (set before they bind: libzmq copies a socket's options into each connection
-it accepts).
+it accepts).  In plain text a routing identity belongs to the connection that
+claimed it first (no ROUTER_HANDOVER): a process that read a client's session
+id off iopub cannot take over its replies.
 """
 
 from __future__ import annotations
@@ -297,10 +299,15 @@ class KernelSockets:
             s = ctx.socket(kind)
             s.setsockopt(zmq.LINGER, 1000)
             options.apply(s)
-            if kind == zmq.ROUTER:
-                s.setsockopt(zmq.ROUTER_HANDOVER, 1)
-            else:  # every subscription, not only a topic's first, reaches Outbox.welcome
+            if kind == zmq.XPUB:  # every subscription, not only a topic's first, reaches Outbox.welcome
                 s.setsockopt(zmq.XPUB_VERBOSE, 1)
+            elif options.encrypted:
+                # Only holders of the connection file (its signing key too) can connect, so a
+                # client that reconnects with its identity may take it back at once, as in
+                # ipykernel (ipykernel#270).  In plain text anyone local can connect: the
+                # identity stays with the connection that holds it (a reconnect that comes
+                # before the kernel has seen the old connection close is ignored).
+                s.setsockopt(zmq.ROUTER_HANDOVER, 1)
             bound[name] = bind(s, transport, ip, ports.get(f"{name}_port", 0))
             socks[name] = s
         return cls(ports=bound, **socks)

@@ -24,6 +24,7 @@ from tests.kernel.helpers import (
     KERNEL_NAME,
     KernelHandle,
     execute_ok,
+    get_reply,
     kernel_env,
     relaykernel_only,
     start_kernel,
@@ -193,3 +194,47 @@ def test_tcp_without_encryption_is_warned_about(tmp_path, curve):
         proc.wait(timeout=10)
     assert "CurveZMQ" in stderr, stderr
     assert (warning in stderr) is not curve, stderr
+
+
+# ------------------------------------------------ (7) connection takeover
+def _request(kernel: KernelHandle, channel: str) -> str:
+    msg = kernel.kc.session.msg("kernel_info_request")
+    getattr(kernel.kc, f"{channel}_channel").send(msg)
+    return str(msg["header"]["msg_id"])
+
+
+@relaykernel_only  # ipykernel sets ROUTER_HANDOVER (ipykernel#270): the newest connection wins
+@pytest.mark.parametrize("channel", ["shell", "control"])
+def test_a_second_connection_with_a_clients_identity_gets_none_of_its_replies(kernel, ctx, channel):
+    kc = kernel.kc
+    _, iopub = execute_ok(kc, "1")
+    # what any iopub subscriber reads: jupyter_client's DEALERs take the session id as identity
+    identity = iopub[0]["parent_header"]["session"].encode()
+    assert identity == kc.session.bsession
+    thief = ctx.socket(zmq.DEALER)
+    thief.linger = 0
+    thief.identity = identity
+    monitor = thief.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    thief.connect(_url(kernel.km.get_connection_info(), channel))
+    assert monitor.poll(10_000), "the second connection never completed its handshake"
+    for _ in range(3):  # the kernel attaches the connection at its next poll: ask more than once
+        get_reply(kc, _request(kernel, channel), timeout=10, channel=channel)
+    assert not thief.poll(SILENCE * 1000), f"a reply went to the second {channel} connection"
+    execute_ok(kc, "1")
+
+
+def test_an_encrypted_client_that_reconnects_with_its_identity_is_answered(encrypted):
+    """Only holders of the connection file can connect to an encrypted kernel, so a
+    client's new connection takes its identity over at once (ipykernel#270): clients
+    of one KernelManager share its session id, hence their identity.  In plain text a
+    reconnect that beats the kernel to the old connection's close is ignored instead
+    (3 of 40 back-to-back reconnects): that is the price of the test above."""
+    km = encrypted.km
+    for i in range(20):
+        encrypted.kc.stop_channels()
+        encrypted.kc = km.client()
+        assert encrypted.kc.session.bsession == km.session.bsession
+        encrypted.kc.start_channels()
+        encrypted.kc.wait_for_ready(timeout=30)
+        _, iopub = execute_ok(encrypted.kc, f"print({i})")
+        assert stream_text(iopub) == f"{i}\n"
