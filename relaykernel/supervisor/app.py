@@ -29,7 +29,7 @@ from .early import EarlyStart, begin
 from .heartbeat import Heartbeat
 from .kernel import SupervisorLoop
 from .resources import GIB, MemoryGuard
-from .sockets import KernelSockets, SocketOptions, Verifier
+from .sockets import IOPUB_QUEUE_LIMIT, MAX_MESSAGE_SIZE, KernelSockets, SocketOptions, Verifier
 
 log = logging.getLogger("relaykernel.supervisor")
 
@@ -63,6 +63,17 @@ class Supervisor(Application):
     @default("inplace_restart")
     def _default_inplace_restart(self) -> bool:
         return os.environ.get("RELAYKERNEL_INPLACE_RESTART") == "1"
+
+    iopub_queue_limit = Integer(IOPUB_QUEUE_LIMIT, min=0, config=True, help="Messages iopub queues "
+                                "for one subscriber that does not read; past it, that subscriber alone "
+                                "misses messages. Print output leaves the worker in batches of at most "
+                                "64 KiB, so the default bounds what a stalled client costs to ~70 MB. "
+                                "0: unlimited. Command line only: the sockets bind before config files "
+                                "are read.")
+    max_message_size = Integer(MAX_MESSAGE_SIZE, min=0, config=True, help="Largest frame in bytes "
+                               "accepted on shell, control and stdin (a comm buffer is one frame); a "
+                               "larger one closes its connection before it is buffered. 0: unlimited. "
+                               "Command line only: the sockets bind before config files are read.")
 
     early = AnyTrait(None, allow_none=True, help="An EarlyStart from __main__: its worker is already starting.")
 
@@ -131,7 +142,7 @@ class Supervisor(Application):
         transport, ip = info.get("transport", "tcp"), info.get("ip", "127.0.0.1")
         ctx: zmq.Context = zmq.Context.instance()
         sockets, heartbeat = early.sockets, early.heartbeat
-        options: SocketOptions = early.socket_options
+        options = self._socket_options(early)
         if sockets is None or heartbeat is None:  # no connection file yet: bind, then write it
             sockets = KernelSockets.bind_all(ctx, transport, ip, info, options)
             heartbeat = Heartbeat(ctx, transport, ip, int(info.get("hb_port", 0)), options)
@@ -162,6 +173,21 @@ class Supervisor(Application):
                     os.unlink(self.connection_file)
                 except OSError:
                     pass
+
+    def _socket_options(self, early: EarlyStart) -> SocketOptions:
+        """The sockets' limits: the command line's when the early step bound them, else this config's."""
+        options: SocketOptions = early.socket_options
+        for name in ("iopub_queue_limit", "max_message_size"):
+            value = getattr(self, name)
+            if getattr(options, name) == value:
+                continue
+            if early.sockets is None:
+                setattr(options, name, value)
+            else:
+                log.warning("Supervisor.%s=%s is not applied: the sockets were bound with %s before "
+                            "config files were read; give it on the kernel's command line",
+                            name, value, getattr(options, name))
+        return options
 
     def _write_connection_file(self, info: dict[str, Any], ports: dict[str, int], hb_port: int, key: bytes) -> None:
         from jupyter_client.connect import write_connection_file

@@ -40,6 +40,10 @@ from .sockets import Incoming, KernelSockets, SocketOptions, TransportError, Ver
 log = LazyLogger("relaykernel.supervisor")
 
 _CONNECTION_FILE_FLAGS = ("-f", "--f", "--Supervisor.connection_file")
+#: Socket options that must be known before the sockets bind, which is before
+#: the Application reads config files: only the command line can set them.
+_SOCKET_OPTION_FLAGS = {"iopub_queue_limit": "--Supervisor.iopub_queue_limit",
+                        "max_message_size": "--Supervisor.max_message_size"}
 #: GIL switch interval while the responder shares the process with imports:
 #: it gets the GIL within 1 ms of a request instead of 5.
 _EARLY_SWITCH_INTERVAL = 0.001
@@ -125,15 +129,33 @@ class EarlyStart:
         self.responder: EarlyResponder | None = None
 
 
-def connection_file_arg(args: list[str]) -> str:
-    """The connection file named on the command line, or ''."""
+def _arg(args: list[str], flags: tuple[str, ...]) -> str:
+    """The value given to one of ``flags`` on the command line (``-f X`` or ``-f=X``), or ''."""
     for i, arg in enumerate(args):
-        for flag in _CONNECTION_FILE_FLAGS:
+        for flag in flags:
             if arg == flag and i + 1 < len(args):
                 return args[i + 1]
             if arg.startswith(flag + "="):
                 return arg[len(flag) + 1 :]
     return ""
+
+
+def connection_file_arg(args: list[str]) -> str:
+    """The connection file named on the command line, or ''."""
+    return _arg(args, _CONNECTION_FILE_FLAGS)
+
+
+def socket_options(args: list[str], info: dict[str, Any]) -> SocketOptions:
+    """The limits given on the command line and the connection file's CurveZMQ keys.
+
+    A value that is not an integer is left to the Application, whose traitlets
+    reject it with a proper message."""
+    options = SocketOptions(curve=curve_keys(info))
+    for name, flag in _SOCKET_OPTION_FLAGS.items():
+        value = _arg(args, (flag,))
+        if value.strip().isdigit():
+            setattr(options, name, int(value))
+    return options
 
 
 def _serve(early: EarlyStart, ctx: zmq.Context, info: dict[str, Any]) -> None:
@@ -175,7 +197,7 @@ def begin(args: list[str]) -> EarlyStart:
                        connection_file=os.path.abspath(path), signer=signer)
     ctx: zmq.Context = zmq.Context.instance()
     try:  # keys that cannot be used stop the kernel: never a fallback to plain text
-        early.socket_options = SocketOptions(curve=curve_keys(info))
+        early.socket_options = socket_options(args, info)
         if info:
             _serve(early, ctx, info)
     except TransportError as e:

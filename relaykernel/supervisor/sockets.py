@@ -5,11 +5,15 @@ iopub (the heartbeat socket belongs to heartbeat.py's thread).  Signing and
 verification happen here and nowhere else in the supervisor: everything past
 :func:`verify` is trusted.
 
-CurveZMQ keys from the connection file make all five sockets CurveZMQ servers
-(set before they bind: libzmq copies a socket's options into each connection
-it accepts).  In plain text a routing identity belongs to the connection that
-claimed it first (no ROUTER_HANDOVER): a process that read a client's session
-id off iopub cannot take over its replies.
+What a client can cost the supervisor is bounded here, before the sockets
+bind (libzmq copies a socket's options into each connection it accepts): a
+subscriber that stops reading holds at most ``iopub_queue_limit`` messages
+(then only its own messages are dropped), an inbound frame larger than
+``max_message_size`` closes its connection before it is buffered, and a
+routing identity belongs to the connection that claimed it first (no
+ROUTER_HANDOVER: a process that read a client's session id off iopub cannot
+take over its replies).  CurveZMQ keys from the connection file encrypt all
+five sockets.
 """
 
 from __future__ import annotations
@@ -215,16 +219,27 @@ def bind(sock: zmq.Socket, transport: str, ip: str, port: int) -> int:
     return port
 
 
+#: Messages iopub queues for one subscriber that does not read: ~70 MB of print
+#: output (the worker sends it in batches of at most 64 KiB characters).
+IOPUB_QUEUE_LIMIT = 1000
+#: Largest inbound frame (bytes): a 50 MB comm buffer passes, a 200 MB frame
+#: closes its connection before it is buffered.
+MAX_MESSAGE_SIZE = 128 << 20
+
+
 class TransportError(RuntimeError):
     """The connection file asks for a transport this kernel cannot provide."""
 
 
 class SocketOptions:
-    """How the kernel's sockets are set up before they bind: CurveZMQ keys."""
+    """How the kernel's sockets are set up before they bind: limits and CurveZMQ keys."""
 
-    __slots__ = ("curve_public", "curve_secret")
+    __slots__ = ("curve_public", "curve_secret", "iopub_queue_limit", "max_message_size")
 
-    def __init__(self, curve: tuple[bytes, bytes] | None = None) -> None:
+    def __init__(self, iopub_queue_limit: int = IOPUB_QUEUE_LIMIT, max_message_size: int = MAX_MESSAGE_SIZE,
+                 curve: tuple[bytes, bytes] | None = None) -> None:
+        self.iopub_queue_limit = iopub_queue_limit  # 0: unlimited
+        self.max_message_size = max_message_size  # 0: unlimited
         self.curve_public, self.curve_secret = curve or (b"", b"")
 
     @property
@@ -246,8 +261,11 @@ class SocketOptions:
     def apply(self, sock: zmq.Socket) -> None:
         """All of these options, for a socket of the kernel that is about to bind."""
         self.apply_curve(sock)
-        # Never drop: an output lost to a high-water mark is a silent bug.
-        sock.setsockopt(zmq.SNDHWM, 0)
+        if sock.type == zmq.XPUB:
+            sock.setsockopt(zmq.SNDHWM, self.iopub_queue_limit)
+        else:
+            sock.setsockopt(zmq.SNDHWM, 0)  # a reply waits for its client, never dropped
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size or -1)
         sock.setsockopt(zmq.RCVHWM, 0)
 
 

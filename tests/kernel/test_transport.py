@@ -17,12 +17,17 @@ import psutil
 import pytest
 import zmq
 from jupyter_client.connect import write_connection_file
+from jupyter_client.manager import KernelManager
 from jupyter_client.session import Session
+from zmq.utils.monitor import recv_monitor_message
 
 from tests.conftest import kernel_argv
 from tests.kernel.helpers import (
     KERNEL_NAME,
+    Deadline,
     KernelHandle,
+    _kernel_pid,
+    collect_iopub_until_idle,
     execute_ok,
     get_reply,
     kernel_env,
@@ -194,6 +199,126 @@ def test_tcp_without_encryption_is_warned_about(tmp_path, curve):
         proc.wait(timeout=10)
     assert "CurveZMQ" in stderr, stderr
     assert (warning in stderr) is not curve, stderr
+
+
+# ------------------------------------------------------ (6) bounded memory
+class PeakRss:
+    """The highest RSS a process reaches while this samples it (every 10 ms, in a thread)."""
+
+    def __init__(self, pid: int) -> None:
+        self._proc = psutil.Process(pid)
+        self.start = self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def stop(self) -> int:
+        """Stop sampling; the growth over the first sample, in bytes."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+        return self.peak - self.start
+
+
+def _stalled_subscriber(ctx: zmq.Context, info: dict) -> zmq.Socket:
+    """An iopub subscriber that never reads, and whose process buffers next to nothing
+    (a frozen frontend): what the kernel sends it stays queued in the kernel."""
+    sock = ctx.socket(zmq.SUB)
+    sock.linger = 0
+    sock.setsockopt(zmq.RCVHWM, 1)
+    sock.setsockopt(zmq.RCVBUF, 4096)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(_url(info, "iopub"))
+    # subscribed once the kernel's welcome is waiting (polling reads nothing)
+    assert sock.poll(10_000), "no iopub_welcome for the stalled subscriber"
+    return sock
+
+
+@relaykernel_only  # ipykernel's print batches have no size limit: 1,000 of them are unbounded
+@pytest.mark.timeout(240)
+def test_a_stalled_subscriber_costs_the_supervisor_a_bounded_amount(kernel, ctx):
+    """1M lines of 150 characters (~150 MB) while a subscriber never reads: the
+    supervisor queues at most Supervisor.iopub_queue_limit (1,000) messages of at
+    most 64 KiB for it, ~70 MB (README), and a client that reads gets every line."""
+    kc = kernel.kc
+    info = kernel.km.get_connection_info()
+    execute_ok(kc, "pad = 'x' * 142")
+    stalled = _stalled_subscriber(ctx, info)
+    rss = PeakRss(kernel.pid)
+    n = 1_000_000
+    msg_id = kc.execute(f"for i in range({n}):\n    print(f'{{i:7d}}', pad)")
+    iopub = collect_iopub_until_idle(kc, msg_id, timeout=180)  # read as it comes
+    growth = rss.stop()
+    assert get_reply(kc, msg_id)["content"]["status"] == "ok"
+    lines = stream_text(iopub).splitlines()
+    assert len(lines) == n and all(int(line[:7]) == i for i, line in enumerate(lines))
+    print(f"supervisor RSS {rss.start / MB:.0f} MB, +{growth / MB:.0f} MB at most")
+    assert growth < 90 * MB, f"the supervisor grew by {growth / MB:.0f} MB"
+    stalled.close(0)
+
+
+def _until_disconnected(monitor: zmq.Socket, timeout: float) -> bool:
+    deadline = Deadline(timeout)
+    while monitor.poll(deadline.remaining() * 1000):
+        if recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED:
+            return True
+    return False
+
+
+@relaykernel_only  # ipykernel has no inbound size limit
+@pytest.mark.parametrize("channel", ["shell", "control", "stdin"])
+def test_an_oversized_frame_is_refused_before_it_is_buffered(kernel, ctx, channel):
+    """An unsigned 200 MB frame closes its connection (Supervisor.max_message_size,
+    128 MiB) before the supervisor buffers it; the kernel carries on."""
+    info = kernel.km.get_connection_info()
+    sender = ctx.socket(zmq.DEALER)
+    sender.linger = 0
+    monitor = sender.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    sender.connect(_url(info, channel))
+    rss = PeakRss(kernel.pid)
+    sender.send_multipart([b"<IDS|MSG>", b"", b"{}", b"{}", b"{}", b"\0" * (200 * MB)], copy=False)
+    refused = _until_disconnected(monitor, timeout=20)
+    growth = rss.stop()
+    assert refused, "the kernel did not close the connection that sent 200 MB"
+    assert growth < 50 * MB, f"the supervisor grew by {growth / MB:.0f} MB"
+    _, iopub = execute_ok(kernel.kc, "print('fine')")
+    assert stream_text(iopub) == "fine\n"
+
+
+@relaykernel_only
+def test_the_limits_are_set_on_the_kernels_command_line(ctx):
+    """Both limits bind with the sockets, before config files are read: the kernelspec's
+    argv sets them (here 50 messages, ~3 MB of print output, and 1 MB frames)."""
+    km = KernelManager(kernel_name=KERNEL_NAME)
+    km.shutdown_wait_time = 5.0
+    km.start_kernel(env=kernel_env(), extra_arguments=[
+        "--Supervisor.iopub_queue_limit=50", "--Supervisor.max_message_size=1000000"])
+    handle = KernelHandle(km=km, kc=km.client(), pid=_kernel_pid(km))
+    try:
+        handle.kc.start_channels()
+        handle.kc.wait_for_ready(timeout=60)
+        info = km.get_connection_info()
+        sender = ctx.socket(zmq.DEALER)
+        sender.linger = 0
+        monitor = sender.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        sender.connect(_url(info, "shell"))
+        sender.send_multipart([b"<IDS|MSG>", b"", b"{}", b"{}", b"{}", b"\0" * (2 * MB)])
+        assert _until_disconnected(monitor, timeout=20), "a 2 MB frame was taken"
+
+        execute_ok(handle.kc, "pad = 'x' * 142")
+        stalled = _stalled_subscriber(ctx, info)
+        rss = PeakRss(handle.pid)
+        _, iopub = execute_ok(handle.kc, "for i in range(200_000):\n    print(i, pad)", timeout=120)
+        growth = rss.stop()
+        assert len(stream_text(iopub).splitlines()) == 200_000
+        assert growth < 12 * MB, f"the supervisor grew by {growth / MB:.0f} MB for ~30 MB of output"
+        stalled.close(0)
+    finally:
+        stop_kernel(handle)
 
 
 # ------------------------------------------------ (7) connection takeover
