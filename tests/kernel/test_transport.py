@@ -348,6 +348,26 @@ def test_a_second_connection_with_a_clients_identity_gets_none_of_its_replies(ke
     execute_ok(kc, "1")
 
 
+@relaykernel_only  # ipykernel sets ROUTER_HANDOVER on stdin too
+def test_a_second_stdin_connection_with_a_clients_identity_gets_no_prompt(kernel, ctx):
+    kc = kernel.kc
+    thief = ctx.socket(zmq.DEALER)
+    thief.linger = 0
+    thief.identity = kc.session.bsession
+    monitor = thief.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    thief.connect(_url(kernel.km.get_connection_info(), "stdin"))
+    assert monitor.poll(10_000), "the second connection never completed its handshake"
+    execute_ok(kc, "1")  # the kernel has polled its sockets since: the connection is attached
+    msg_id = kc.execute("answer = input('secret? ')", allow_stdin=True)
+    prompt = kc.get_stdin_msg(timeout=10)
+    assert prompt["msg_type"] == "input_request" and prompt["content"]["prompt"] == "secret? "
+    kc.input("mine")
+    assert get_reply(kc, msg_id)["content"]["status"] == "ok"
+    assert not thief.poll(SILENCE * 1000), "the prompt went to the second stdin connection"
+    _, iopub = execute_ok(kc, "print(answer)")
+    assert stream_text(iopub) == "mine\n"
+
+
 def test_an_encrypted_client_that_reconnects_with_its_identity_is_answered(encrypted):
     """Only holders of the connection file can connect to an encrypted kernel, so a
     client's new connection takes its identity over at once (ipykernel#270): clients
