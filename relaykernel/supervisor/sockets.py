@@ -9,11 +9,11 @@ What a client can cost the supervisor is bounded here, before the sockets
 bind (libzmq copies a socket's options into each connection it accepts): a
 subscriber that stops reading holds at most ``iopub_queue_limit`` messages
 (then only its own messages are dropped), an inbound frame larger than
-``max_message_size`` closes its connection before it is buffered, and a
-routing identity belongs to the connection that claimed it first (no
-ROUTER_HANDOVER: a process that read a client's session id off iopub cannot
-take over its replies).  CurveZMQ keys from the connection file encrypt all
-five sockets.
+``max_message_size`` closes its connection before it is buffered, and in
+plain text a routing identity belongs to the connection that claimed it
+first (no ROUTER_HANDOVER: a process that read a client's session id off
+iopub cannot take over its replies).  CurveZMQ keys from the connection file
+encrypt all five sockets, and then only their holders can connect at all.
 """
 
 from __future__ import annotations

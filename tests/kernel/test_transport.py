@@ -373,7 +373,7 @@ def test_an_encrypted_client_that_reconnects_with_its_identity_is_answered(encry
     client's new connection takes its identity over at once (ipykernel#270): clients
     of one KernelManager share its session id, hence their identity.  In plain text a
     reconnect that beats the kernel to the old connection's close is ignored instead
-    (3 of 40 back-to-back reconnects): that is the price of the test above."""
+    (5 of 140 back-to-back reconnects): the price of the tests above."""
     km = encrypted.km
     for i in range(20):
         encrypted.kc.stop_channels()
