@@ -49,40 +49,44 @@ IMPORT = "from .._timeline import mark, dump\n"
 
 #: (file, exact text, the text with a timestamp added); each must match once.
 EDITS: list[tuple[str, str, str]] = [
-    ("supervisor/kernel.py", "from .. import wire\n", "from .. import wire\n" + IMPORT),
-    ("supervisor/kernel.py",
-     "        events = dict(self.poller.poll(self._next_timeout()))\n",
-     "        events = dict(self.poller.poll(self._next_timeout()))\n        mark('supervisor woke')\n"),
-    ("supervisor/kernel.py",
+    ("supervisor/loop.py", "from .. import wire\n", "from .. import wire\n" + IMPORT),
+    ("supervisor/loop.py",
+     "        events = dict(self.poller.poll(self.timers.timeout_ms()))\n",
+     "        events = dict(self.poller.poll(self.timers.timeout_ms()))\n        mark('supervisor woke')\n"),
+    ("supervisor/loop.py",
      "        for msg in self.verifier.waiting(sock, channel, budget):\n",
      ("        for msg in self.verifier.waiting(sock, channel, budget):\n"
       "            mark('supervisor verified the request')\n")),
-    ("supervisor/kernel.py",
-     "            worker.send(wire.encode(wire.REQUEST, None, request.frames))\n",
-     ("            worker.send(wire.encode(wire.REQUEST, None, request.frames))\n"
+    ("supervisor/flow.py", "from .. import wire\n", "from .. import wire\n" + IMPORT),
+    ("supervisor/flow.py",
+     "            if not worker.send(wire.encode(wire.REQUEST, meta, request.frames)):\n                return\n",
+     ("            if not worker.send(wire.encode(wire.REQUEST, meta, request.frames)):\n                return\n"
       "            mark('supervisor sent it to the worker')\n")),
-    ("supervisor/kernel.py",
-     '        self._announce(request)\n        if request.msg_type == "comm_msg"',
-     ('        self._announce(request)\n        mark("supervisor published busy")\n'
+    ("supervisor/flow.py",
+     '        self.announce(request)\n        if request.msg_type == "comm_msg"',
+     ('        self.announce(request)\n        mark("supervisor published busy")\n'
       '        if request.msg_type == "comm_msg"')),
-    ("supervisor/kernel.py",
+    ("supervisor/loop.py",
      "                frames = wire.recv_frames(worker.link)\n            except zmq.Again:\n                return\n",
      ("                frames = wire.recv_frames(worker.link)\n            except zmq.Again:\n                return\n"
       "            mark('supervisor received from the worker')\n")),
-    ("supervisor/kernel.py",
-     "        self._after_large(lm.payload[7:])\n        wire.send_frames(self.sockets.iopub, lm.payload)\n",
-     ("        self._after_large(lm.payload[7:])\n        wire.send_frames(self.sockets.iopub, lm.payload)\n"
+    ("supervisor/loop.py",
+     ("        self.chores.after_large(lm.payload[wire.PUBLISHED.buffers:])\n"
+      "        wire.send_frames(self.sockets.iopub, lm.payload)\n"),
+     ("        self.chores.after_large(lm.payload[wire.PUBLISHED.buffers:])\n"
+      "        wire.send_frames(self.sockets.iopub, lm.payload)\n"
       "        mark('supervisor published the echo')\n")),
-    ("supervisor/kernel.py",
-     '        self.out.status("idle", request)\n        self._trim_later()\n',
+    ("supervisor/flow.py",
+     '        self.out.status("idle", request)\n        if (lm.meta.get("status")',
      ('        self.out.status("idle", request)\n        mark("supervisor published idle")\n'
-      '        self._trim_later()\n')),
-    ("supervisor/kernel.py", "    def _close(self) -> None:\n",
+      '        if (lm.meta.get("status")')),
+    ("supervisor/loop.py", "    def _close(self) -> None:\n",
      "    def _close(self) -> None:\n        dump('supervisor')\n"),
     ("worker/link.py", "from .. import wire\n", "from .. import wire\n" + IMPORT),
     ("worker/link.py",
-     "                readable, _, _ = select.select(fds, [], [])\n",
-     "                readable, _, _ = select.select(fds, [], [])\n                mark('worker woke')\n"),
+     "                    readable, _, _ = select.select((*fds, self._signal_r), [], [])\n",
+     ("                    readable, _, _ = select.select((*fds, self._signal_r), [], [])\n"
+      "                    mark('worker woke')\n")),
     ("worker/link.py",
      "            wire.send_frames(self._pair, frames)\n",
      "            wire.send_frames(self._pair, frames)\n            mark('worker sent ' + kind.decode())\n"),

@@ -12,6 +12,7 @@ the child.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 #: What the worker imports before READY, for the fork server to import once
@@ -48,7 +49,7 @@ class WorkerConfig:
 
     def with_endpoint(self, endpoint: str, number: int, progress_file: str = "") -> WorkerConfig:
         return dataclasses.replace(self, endpoint=endpoint, number=number, progress_file=progress_file,
-                                   crash_log=f"{self.crash_log}-{number}")
+                                   crash_log=os.path.join(os.path.dirname(self.crash_log), f"crash-{number}"))
 
 
 def run_worker(config: WorkerConfig) -> None:
@@ -61,6 +62,7 @@ def run_worker(config: WorkerConfig) -> None:
         # The supervisor reads this file to tell the user why the worker died.
         import traceback
 
-        with open(config.crash_log, "a") as f:
+        fd = os.open(config.crash_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as f:
             traceback.print_exc(file=f)
         raise

@@ -245,6 +245,25 @@ def recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
     return frames
 
 
+# payload layouts: where each part of a Jupyter message sits -------------------
+class FrameLayout(NamedTuple):
+    """Positions of a Jupyter message's parts in a link payload, one instance per layout."""
+
+    header: int
+    parent: int
+    metadata: int
+    content: int
+    buffers: int  # the first buffer; the rest follow to the end
+
+
+#: A request the supervisor verified (REQUEST, INPUT_REPLY): header, parent, metadata, content, buffers.
+VERIFIED: Final = FrameLayout(0, 1, 2, 3, 4)
+#: A message the worker signed for a socket (DONE, STDIN): ``<IDS|MSG>``, hmac, then the parts.
+SIGNED: Final = FrameLayout(2, 3, 4, 5, 6)
+#: The same published on iopub (IOPUB, COMM): the topic comes first.
+PUBLISHED: Final = FrameLayout(3, 4, 5, 6, 7)
+
+
 # meta shapes, for readers and type checkers --------------------------------
 try:
     from typing import TypedDict

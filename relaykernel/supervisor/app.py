@@ -2,7 +2,7 @@
 
 Runs in the supervisor's main thread.  Reads (or writes) the connection file,
 binds the sockets, starts the heartbeat thread and hands everything to
-:class:`~relaykernel.supervisor.kernel.SupervisorLoop` by constructor.
+:class:`~relaykernel.supervisor.loop.SupervisorLoop` by constructor.
 Configure it the Jupyter way: ``--Supervisor.standby_workers=2`` on the
 command line or ``c.Supervisor.standby_workers = 2`` in
 ``relaykernel_config.py`` on the Jupyter config path.
@@ -27,7 +27,7 @@ from traitlets.config import Application
 from .. import CONNECTION_FILE_ENV, __version__
 from .early import EarlyStart, begin
 from .heartbeat import Heartbeat
-from .kernel import SupervisorLoop
+from .loop import Settings, SupervisorLoop
 from .resources import GIB, MemoryGuard
 from .sockets import IOPUB_QUEUE_LIMIT, MAX_MESSAGE_SIZE, KernelSockets, SocketOptions, Verifier
 
@@ -158,11 +158,11 @@ class Supervisor(Application):
             loop = SupervisorLoop(
                 ctx=ctx, signer=early.signer, verifier=early.verifier or Verifier(early.signer),
                 sockets=sockets, private_dir=private_dir,
-                worker_config=early.worker.config, first_worker=early.worker,
-                standby_workers=self.standby_workers, interrupt_grace=self.interrupt_grace,
-                inplace_restart=self.inplace_restart, log_level=self._level(),
-                memory_guard=MemoryGuard(int(self.memory_soft_limit * GIB), int(self.memory_limit * GIB)),
-                held=held)
+                worker_config=early.worker.config, first_worker=early.worker, held=held,
+                settings=Settings(
+                    standby_workers=self.standby_workers, interrupt_grace=self.interrupt_grace,
+                    inplace_restart=self.inplace_restart, log_level=self._level(),
+                    memory_guard=MemoryGuard(int(self.memory_soft_limit * GIB), int(self.memory_limit * GIB))))
             loop.run()
         finally:
             heartbeat.stop()

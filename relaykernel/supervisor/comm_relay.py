@@ -53,14 +53,16 @@ class CommRelay:
         self.registry.closed(comm_id)
 
     def from_worker(self, lm: wire.LinkMessage) -> None:
-        """A COMM link message: iopub frames, topic first (content at 6, buffers from 7)."""
+        """A COMM link message: iopub frames (wire.PUBLISHED)."""
         msg_type, comm_id = lm.meta.get("msg_type"), str(lm.meta.get("comm_id"))
+        at, payload = wire.PUBLISHED, lm.payload
         if msg_type == "comm_open":
-            self.registry.opened(_json(lm.payload[6]), _json(lm.payload[5]), list(lm.payload[7:]), "kernel")
+            self.registry.opened(_json(payload[at.content]), _json(payload[at.metadata]),
+                                 list(payload[at.buffers:]), "kernel")
         elif msg_type == "comm_msg":
             record = self.registry.get(comm_id)
             if record is not None and record.is_widget:  # only widget state is tracked
-                self.registry.message(_json(lm.payload[6]), list(lm.payload[7:]), "kernel")
+                self.registry.message(_json(payload[at.content]), list(payload[at.buffers:]), "kernel")
         elif msg_type == "comm_close":
             self.registry.closed(comm_id)
 

@@ -145,7 +145,7 @@ class WorkerLauncher:
             self.state = ServerState.FAILED
         return self.state is ServerState.WARMING
 
-    def _server_alive(self) -> bool:
+    def server_alive(self) -> bool:
         if self._server_pid is None:
             return False
         try:  # WNOWAIT: leave it to multiprocess to reap
@@ -157,7 +157,7 @@ class WorkerLauncher:
     def context(self) -> Any:
         """The multiprocess context the next worker starts with."""
         if self.state is ServerState.WARM:
-            if self._server_alive():
+            if self.server_alive():
                 return self._fork_context
             log.warning("the worker fork server exited; spawning workers until it is back")
             self.state = ServerState.COLD

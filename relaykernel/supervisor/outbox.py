@@ -33,8 +33,11 @@ class Outbox:
             return
         reply_type = request.msg_type[: -len("request")] + "reply"
         frames = self.signer.frames(reply_type, content, request.header_bytes)
-        sock = self.sockets.control if request.channel == "control" else self.sockets.shell
-        send_frames(sock, request.idents + frames)
+        send_frames(self.reply_socket(request), request.idents + frames)
+
+    def reply_socket(self, request: Incoming) -> zmq.Socket:
+        """Where a request's reply goes: the socket it came from."""
+        return self.sockets.control if request.channel == "control" else self.sockets.shell
 
     def publish(self, parent: Incoming | None, msg_type: str, content: dict[str, Any] | bytes,
                 buffers: list[Any] | None = None) -> None:

@@ -1,117 +1,172 @@
-"""What to tell the user when a worker dies: the words of the crash report.
+"""What a worker's death means for the requests, and the replacement that follows.
 
-Pure functions, used by the supervisor's main thread.  The report says what
-happened (signal or exit code and its probable cause), what was lost (the
-worker's variables) and what was kept (the open comms), so a user who sees it
-knows the kernel is still there and what to re-run.
+Owned by the supervisor's main thread.  When the active worker dies (its
+sentinel fired) or is replaced on purpose (memory limit, interrupt grace,
+restart), every request it held gets exactly one answer: the one it was
+running gets the death's error, those it finished without its DONE arriving
+are asked again (if they change nothing) or told their reply was lost, and
+those it never began go to the next worker.  A spare's death only counts
+against the pool's start budget.  The wording is crash_report.py's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-from dataclasses import dataclass, field
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .worker_process import ExitInfo
+import zmq
 
-#: ename of the error reply for a request whose worker died.
-WORKER_DIED = "WorkerDied"
+from .. import wire
+from .crash_report import WORKER_DIED, Death, read_crash_log
+from .shell_queue import stops_on_error
+from .worker_process import WorkerProcess, WorkerState
 
-_CAUSES = {
-    signal.SIGSEGV: "segmentation fault in native code (a C extension or ctypes call read invalid memory)",
-    signal.SIGBUS: "bus error in native code",
-    signal.SIGABRT: "abort in native code (a failed assertion in a C library, or a fatal Python error)",
-    signal.SIGFPE: "arithmetic fault in native code",
-    signal.SIGILL: "illegal instruction in native code",
-    signal.SIGKILL: "killed from outside the kernel (often the system's out-of-memory killer)",
-    signal.SIGTERM: "terminated from outside the kernel",
-}
+if TYPE_CHECKING:
+    from .comm_relay import CommRelay
+    from .flow import RequestFlow
+    from .pool import WorkerPool
+    from .sockets import Incoming
 
+log = logging.getLogger("relaykernel.supervisor")
 
-@dataclass(frozen=True)
-class Death:
-    """A worker's end: the exit, and the supervisor's own reason if it caused it."""
-
-    exit: ExitInfo
-    reason: str = ""  # set when the supervisor replaced the worker on purpose
-    crash_log: str = ""  # faulthandler's output, when the worker left one
-    restart: bool = False  # the user asked for it: not a crash
-    #: what the worker wrote to fds 1/2 that was never forwarded, by stream name
-    unread_output: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def evalue(self) -> str:
-        what = self.exit.describe()
-        if self.restart:
-            return self.reason
-        return f"{self.reason} ({what})" if self.reason else f"the worker process ended: {what}"
-
-    def traceback(self, open_comms: int) -> list[str]:
-        """Lines a frontend draws for the error (frontends show the traceback, not
-        evalue): the whole explanation, so that a cell's error is the one place it is."""
-        if self.restart:
-            return [f"{WORKER_DIED}: {self.evalue}",
-                    f"A fresh worker has taken over ({open_comms} open comm(s) kept)."]
-        return [f"{WORKER_DIED}: {self.evalue}", f"Probable cause: {self.probable_cause()}.", *_lost_and_kept(open_comms)]
-
-    def last_words(self) -> str:
-        """faulthandler's output, for the stream before the error ('' if none)."""
-        block = self._last_words_block()
-        return f"relaykernel: the worker process died. {block}\n" if block else ""
-
-    def _last_words_block(self) -> str:
-        return "Last words of the worker:\n" + _indent(self.crash_log.strip()) if self.crash_log.strip() else ""
-
-    def probable_cause(self) -> str:
-        if self.reason:
-            return self.reason
-        code = self.exit.exitcode
-        if code is not None and code < 0:
-            try:
-                return _CAUSES.get(signal.Signals(-code), f"signal {-code}")
-            except ValueError:
-                return f"signal {-code}"
-        return f"the process exited with code {code} (for example os._exit({code}) or a fatal error)"
-
-    def report(self, open_comms: int) -> str:
-        if self.restart:
-            return (f"relaykernel: {self.reason} while this request ran; a fresh worker has "
-                    f"taken over ({open_comms} open comm(s) kept).\n")
-        lines = [
-            f"relaykernel: the worker process running your code died: {self.exit.describe()}.",
-            f"Probable cause: {self.probable_cause()}.",
-        ]
-        if self.crash_log.strip():
-            lines.append(self._last_words_block())
-        return "\n".join(lines + _lost_and_kept(open_comms)) + "\n"
+RESTARTED = "the kernel was restarted"
+#: Requests that change nothing, so that one whose reply a dying worker lost is
+#: asked again of the next worker rather than answered with an error.
+REPEATABLE = frozenset({"complete_request", "inspect_request", "is_complete_request", "history_request"})
+#: A dead worker's link is read until it has been quiet this long (ms): what the
+#: worker sent just before dying may still be passing through the IO threads.
+DEAD_LINK_QUIET_MS = 10
 
 
-def _lost_and_kept(open_comms: int) -> list[str]:
-    return ["Lost: the worker's variables, imports and other state.",
-            f"Kept: the kernel, its execution count and history, and {open_comms} open comm(s).",
-            "A fresh worker has taken over; re-run the cells you need."]
+class Recovery:
+    """Turns worker deaths into replies, requeues and a fresh worker."""
 
+    def __init__(self, pool: WorkerPool, flow: RequestFlow, comms: CommRelay,
+                 drain_link: Callable[[WorkerProcess], None], drain_shell: Callable[[], None]) -> None:
+        self.pool = pool
+        self.flow = flow
+        self.out = flow.out
+        self.comms = comms
+        self._drain_link = drain_link
+        self._drain_shell = drain_shell
 
-def read_crash_log(path: str, head: int = 1500, tail: int = 2500) -> str:
-    """The worker's faulthandler output ('' if none): its start, which names the
-    fatal error, and its end, which holds the innermost frames of a deep stack.
+    def worker_exited(self, worker: WorkerProcess) -> None:
+        """A worker's sentinel fired: the active one's requests are answered, a spare is counted."""
+        # Outputs it sent before dying still belong to the user, and a DONE still
+        # on its way says the request it ends was not the one that killed the worker.
+        self._drain_link(worker)
+        while worker.state is not WorkerState.GONE and worker.link.poll(DEAD_LINK_QUIET_MS, zmq.POLLIN):
+            self._drain_link(worker)
+        was_active = worker is self.pool.active
+        was_starting = worker.state is WorkerState.STARTING
+        death = Death(self.pool.exit_of(worker), crash_log=read_crash_log(worker.config.crash_log),
+                      unread_output=worker.unread_output())
+        running = worker.requests_running()
+        self.pool.forget(worker)
+        worker.close()
+        if was_active:
+            log.info("active worker %s died: %s", worker.number, death.exit.describe())
+            # queue what the frontend sent before it could know: with stop_on_error
+            # those executes are aborted, whichever poll event came first
+            self._drain_shell()
+            self._recover(death, running)
+        else:
+            log.warning("spare worker %s died before use: %s", worker.number, death.exit.describe())
+            if self.pool.spare_died(was_starting):
+                if self.pool.cannot_start:
+                    self._fail_queued(death)  # nothing can run them: say so rather than wait
+                return
+        self.pool.ensure()
 
-    Called once its worker is dead, so the file is removed: a kernel that lives
-    through many crashes keeps only the logs of its live workers, not one per
-    worker it ever had (150 crashes left 158 files)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return ""
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-    if len(data) > head + tail:
-        data = data[:head] + b"\n    ...\n" + data[-tail:]
-    return data.decode("utf-8", "replace")
+    def restart(self) -> None:
+        """A restart the user asked for: fresh worker and namespace, count from 1, comms kept."""
+        self.flow.execution_count = 1
+        self.replace_active(RESTARTED, restart=True)
 
+    def replace_active(self, reason: str, restart: bool = False) -> None:
+        worker = self.pool.take_active()
+        if worker is None:
+            return
+        worker.kill()
+        death = Death(self.pool.exit_of(worker, timeout=2.0), reason=reason, restart=restart,
+                      unread_output=worker.unread_output())
+        running = worker.requests_running()
+        worker.close()
+        self._recover(death, running)
+        self.pool.ensure()
 
-def _indent(text: str) -> str:
-    return "\n".join("    " + line for line in text.splitlines())
+    def _recover(self, death: Death, running: int | None) -> None:
+        """Give the request the worker was running its one reply, then abort or keep the queue.
+
+        Of the requests sent to the dead worker, the oldest may have finished
+        with their DONE lost (progress.py): those that change nothing are asked
+        again of the next worker, the others get an error that says so.  Then
+        comes the one that was running, which gets the death's error; the rest
+        never began and go to the next worker.  ``running``: how many
+        requests the worker began and did not report done (None: unknown)."""
+        queue = self.flow.queue
+        running = 1 if running is None else running  # unknown: the oldest one sent
+        again: list[Incoming] = []
+        for _ in range(running - 1):
+            finished = queue.finish()
+            if finished is None:
+                break
+            if finished.msg_type in REPEATABLE:
+                again.append(finished)
+            else:
+                self._reply_lost(finished, death)
+        request = queue.finish() if running > 0 else None
+        queue.requeue_sent()  # never started: run on the next worker
+        queue.requeue(again)
+        if request is None:
+            self._last_output(None, death)
+            if not death.restart:  # a restart of an idle kernel needs no words
+                self.out.stream(None, "stderr", death.report(len(self.comms)))
+            return
+        self._fail_running(request, death)
+
+    def _fail_running(self, request: Incoming, death: Death) -> None:
+        """The death's error for the request the worker was running, with what it printed last."""
+        self.flow.announce(request)
+        is_execute = request.msg_type == "execute_request"
+        if is_execute and not request.started and not request.content.get("silent"):
+            # the worker died before its execute_input left: the cell must still show up
+            self.out.publish(request, "execute_input", {"code": request.content.get("code", ""),
+                                                       "execution_count": self.flow.execution_count})
+        self._last_output(request, death)
+        if is_execute:  # its error output says it all; no second copy
+            if last_words := death.last_words():
+                self.out.stream(request, "stderr", last_words)
+        else:  # a comm message or another request: the stream is the only place to say it
+            self.out.stream(request, "stderr", death.report(len(self.comms)))
+        error = wire.error_reply(WORKER_DIED, death.evalue, death.traceback(len(self.comms)))
+        if is_execute:
+            error["execution_count"] = self.flow.execution_count
+            if not request.content.get("silent") and request.content.get("store_history", True):
+                self.flow.execution_count += 1
+            self.out.publish(request, "error", {k: error[k] for k in ("ename", "evalue", "traceback")})
+        self.out.reply(request, error if request.msg_type.endswith("_request") else None)
+        self.out.status("idle", request)
+        if is_execute and stops_on_error(request):
+            self.flow.abort(self.flow.queue.take_executes())
+
+    def _last_output(self, request: Incoming | None, death: Death) -> None:
+        """What the dead worker wrote last and could not forward, shown before the report:
+        it often names the crash (an assertion message before abort())."""
+        for name in ("stdout", "stderr"):
+            text = death.unread_output.get(name)
+            if text:
+                self.out.stream(request, name, text)
+
+    def _reply_lost(self, request: Incoming, death: Death) -> None:
+        """A request the worker finished just before it died, whose reply died with it."""
+        self.flow.answer(request, wire.error_reply(
+            WORKER_DIED, f"{death.evalue}, right after it finished this {request.msg_type}; its reply was lost"))
+
+    def _fail_queued(self, death: Death) -> None:
+        for request in self.flow.queue.take_pending():
+            self.flow.announce(request)
+            self.out.stream(request, "stderr", "relaykernel: no worker could start: "
+                                                f"{death.exit.describe()}\n{death.crash_log}")
+            self.flow.answer(request, wire.error_reply("WorkerStartFailed", death.exit.describe()))

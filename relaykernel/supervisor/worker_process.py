@@ -42,6 +42,8 @@ class ExitInfo:
     """How a worker ended, in words a user understands."""
 
     exitcode: int | None
+    #: what ended it, when the exit code cannot say (see WorkerPool.exit_of)
+    cause: str = ""
 
     @property
     def signal_name(self) -> str | None:
@@ -53,6 +55,8 @@ class ExitInfo:
         return None
 
     def describe(self) -> str:
+        if self.cause:
+            return self.cause
         if self.exitcode is None:
             return "unknown exit"
         if self.signal_name:
@@ -68,6 +72,9 @@ class WorkerProcess:
         self.number = number
         self.link = ctx.socket(zmq.PAIR)
         self.link.setsockopt(zmq.LINGER, 0)
+        # A send never waits (send() below): a worker that died unnoticed, or never
+        # connected, would otherwise block the supervisor's loop forever.
+        self.link.setsockopt(zmq.SNDTIMEO, 0)
         self.endpoint = f"ipc://{private_dir}/worker-{number}"
         self.link.bind(self.endpoint)
         os.chmod(self.endpoint[len("ipc://") :], 0o600)  # private even if the directory's mode changes
@@ -123,11 +130,18 @@ class WorkerProcess:
                 unread[name] = tail.decode("utf-8", "replace")
         return unread
 
-    def send(self, frames: list[Any]) -> None:
-        wire.send_frames(self.link, frames)
-
-    def is_alive(self) -> bool:
-        return self.state is not WorkerState.GONE and self.process.is_alive()
+    def send(self, frames: list[Any]) -> bool:
+        """Send a link message without ever blocking.  A worker that cannot take it
+        now (dead, never connected, or its queue full) is killed instead, so its
+        sentinel brings it to recovery; False then, and nothing was sent (only a
+        message's first frame can fail: zmq queues the rest with it)."""
+        try:
+            wire.send_frames(self.link, frames)
+        except zmq.Again:
+            log.warning("worker %s cannot take a link message; killing it", self.number)
+            self.kill()
+            return False
+        return True
 
     def requests_running(self) -> int | None:
         """Requests the worker began and did not finish as far as the supervisor
@@ -152,7 +166,7 @@ class WorkerProcess:
     def request_stop(self) -> None:
         """Ask the worker to exit (it may be busy or still starting)."""
         try:
-            self.link.send_multipart(wire.encode(wire.SHUTDOWN), flags=zmq.NOBLOCK)
+            wire.send_frames(self.link, wire.encode(wire.SHUTDOWN))
         except zmq.ZMQError:
             pass
 

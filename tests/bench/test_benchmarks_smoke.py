@@ -45,7 +45,7 @@ def test_echo_timeline_instruments_the_current_sources(tmp_path):
     from benchmarks import echo_timeline
 
     root = echo_timeline.instrumented_copy(tmp_path)
-    probe = ("import relaykernel.supervisor.kernel, relaykernel.worker.main, "
+    probe = ("import relaykernel.supervisor.loop, relaykernel.worker.main, "
              "relaykernel.worker.kernel, relaykernel._timeline as t; print(t.__file__)")
     result = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True,
                             text=True, timeout=60)

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 SUPERVISOR_MODULES = [
-    "relaykernel.__main__", "relaykernel.supervisor.app", "relaykernel.supervisor.kernel",
+    "relaykernel.__main__", "relaykernel.supervisor.app", "relaykernel.supervisor.loop",
     "relaykernel.supervisor.early", "relaykernel.provisioner", "relaykernel.kernelspec",
 ]
 
@@ -29,7 +29,7 @@ def test_the_early_step_needs_only_zmq_and_the_standard_library():
             # each of these costs ~2-6 ms before the frontend's kernel_info can be answered
             "slow = sorted({'logging', 'dataclasses', 'inspect', 'socket', 'uuid'} & set(sys.modules))\n"
             "assert not slow, slow\n"
-            "import relaykernel.supervisor.app, relaykernel.supervisor.kernel\n"
+            "import relaykernel.supervisor.app, relaykernel.supervisor.loop\n"
             "assert 'jupyter_client' not in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

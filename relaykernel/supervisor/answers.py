@@ -1,0 +1,102 @@
+"""The requests the supervisor answers itself, at once, whatever the worker is doing:
+kernel_info, comm_info, usage, debug, interrupt and shutdown.
+
+Owned by the supervisor's main thread.  The loop publishes busy/idle around
+each; a handler only replies (and acts).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .kernel_info import kernel_info_content
+from .resources import Usage
+
+if TYPE_CHECKING:
+    from .comm_relay import CommRelay
+    from .flow import RequestFlow
+    from .housekeeping import Timers
+    from .pool import WorkerPool
+    from .recovery import Recovery
+    from .sockets import Incoming
+
+log = logging.getLogger("relaykernel.supervisor")
+
+
+class Answers:
+    """Handlers of the supervisor's own requests, by message type (``shell`` and ``control``)."""
+
+    def __init__(self, *, flow: RequestFlow, comms: CommRelay, pool: WorkerPool, recovery: Recovery,
+                 timers: Timers, stop: Callable[[], None], interrupt_grace: float,
+                 inplace_restart: bool) -> None:
+        self.flow = flow
+        self.out = flow.out
+        self.comms = comms
+        self.pool = pool
+        self.recovery = recovery
+        self.timers = timers
+        self.stop = stop
+        self.interrupt_grace = interrupt_grace
+        self.inplace_restart = inplace_restart
+        self.usage = Usage()
+        self.shell: dict[str, Callable[[Incoming], None]] = {
+            "kernel_info_request": self.kernel_info,
+            "comm_info_request": self.comm_info,
+            "shutdown_request": self.shutdown,  # its channel before protocol 5.1; ipykernel takes it too
+        }
+        self.control: dict[str, Callable[[Incoming], None]] = {
+            **self.shell,
+            "interrupt_request": self.interrupt_request,
+            "usage_request": self.usage_request,
+            "debug_request": self.no_debugger,
+        }
+
+    def kernel_info(self, msg: Incoming) -> None:
+        self.out.reply(msg, kernel_info_content())
+
+    def comm_info(self, msg: Incoming) -> None:
+        target = msg.content.get("target_name")
+        self.out.reply(msg, {"status": "ok", "comms": self.comms.info(target or None)})
+
+    def usage_request(self, msg: Incoming) -> None:
+        active = self.pool.active
+        self.out.reply(msg, self.usage.reply(active.pid if active else None))
+
+    def no_debugger(self, msg: Incoming) -> None:
+        """kernel_info says ``debugger: false``; a client that asks anyway gets a failed
+        Debug Adapter Protocol response rather than a wait for a reply that never comes."""
+        self.out.reply(msg, {"type": "response", "seq": 0, "request_seq": msg.content.get("seq", 0),
+                             "success": False, "command": msg.content.get("command", ""),
+                             "message": "relaykernel has no debugger"})
+
+    def shutdown(self, msg: Incoming) -> None:
+        restart = bool(msg.content.get("restart", False))
+        content = {"status": "ok", "restart": restart}
+        self.out.reply(msg, content)
+        self.out.publish(msg, "shutdown_reply", content)  # for every frontend, as the spec asks
+        if restart and self.inplace_restart:
+            self.recovery.restart()
+        else:
+            self.stop()
+
+    def interrupt_request(self, msg: Incoming) -> None:
+        self.interrupt()
+        self.out.reply(msg, {"status": "ok"})
+
+    def interrupt(self) -> None:
+        """SIGINT the running cell; replace the worker if it has not stopped after the grace period."""
+        worker, request = self.pool.active, self.flow.queue.current
+        if worker is None:
+            return
+        worker.signal(signal.SIGINT)
+        if request is not None and self.interrupt_grace > 0:
+            def hard_interrupt() -> None:
+                if self.pool.active is worker and self.flow.queue.current is request:
+                    log.warning("worker ignored SIGINT for %.1fs; replacing it", self.interrupt_grace)
+                    self.recovery.replace_active(
+                        f"the cell did not stop within {self.interrupt_grace:g} s of the interrupt,"
+                        " so the worker was replaced")
+            self.timers.after(self.interrupt_grace, hard_interrupt)

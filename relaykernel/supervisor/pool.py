@@ -1,0 +1,209 @@
+"""The worker pool: the active worker, its warm spares, and how new ones start.
+
+Owned by the supervisor's main thread.  The pool registers each worker's link
+and process sentinel with the loop's poller, promotes a ready spare when there
+is no active worker, keeps ``standby`` spares, and slows down when workers keep
+dying before they are used (a broken environment must not fork-bomb the
+machine).  It never decides what a death means for the requests: that is
+recovery.py's job.
+
+Nothing here may block the loop: a spare that died unnoticed is never
+activated (its sentinel is checked first), and a send to a worker that cannot
+take it kills that worker instead of waiting (worker_process.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from .. import wire
+from ..spawn import WorkerConfig
+from .housekeeping import Timers
+from .launcher import WARM_UP_LIMIT, ServerState, WorkerLauncher
+from .worker_process import ExitInfo, WorkerProcess, WorkerState
+
+log = logging.getLogger("relaykernel.supervisor")
+
+#: Consecutive workers that may die before READY (or spares within
+#: SPARE_DEATH_WINDOW seconds) before new ones start only every BACKOFF seconds.
+MAX_START_FAILURES = 3
+SPARE_DEATH_WINDOW = 30.0
+BACKOFF = 5.0
+
+#: Starts worker number N with a multiprocess context (spawn or fork server).
+StartWorker = Callable[[int, Any], WorkerProcess]
+
+
+class WorkerPool:
+    """Which worker runs requests, which wait, and when to start more."""
+
+    def __init__(self, *, ctx: zmq.Context, private_dir: str, config: WorkerConfig, poller: zmq.Poller,
+                 timers: Timers, standby: int = 1, first_worker: WorkerProcess | None = None,
+                 start: StartWorker | None = None) -> None:
+        self.poller = poller
+        self.timers = timers
+        self.standby = standby
+        self.launcher = WorkerLauncher(config.inherited_tunables, private_dir)
+        poller.register(self.launcher.wake_fd, zmq.POLLIN)
+        self._start: StartWorker = start or (
+            lambda number, context: WorkerProcess(ctx, number, private_dir, config, start_method=context))
+        #: the ACTIVATE meta for a worker about to become active (set by the loop)
+        self.activation: Callable[[WorkerProcess], wire.ActivateMeta] = _no_activation
+        self.active: WorkerProcess | None = None
+        self.spares: list[WorkerProcess] = []
+        self.by_link: dict[zmq.Socket, WorkerProcess] = {}
+        self.by_sentinel: dict[int, WorkerProcess] = {}
+        self.stopping = False
+        self._numbers = iter(range(2 if first_worker else 1, 1 << 30))
+        self._start_failures = 0
+        self._spare_deaths: list[float] = []  # when spares died, over SPARE_DEATH_WINDOW
+        if first_worker is not None:
+            self._adopt(first_worker)
+
+    def active_ready(self) -> WorkerProcess | None:
+        """The active worker if it takes requests now."""
+        worker = self.active
+        return worker if worker is not None and worker.state is WorkerState.ACTIVE else None
+
+    # ------------------------------------------------------------ keeping count
+    def ensure(self) -> None:
+        """Promote a ready spare if there is no active worker; keep the standby count."""
+        if self.stopping:
+            return
+        if self.active is None:
+            ready = next((w for w in self.spares if w.state is WorkerState.READY and not _exited(w)), None)
+            if ready is not None:
+                self.spares.remove(ready)
+                self._activate(ready)
+            elif not any(w.state is WorkerState.STARTING for w in self.spares):
+                # none starting, and any ready one is dead: its sentinel is next in the poll
+                self._start_worker()
+        if self.active is not None and len(self.spares) < self.standby:
+            if self.launcher.state is ServerState.COLD:
+                self.launcher.warm_up()
+                if self.launcher.state is ServerState.WARMING:  # in case it never answers
+                    self.timers.after(WARM_UP_LIMIT + 0.1, self.ensure)
+            if self.launcher.waiting_for_server():
+                return  # its fork will be ready first; a spawn now would only compete with it
+            while len(self.spares) < self.standby:
+                self._start_worker()
+
+    def fork_server_answered(self) -> None:
+        self.launcher.acknowledge()
+        self.ensure()
+
+    def _start_worker(self) -> None:
+        self._adopt(self._start(next(self._numbers), self.launcher.context()))
+
+    def _adopt(self, worker: WorkerProcess) -> None:
+        self.spares.append(worker)
+        self.by_link[worker.link] = worker
+        self.by_sentinel[worker.sentinel] = worker
+        self.poller.register(worker.link, zmq.POLLIN)
+        self.poller.register(worker.sentinel, zmq.POLLIN)
+        log.debug("started worker %s (pid %s, %s)", worker.number, worker.pid, worker.start_method)
+
+    def _activate(self, worker: WorkerProcess) -> None:
+        """ACTIVATE a ready spare.  If it cannot take the message it is killed (its
+        sentinel brings it back to the loop as a dead spare) and none is active yet."""
+        if worker.send(wire.encode(wire.ACTIVATE, dict(self.activation(worker)))):
+            worker.state = WorkerState.ACTIVATING
+            self.active = worker
+
+    def ready(self, worker: WorkerProcess) -> None:
+        """The worker said READY: a spare that works, so starts are no longer failing."""
+        worker.state = WorkerState.READY
+        self._start_failures = 0
+        log.debug("worker %s ready in %.3fs", worker.number, time.monotonic() - worker.started_at)
+        self.ensure()
+
+    def activated(self, worker: WorkerProcess) -> bool:
+        """The worker finished ACTIVATE; True if it is the active one and takes requests now."""
+        if worker is not self.active:
+            return False
+        worker.state = WorkerState.ACTIVE
+        log.info("worker %s (pid %s) is active", worker.number, worker.pid)
+        return True
+
+    # ------------------------------------------------------------------ deaths
+    def forget(self, worker: WorkerProcess) -> None:
+        self.by_link.pop(worker.link, None)
+        self.by_sentinel.pop(worker.sentinel, None)
+        for key in (worker.link, worker.sentinel):
+            try:
+                self.poller.unregister(key)
+            except KeyError:
+                pass
+        if worker in self.spares:
+            self.spares.remove(worker)
+        if self.active is worker:
+            self.active = None
+
+    def exit_of(self, worker: WorkerProcess, timeout: float = 1.0) -> ExitInfo:
+        """How the worker ended.  multiprocess reports exit code 255 for a forked worker
+        whose fork server died (its status died with the server); the worker was then
+        killed with it (PDEATHSIG), which is what the user should read."""
+        exit_info = worker.exit_info(timeout)
+        if (exit_info.exitcode == 255 and worker.start_method == "forkserver"
+                and not self.launcher.server_alive()):
+            return ExitInfo(None, cause="killed when the fork server it was started from died")
+        return exit_info
+
+    def spare_died(self, worker_was_starting: bool) -> bool:
+        """Count a spare's death; True when starts must slow down (one every BACKOFF s)."""
+        now = time.monotonic()
+        if worker_was_starting:
+            self._start_failures += 1
+        # spares that die once ready (something keeps killing them) must not
+        # make us start one after another either
+        self._spare_deaths = [t for t in self._spare_deaths if now - t < SPARE_DEATH_WINDOW] + [now]
+        if self._start_failures >= MAX_START_FAILURES or len(self._spare_deaths) >= MAX_START_FAILURES:
+            self.timers.after(BACKOFF, self.ensure)
+            return True
+        return False
+
+    @property
+    def cannot_start(self) -> bool:
+        """No worker is active and new ones keep dying before READY: queued requests would wait forever."""
+        return self.active is None and self._start_failures >= MAX_START_FAILURES
+
+    def take_active(self) -> WorkerProcess | None:
+        """Remove the active worker from the pool (the caller kills and closes it)."""
+        worker = self.active
+        if worker is not None:
+            self.forget(worker)
+        return worker
+
+    # ---------------------------------------------------------------- the end
+    def close(self) -> None:
+        """Stop every worker (bounded: ~1 s), the fork server and the resource tracker."""
+        self.stopping = True
+        workers = ([self.active] if self.active else []) + list(self.spares)
+        for worker in workers:
+            self.forget(worker)
+            if worker.state is WorkerState.STARTING:
+                worker.kill()  # still importing IPython: it would not hear the request
+            else:
+                worker.request_stop()
+        deadline = time.monotonic() + 1.0
+        for worker in workers:
+            worker.stop(grace=max(0.05, deadline - time.monotonic()))
+        self.launcher.close()
+
+
+def _no_activation(worker: WorkerProcess) -> wire.ActivateMeta:
+    raise RuntimeError("WorkerPool.activation was not set")
+
+
+def _exited(worker: WorkerProcess) -> bool:
+    """Whether the worker's sentinel says it is gone (the poll has not told us yet)."""
+    try:
+        return bool(select.select([worker.sentinel], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
