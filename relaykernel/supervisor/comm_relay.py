@@ -27,7 +27,7 @@ WIDGET_CONTROL_TARGET = "jupyter.widget.control"
 class CommRelay:
     def __init__(self) -> None:
         self.registry = CommRegistry()
-        self._control_comms: set[str] = set()
+        self._widget_control_comms: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.registry)
@@ -67,15 +67,15 @@ class CommRelay:
             self.registry.closed(comm_id)
 
     # ------------------------------------------------ ipywidgets' control comm
-    def is_control(self, msg: Incoming) -> bool:
+    def is_widget_control(self, msg: Incoming) -> bool:
         """Whether this frontend message belongs to a widget control comm (served here)."""
         if msg.msg_type not in COMM_TYPES:
             return False
         if msg.msg_type == "comm_open":
             return msg.content.get("target_name") == WIDGET_CONTROL_TARGET
-        return msg.content.get("comm_id") in self._control_comms
+        return msg.content.get("comm_id") in self._widget_control_comms
 
-    def control(self, msg: Incoming) -> tuple[dict[str, Any], list[bytes]] | None:
+    def widget_control(self, msg: Incoming) -> tuple[dict[str, Any], list[bytes]] | None:
         """Handle a control-comm message; returns the comm_msg content (and buffers) to
         publish, if any.  Lets a reloaded page get its widgets back even while the
         worker is busy or being replaced (the frontend gives up after a few seconds)."""
@@ -83,9 +83,9 @@ class CommRelay:
         if not isinstance(comm_id, str):
             return None
         if msg.msg_type == "comm_open":
-            self._control_comms.add(comm_id)
+            self._widget_control_comms.add(comm_id)
         elif msg.msg_type == "comm_close":
-            self._control_comms.discard(comm_id)
+            self._widget_control_comms.discard(comm_id)
         elif (msg.content.get("data") or {}).get("method") == "request_states":
             states, buffers = self.registry.widget_states()
             return {"comm_id": comm_id, "data": states}, buffers

@@ -75,9 +75,9 @@ class RequestFlow:
             if not worker.send(wire.encode(wire.REQUEST, meta, request.frames)):
                 return
             if self.queue.current is request:
-                self.started(request)
+                self.begin(request)
 
-    def started(self, request: Incoming) -> None:
+    def begin(self, request: Incoming) -> None:
         """The worker begins this request: busy goes out before any of its outputs
         (published after the request left for the worker, so the worker starts
         ~30 us sooner: its outputs come back through this thread, later)."""
@@ -102,5 +102,5 @@ class RequestFlow:
                 and stops_on_error(request)):
             self.abort(self.queue.take_executes())
         if self.queue.current is not None:
-            self.started(self.queue.current)  # already sent (pipelined); running now
+            self.begin(self.queue.current)  # already sent (pipelined); running now
         return request

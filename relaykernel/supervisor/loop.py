@@ -169,7 +169,7 @@ class SupervisorLoop:
             self._answer_here(msg, self.answers.control[msg.msg_type])
         elif msg.msg_type in self.answers.shell:  # answered here, at once, even mid-cell
             self._answer_here(msg, self.answers.shell[msg.msg_type])
-        elif self.comms.is_control(msg):
+        elif self.comms.is_widget_control(msg):
             self._answer_here(msg, self._widget_control)
         else:
             self.comms.from_frontend(msg)
@@ -188,7 +188,7 @@ class SupervisorLoop:
         self.out.reply(msg, wire.unknown_request_error(msg.msg_type, msg.channel))
 
     def _widget_control(self, msg: Incoming) -> None:
-        answer = self.comms.control(msg)
+        answer = self.comms.widget_control(msg)
         if answer is not None:
             self.out.publish(msg, "comm_msg", *answer)
 
