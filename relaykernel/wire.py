@@ -13,10 +13,9 @@ On the socket that is the multipart zmq message ``[packed, *large]``:
 :data:`PACK_LIMIT` bytes (a size table, then the bytes); larger payload
 frames (binary buffers) follow as zmq frames of their own, sent by reference
 and never copied.  A Jupyter message has seven small frames, so this saves
-eight zmq sends and receives per message on each of the link's three hops
-(worker thread -> link thread -> supervisor): each costs microseconds and,
-between the worker's threads, a GIL hand-off.  :func:`decode` gives the
-payload back as the list it was, small frames as ``bytes``.
+six zmq sends and receives per message on the link: each costs microseconds.
+:func:`decode` gives the payload back as the list it was, small frames as
+``bytes``.
 
 * Jupyter messages travel as their wire frames.  Worker -> supervisor they are
   already signed (``<IDS|MSG>``, hmac, header, parent, metadata, content,
