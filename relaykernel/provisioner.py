@@ -43,14 +43,14 @@ import tempfile
 from typing import Any
 
 import psutil
-from jupyter_client.provisioning import LocalProvisioner
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
 from .progress import GROUPS_ENV, group_alive
 
 INPLACE_ENV = "RELAYKERNEL_INPLACE_RESTART"
 
 
-class RelayProvisioner(LocalProvisioner):  # type: ignore[misc]
+class RelayProvisioner(LocalProvisioner):
     """LocalProvisioner whose restarts keep the supervisor and swap its worker."""
 
     _swapping = False

@@ -77,7 +77,8 @@ class Supervisor(Application):
 
     early = AnyTrait(None, allow_none=True, help="An EarlyStart from __main__: its worker is already starting.")
 
-    print_connection_hint = Bool(True, config=True, help="Print how to attach when the kernel writes its own connection file.")
+    print_connection_hint = Bool(True, config=True,
+                                 help="Print how to attach when the kernel writes its own connection file.")
 
     aliases = {
         "f": "Supervisor.connection_file",
@@ -108,7 +109,7 @@ class Supervisor(Application):
 
     def _level(self) -> int:
         """``log_level`` as a number (traitlets turns level names given on the command line into numbers)."""
-        return int(self.log_level)  # type: ignore[call-overload]
+        return int(self.log_level)  # type: ignore[call-overload,no-any-return]
 
     def _setup_logging(self) -> None:
         logger = logging.getLogger("relaykernel")

@@ -54,7 +54,8 @@ class Death:
         if self.restart:
             return [f"{WORKER_DIED}: {self.evalue}",
                     f"A fresh worker has taken over ({open_comms} open comm(s) kept)."]
-        return [f"{WORKER_DIED}: {self.evalue}", f"Probable cause: {self.probable_cause()}.", *_lost_and_kept(open_comms)]
+        return [f"{WORKER_DIED}: {self.evalue}", f"Probable cause: {self.probable_cause()}.",
+                *_lost_and_kept(open_comms)]
 
     def last_words(self) -> str:
         """faulthandler's output, for the stream before the error ('' if none)."""

@@ -26,7 +26,7 @@ def tree_rss(pid: int) -> int:
 
     try:
         proc = psutil.Process(pid)
-        total = proc.memory_info().rss
+        total: int = proc.memory_info().rss
         for child in proc.children(recursive=True):
             try:
                 total += child.memory_info().rss

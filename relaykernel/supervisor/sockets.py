@@ -111,7 +111,8 @@ class Incoming:
     @property
     def header_bytes(self) -> bytes:
         """The header as received: replies use it verbatim as their parent header."""
-        return self.frames[0].bytes
+        header: bytes = self.frames[0].bytes
+        return header
 
     @property
     def buffers(self) -> list[Any]:

@@ -89,7 +89,7 @@ class RelayMagics(Magics):
         the console cannot start: a notebook that says ``%qtconsole`` still runs
         where there is no qtconsole or no display.
         """
-        from IPython.utils.process import arg_split
+        from IPython.utils.process import arg_split  # type: ignore[attr-defined]  # re-exported, not declared
 
         from .. import get_connection_file
 

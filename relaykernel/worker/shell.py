@@ -61,7 +61,7 @@ class KernelPdb(InterruptiblePdb):
         if self._interrupted:
             interrupt = KeyboardInterrupt()
             # shown as the cell's frames down to where the debugger stopped
-            interrupt._render_traceback_ = lambda: _traceback_to(interrupt, frame)  # type: ignore[attr-defined]
+            interrupt._render_traceback_ = lambda: _traceback_to(interrupt, frame)
             raise interrupt
 
 
@@ -71,7 +71,7 @@ class OutputParent:
     context and thread) serves all output, so these read and set that one."""
 
     def _messenger(self) -> Any:
-        return self.shell.kernel.messenger  # type: ignore[attr-defined]
+        return self.shell.kernel.messenger
 
     @property
     def parent_header(self) -> dict[str, Any]:
@@ -134,7 +134,7 @@ class RelayDisplayHook(OutputParent, DisplayHook):
 class RelayExitAutocall(ExitAutocall):
     """``exit`` / ``exit(keep_kernel=True)``: ask the frontend to close, like ipykernel."""
 
-    def __call__(self, keep_kernel: bool = False) -> None:  # type: ignore[override]
+    def __call__(self, keep_kernel: bool = False) -> None:
         self._ip.keepkernel_on_exit = keep_kernel
         self._ip.ask_exit()
 

@@ -220,7 +220,7 @@ class OutStream(io.TextIOBase):
         if self._parents is not None and token is not None:
             self._parents.reset_thread_parent(token)
 
-    def write(self, text: str) -> int:  # type: ignore[override]
+    def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if not text:

@@ -1,1 +1,4 @@
-"""Tests that drive real frontends and libraries (matplotlib, tqdm, nbclient, papermill, jupyter console) against the kernel."""
+"""Tests that drive real frontends and libraries against the kernel.
+
+matplotlib, tqdm, nbclient, papermill, jupyter console.
+"""

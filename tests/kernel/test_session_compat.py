@@ -29,7 +29,8 @@ def test_session_send_on_iopub_socket_reaches_the_frontend_in_order(kernel):
              for m in outputs(iopub)]
     assert shown[0] == ("stream", "first\n")
     assert shown[1:3] == [("display_data", "from session.send"), ("display_data", "from send_response")]
-    assert "".join(text for kind, text in shown[3:] if kind == "stream") == f"count {reply['content']['execution_count'] + 1}\n"
+    count = reply['content']['execution_count'] + 1
+    assert "".join(text for kind, text in shown[3:] if kind == "stream") == f"count {count}\n"
 
 
 def test_comm_messages_sent_through_session_are_comm_traffic(kernel):
