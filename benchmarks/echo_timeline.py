@@ -51,8 +51,8 @@ IMPORT = "from .._timeline import mark, dump\n"
 EDITS: list[tuple[str, str, str]] = [
     ("supervisor/loop.py", "from .. import wire\n", "from .. import wire\n" + IMPORT),
     ("supervisor/loop.py",
-     "        events = dict(self.poller.poll(self.timers.timeout_ms()))\n",
-     "        events = dict(self.poller.poll(self.timers.timeout_ms()))\n        mark('supervisor woke')\n"),
+     "        events = dict(self.poller.poll(wait))\n",
+     "        events = dict(self.poller.poll(wait))\n        mark('supervisor woke')\n"),
     ("supervisor/loop.py",
      "        for msg in self.verifier.waiting(sock, channel, budget):\n",
      ("        for msg in self.verifier.waiting(sock, channel, budget):\n"

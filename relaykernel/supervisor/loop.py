@@ -33,8 +33,9 @@ from .answers import Answers
 from .comm_relay import CommRelay
 from .flow import RequestFlow
 from .housekeeping import Housekeeping, Timers
+from .launcher import WorkerLauncher
 from .outbox import Outbox
-from .pool import WorkerPool
+from .pool import StartWorker, WorkerPool
 from .recovery import Recovery
 from .resources import MemoryGuard
 from .sockets import Incoming, KernelSockets, Verifier
@@ -61,7 +62,8 @@ class SupervisorLoop:
     def __init__(self, *, ctx: zmq.Context, signer: Signer, verifier: Verifier, sockets: KernelSockets,
                  private_dir: str, worker_config: WorkerConfig, settings: Settings,
                  first_worker: WorkerProcess | None = None, held: list[Incoming] | None = None,
-                 start_worker: Any = None) -> None:
+                 start_worker: StartWorker | None = None, launcher: WorkerLauncher | None = None) -> None:
+        """``start_worker`` and ``launcher`` replace how workers start (tests: fake workers)."""
         self.sockets = sockets
         self.verifier = verifier
         self.settings = settings
@@ -82,7 +84,7 @@ class SupervisorLoop:
         self.flow = RequestFlow(self.out, self.comms)
         self.pool = WorkerPool(ctx=ctx, private_dir=private_dir, config=worker_config, poller=self.poller,
                                timers=self.timers, standby=settings.standby_workers,
-                               first_worker=first_worker, start=start_worker)
+                               first_worker=first_worker, start=start_worker, launcher=launcher)
         self.pool.activation = self._activation
         self.recovery = Recovery(self.pool, self.flow, self.comms, self._drain_link,
                                  lambda: self._drain(sockets.shell, "shell"))
@@ -122,8 +124,12 @@ class SupervisorLoop:
     def stop(self) -> None:
         self._stopping = True
 
-    def _poll_once(self) -> None:
-        events = dict(self.poller.poll(self.timers.timeout_ms()))
+    def _poll_once(self, max_wait_ms: int | None = None) -> None:
+        """Wait for events (until the next timer is due, or at most ``max_wait_ms``) and handle them."""
+        wait = self.timers.timeout_ms()
+        if max_wait_ms is not None:
+            wait = max_wait_ms if wait is None else min(wait, max_wait_ms)
+        events = dict(self.poller.poll(wait))
         s = self.sockets
         if events.pop(self._wake_r, 0):
             # before control: jupyter_client interrupts, then asks for a restart
@@ -134,11 +140,15 @@ class SupervisorLoop:
             self.out.welcome()
         if events.pop(self.pool.launcher.wake_fd, 0):  # the fork server answered (or failed)
             self.pool.fork_server_answered()
-        for key in list(events):
-            if isinstance(key, int) and key in self.pool.by_sentinel:
-                self.recovery.worker_exited(self.pool.by_sentinel[key])
-            elif key in self.pool.by_link:
-                self._drain_link(self.pool.by_link[key])
+        # Which worker each event is for, decided before any is handled: handling a
+        # death closes its sentinel and may start a worker whose new fd has the same
+        # number as another event's (two workers dying in one poll).
+        deaths = [self.pool.by_sentinel[k] for k in events if isinstance(k, int) and k in self.pool.by_sentinel]
+        links = [self.pool.by_link[k] for k in events if k in self.pool.by_link]
+        for worker in links:
+            self._drain_link(worker)
+        for worker in deaths:
+            self.recovery.worker_exited(worker)
         if events.get(s.stdin):
             self._drain(s.stdin, "stdin")
         if events.get(s.shell):

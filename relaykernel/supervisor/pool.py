@@ -45,11 +45,11 @@ class WorkerPool:
 
     def __init__(self, *, ctx: zmq.Context, private_dir: str, config: WorkerConfig, poller: zmq.Poller,
                  timers: Timers, standby: int = 1, first_worker: WorkerProcess | None = None,
-                 start: StartWorker | None = None) -> None:
+                 start: StartWorker | None = None, launcher: WorkerLauncher | None = None) -> None:
         self.poller = poller
         self.timers = timers
         self.standby = standby
-        self.launcher = WorkerLauncher(config.inherited_tunables, private_dir)
+        self.launcher = launcher or WorkerLauncher(config.inherited_tunables, private_dir)
         poller.register(self.launcher.wake_fd, zmq.POLLIN)
         self._start: StartWorker = start or (
             lambda number, context: WorkerProcess(ctx, number, private_dir, config, start_method=context))
@@ -65,6 +65,9 @@ class WorkerPool:
         self._spare_deaths: list[float] = []  # when spares died, over SPARE_DEATH_WINDOW
         if first_worker is not None:
             self._adopt(first_worker)
+
+    def tracks(self, worker: WorkerProcess) -> bool:
+        return self.by_sentinel.get(worker.sentinel) is worker
 
     def active_ready(self) -> WorkerProcess | None:
         """The active worker if it takes requests now."""
