@@ -20,6 +20,7 @@ from tests.kernel.helpers import (
     execute_ok,
     get_reply,
     stream_text,
+    wait_for,
 )
 
 TICKER = """
@@ -37,9 +38,10 @@ ticker = asyncio.ensure_future(tick())
 def test_a_task_started_in_a_cell_runs_between_cells(kernel):
     kc = kernel.kc
     execute_ok(kc, TICKER)
-    time.sleep(1.0)  # the kernel is idle: only the event loop can move the task
     try:
-        assert int(evaluate(kc, "ticks")) >= 10
+        # between these silent requests the kernel is idle: only its event loop moves the task
+        wait_for(lambda: int(evaluate(kc, "ticks")) >= 10, timeout=15, interval=0.1,
+                 what="the task to tick ten times between cells")
     finally:
         execute_ok(kc, "ticker.cancel()")
 
@@ -60,8 +62,8 @@ def test_top_level_await_and_a_task_it_leaves_behind(kernel):
     assert stream_text(iopub, "stdout") == "awaited\n"
     execute_ok(kc, "done = []\nasync def later():\n    await asyncio.sleep(0.2)\n    done.append(1)\n"
                    "asyncio.ensure_future(later())\nawait asyncio.sleep(0)")
-    time.sleep(1.0)
-    assert evaluate(kc, "done") == "[1]"
+    wait_for(lambda: evaluate(kc, "done") == "[1]", timeout=15, interval=0.1,
+             what="the task left behind to finish between cells")
 
 
 def test_interrupting_an_awaiting_cell_keeps_the_worker(kernel):
@@ -115,5 +117,5 @@ def test_a_thread_can_schedule_work_on_the_idle_loop(kernel):
                    "async def note():\n    hits.append(1)\n"
                    "def later():\n    time.sleep(0.3)\n    asyncio.run_coroutine_threadsafe(note(), loop)\n"
                    "threading.Thread(target=later).start()")
-    time.sleep(1.5)
-    assert evaluate(kc, "hits") == "[1]"
+    wait_for(lambda: evaluate(kc, "hits") == "[1]", timeout=15, interval=0.1,
+             what="the coroutine the thread scheduled to run")

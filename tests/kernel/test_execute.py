@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.kernel.helpers import (
+    IS_IPYKERNEL,
     collect_iopub_until_idle,
     evaluate,
     execute,
@@ -251,13 +252,23 @@ def test_status_busy_idle_around_each_request(kernel):
         assert iopub[-1]["msg_type"] == "status"  # idle comes last
 
 
-def test_stop_on_error_aborts_queued(kernel):
+def test_stop_on_error_aborts_queued(kernel, tmp_path):
     kc = kernel.kc
-    # the sleep lets the next two requests reach the kernel before the error: only
-    # requests already there are aborted (ipykernel's stop_on_error_timeout is 0 too)
-    id1 = kc.execute("import time; time.sleep(0.5)\nraise RuntimeError('first fails')", allow_stdin=False)
+    # Only requests already in the kernel when the error comes are aborted (ipykernel's
+    # stop_on_error_timeout is 0 too), so the first cell fails only once the next two
+    # are there: relaykernel's supervisor answers kernel_info at once, after the shell
+    # requests sent before it; ipykernel's shell thread takes them off the socket as
+    # they come, while the cell has yet to find the file.
+    release = tmp_path / "release"
+    id1 = kc.execute(f"import os, time\nend = time.monotonic() + 30\n"
+                     f"while not os.path.exists({str(release)!r}) and time.monotonic() < end:\n"
+                     f"    time.sleep(0.01)\n"
+                     f"raise RuntimeError('first fails')", allow_stdin=False)
     id2 = kc.execute("x = 1", allow_stdin=False)
     id3 = kc.execute("x = 2", allow_stdin=False)
+    if not IS_IPYKERNEL:
+        get_reply(kc, kc.kernel_info(), timeout=10)
+    release.touch()
     r1 = get_reply(kc, id1)
     r2 = get_reply(kc, id2)
     r3 = get_reply(kc, id3)

@@ -39,6 +39,7 @@ from tests.kernel.helpers import (
     KERNEL_NAME,
     KERNEL_NAME_MSG_INTERRUPT,
     Deadline,
+    _get,
     collect_iopub_until_idle,
     evaluate,
     execute,
@@ -87,21 +88,28 @@ def _execute_content(code: str) -> dict[str, Any]:
 
 def _messages_until(session: Session, sock: zmq.Socket, msg_id: str,
                     timeout: float) -> list[dict[str, Any]]:
-    """Every message the socket receives up to the reply to ``msg_id``, then 0.3 s more."""
+    """Every message the socket receives up to the reply to ``msg_id``, then up to the
+    reply to a kernel_info_request sent after it (left out): the supervisor answers
+    that at once, so a second reply to anything sent before would come first."""
     deadline = Deadline(timeout)
     msgs: list[dict[str, Any]] = []
-    quiet_until = None
-    while quiet_until is None or time.monotonic() < quiet_until:
-        if quiet_until is None and deadline.expired():
+    probe = None
+    while True:
+        if deadline.expired():
             got = [(m["msg_type"], parent_id(m)) for m in msgs]
-            raise AssertionError(f"no reply to {msg_id} within {timeout}s; got {got}")
-        if sock.poll(100):
-            _, msg = session.recv(sock, mode=0)
-            assert msg is not None
-            msgs.append(msg)
-            if parent_id(msg) == msg_id and quiet_until is None:
-                quiet_until = time.monotonic() + 0.3
-    return msgs
+            waited = f"the probe {probe}" if probe else msg_id
+            raise AssertionError(f"no reply to {waited} within {timeout}s; got {got}")
+        if not sock.poll(100):
+            continue
+        _, msg = session.recv(sock, mode=0)
+        assert msg is not None
+        if probe is not None and parent_id(msg) == probe:
+            return msgs
+        msgs.append(msg)
+        if probe is None and parent_id(msg) == msg_id:
+            request = session.msg("kernel_info_request", {})
+            session.send(sock, request)
+            probe = request["header"]["msg_id"]
 
 
 def _replies_to(msgs: list[dict[str, Any]], msg_id: str) -> list[dict[str, Any]]:
@@ -288,24 +296,24 @@ def test_worker_death_is_blamed_on_the_request_that_caused_it(kernel):
 
 
 def _statuses_until_idle(kc: Any, msg_ids: list[str], timeout: float) -> dict[str, list[str]]:
-    """The status messages of each request, read from iopub until every one is idle."""
+    """The status messages of each request, read from iopub until every one is idle,
+    and then until the idle of a completion sent after them: it waits in the shell
+    queue behind anything asked again, so a second busy of theirs comes before it."""
     states: dict[str, list[str]] = {m: [] for m in msg_ids}
-    deadline = time.monotonic() + timeout
-    while any("idle" not in s for s in states.values()) and time.monotonic() < deadline:
-        try:
-            msg = kc.get_iopub_msg(timeout=0.5)
-        except Empty:
-            continue
-        if msg["msg_type"] == "status" and parent_id(msg) in states:
-            states[parent_id(msg)].append(msg["content"]["execution_state"])
-    time.sleep(0.2)  # anything after idle (a second busy) would have arrived by now
+    deadline = Deadline(timeout)
+    probe = None
     while True:
-        try:
-            msg = kc.get_iopub_msg(timeout=0.1)
-        except Empty:
-            return states
-        if msg["msg_type"] == "status" and parent_id(msg) in states:
+        msg = _get(kc.get_iopub_msg, deadline)
+        assert not deadline.expired(), f"not all idle within {timeout} s: {states}"
+        if msg is None or msg["msg_type"] != "status":
+            continue
+        if parent_id(msg) in states:
             states[parent_id(msg)].append(msg["content"]["execution_state"])
+        elif probe is not None and parent_id(msg) == probe and msg["content"]["execution_state"] == "idle":
+            get_reply(kc, probe, timeout=deadline.remaining())
+            return states
+        if probe is None and all("idle" in s for s in states.values()):
+            probe = kc.complete("", 0)
 
 
 # --------------------------------------------------- interrupting inspection
