@@ -22,7 +22,13 @@ def main(argv: list[str] | None = None) -> None:
     early = begin(args)  # the first worker starts importing IPython now
     from .supervisor.app import Supervisor
 
-    Supervisor.launch_instance(args, early=early)
+    app = Supervisor.instance(early=early)
+    try:  # the arguments are checked now, after the worker started: a bad one ends it
+        app.initialize(args)
+    except BaseException:  # SystemExit: a usage error, --help, --version
+        early.abort()
+        raise
+    app.start()
 
 
 if __name__ == "__main__":

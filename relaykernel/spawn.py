@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import Any
 
 #: What the worker imports before READY, for the fork server to import once
 #: (supervisor/launcher.py).  Importing them starts no thread and touches no
@@ -26,6 +27,72 @@ PRELOAD = (
     "relaykernel.comm",
     "IPython.extensions.storemagic",
 )
+
+#: The kernel's command-line options that configure IPython, as ipykernel takes
+#: them (its IPKernelApp is an IPython application).  The supervisor accepts
+#: them and hands them on (:func:`ipython_args`); the worker's shell applies them.
+IPYTHON_ALIASES = {
+    "profile": "BaseIPythonApplication.profile",
+    "profile-dir": "ProfileDir.location",
+    "ipython-dir": "BaseIPythonApplication.ipython_dir",
+    "config": "BaseIPythonApplication.extra_config_file",
+    "ext": "InteractiveShellApp.extra_extensions",
+    "c": "InteractiveShellApp.code_to_run",
+    "m": "InteractiveShellApp.module_to_run",
+    "gui": "InteractiveShellApp.gui",
+    "pylab": "InteractiveShellApp.pylab",
+    "matplotlib": "InteractiveShellApp.matplotlib",
+    "autocall": "InteractiveShell.autocall",
+    "colors": "InteractiveShell.colors",
+    "logfile": "InteractiveShell.logfile",
+    "logappend": "InteractiveShell.logappend",
+    "cache-size": "InteractiveShell.cache_size",
+}
+
+
+def _switch(name: str, trait: str) -> dict[str, tuple[dict[str, dict[str, bool]], str]]:
+    cls, attr = trait.split(".")
+    return {name: ({cls: {attr: True}}, f"{trait} = True"),
+            f"no-{name}": ({cls: {attr: False}}, f"{trait} = False")}
+
+
+IPYTHON_FLAGS: dict[str, tuple[dict[str, dict[str, Any]], str]] = {
+    "pylab": ({"InteractiveShellApp": {"pylab": "auto"}}, "Load matplotlib and numpy (pylab)."),
+    "matplotlib": ({"InteractiveShellApp": {"matplotlib": "auto"}}, "Set up matplotlib."),
+    "nosep": ({"InteractiveShell": {"separate_in": "", "separate_out": "", "separate_out2": ""}},
+              "No spacing between prompts."),
+    **_switch("autoindent", "InteractiveShell.autoindent"),
+    **_switch("automagic", "InteractiveShell.automagic"),
+    **_switch("pdb", "InteractiveShell.pdb"),
+    **_switch("pprint", "PlainTextFormatter.pprint"),
+    **_switch("color-info", "InteractiveShell.color_info"),
+}
+
+#: Configurable classes of the supervisor: their ``--Class.trait`` options stay there.
+SUPERVISOR_CLASSES = frozenset({"Supervisor", "Application"})
+
+
+def ipython_args(argv: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The part of the kernel's command line meant for the worker's IPython: the
+    options of :data:`IPYTHON_ALIASES` and :data:`IPYTHON_FLAGS` and every
+    ``--Class.trait`` option of another class than the supervisor's
+    (``--HistoryManager.hist_file=:memory:``), each with its value."""
+    kept: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg, i = argv[i], i + 1
+        if not arg.startswith("-"):
+            continue
+        name, eq, _ = arg.lstrip("-").partition("=")
+        value_follows = not eq and i < len(argv) and not argv[i].startswith("-")
+        if name in IPYTHON_FLAGS and not (value_follows and name in IPYTHON_ALIASES):
+            kept.append(arg)
+        elif name in IPYTHON_ALIASES or ("." in name and name.split(".")[0] not in SUPERVISOR_CLASSES):
+            kept.extend(argv[i - 1 : i + 1] if value_follows else [arg])
+            i += value_follows
+        elif value_follows:  # a supervisor option's value
+            i += 1
+    return tuple(kept)
 
 
 @dataclass(frozen=True)
@@ -46,6 +113,12 @@ class WorkerConfig:
     inherited_tunables: str | None = None
     #: where the worker counts the requests it begins (progress.py); "" for none
     progress_file: str = ""
+    #: the kernel's IPython options (:func:`ipython_args`): the worker builds its
+    #: shell from them, its profile and its config files, as ipykernel does
+    ipython_args: tuple[str, ...] = ()
+    #: take snapshots to roll back to after a crash (Supervisor.snapshots; the
+    #: first worker starts before the config is read: ACTIVATE has the last word)
+    snapshots: bool = True
 
     def with_endpoint(self, endpoint: str, number: int, progress_file: str = "") -> WorkerConfig:
         return dataclasses.replace(self, endpoint=endpoint, number=number, progress_file=progress_file,

@@ -10,6 +10,7 @@ command line or ``c.Supervisor.standby_workers = 2`` in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode, default
 from traitlets.config import Application
 
 from .. import CONNECTION_FILE_ENV, __version__
+from ..spawn import IPYTHON_ALIASES, IPYTHON_FLAGS
 from .early import EarlyStart, begin
 from .heartbeat import Heartbeat
 from .loop import Settings, SupervisorLoop
@@ -77,6 +79,8 @@ class Supervisor(Application):
 
     early = AnyTrait(None, allow_none=True, help="An EarlyStart from __main__: its worker is already starting.")
 
+    snapshots = Bool(True, config=True, help="Keep a snapshot of the worker (a forked copy, taken when it "
+                     "is idle after a cell) so that a crash rolls the variables back to it instead of losing them.")
     print_connection_hint = Bool(True, config=True,
                                  help="Print how to attach when the kernel writes its own connection file.")
 
@@ -89,10 +93,23 @@ class Supervisor(Application):
         "memory-limit": "Supervisor.memory_limit",
         "memory-soft-limit": "Supervisor.memory_soft_limit",
         "log-level": "Application.log_level",
+        **IPYTHON_ALIASES,  # for the worker's IPython (spawn.py), as ipykernel takes them
     }
     flags = {
         "debug": ({"Application": {"log_level": logging.DEBUG}}, "Log everything (level DEBUG)."),
+        **IPYTHON_FLAGS,
     }
+
+    def emit_alias_help(self) -> Any:
+        """--help: the IPython options are named only (their classes live in the worker)."""
+        own = self.aliases
+        self.aliases = {name: trait for name, trait in own.items() if name not in IPYTHON_ALIASES}
+        try:
+            yield from super().emit_alias_help()
+        finally:
+            self.aliases = own
+        yield "IPython options, applied by the worker's shell as ipykernel applies them:"
+        yield "    " + " ".join(f"--{name}" for name in IPYTHON_ALIASES)
 
     @default("log_level")
     def _default_log_level(self) -> int:
@@ -120,8 +137,10 @@ class Supervisor(Application):
             logger.addHandler(handler)
         logger.propagate = False
 
-    def _read_connection(self) -> dict[str, Any]:
-        if self.connection_file and os.path.exists(self.connection_file):
+    def _read_connection(self, early: EarlyStart) -> dict[str, Any]:
+        if early.connection_info and early.connection_file == os.path.abspath(self.connection_file):
+            return dict(early.connection_info)  # early.py read it
+        if self.connection_file and os.path.exists(self.connection_file):  # named by a config file
             with open(self.connection_file) as f:
                 info: dict[str, Any] = json.load(f)
             return info
@@ -138,7 +157,7 @@ class Supervisor(Application):
 
     def start(self) -> None:
         early = self._early()
-        info = self._read_connection()
+        info = self._read_connection(early)
         info["key"], info["signature_scheme"] = early.key, early.signature_scheme
         transport, ip = info.get("transport", "tcp"), info.get("ip", "127.0.0.1")
         ctx: zmq.Context = zmq.Context.instance()
@@ -159,7 +178,8 @@ class Supervisor(Application):
             loop = SupervisorLoop(
                 ctx=ctx, signer=early.signer, verifier=early.verifier or Verifier(early.signer),
                 sockets=sockets, private_dir=private_dir,
-                worker_config=early.worker.config, first_worker=early.worker, held=held,
+                worker_config=dataclasses.replace(early.worker.config, snapshots=self.snapshots),
+                first_worker=early.worker, held=held,
                 settings=Settings(
                     standby_workers=self.standby_workers, interrupt_grace=self.interrupt_grace,
                     inplace_restart=self.inplace_restart, log_level=self._level(),

@@ -117,6 +117,8 @@ class EarlyStart:
         self.signature_scheme = signature_scheme
         self.session_id = session_id
         self.connection_file = connection_file  # absolute; may not exist yet (the app then writes it)
+        #: its contents, read once here ({} when it did not exist)
+        self.connection_info: dict[str, Any] = {}
         self.signer = signer
         #: what the sockets were (or are to be) bound with
         self.socket_options = SocketOptions()
@@ -127,6 +129,22 @@ class EarlyStart:
         self.heartbeat: Heartbeat | None = None
         self.verifier: Verifier | None = None
         self.responder: EarlyResponder | None = None
+
+    def abort(self) -> None:
+        """The kernel will not run (bad arguments, --help): stop what this step started,
+        so the process exits now instead of waiting for the first worker."""
+        if self.responder is not None:
+            self.responder.handover()
+        if self.worker is not None:
+            self.worker.kill()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        if self.sockets is not None:
+            self.sockets.close()
+        if self.private_dir:
+            import shutil
+
+            shutil.rmtree(self.private_dir, ignore_errors=True)
 
 
 def _arg(args: list[str], flags: tuple[str, ...]) -> str:
@@ -195,6 +213,7 @@ def begin(args: list[str]) -> EarlyStart:
     signer = Signer(key, scheme, session_id)
     early = EarlyStart(key=key, signature_scheme=scheme, session_id=session_id,
                        connection_file=os.path.abspath(path), signer=signer)
+    early.connection_info = info
     ctx: zmq.Context = zmq.Context.instance()
     try:  # keys that cannot be used stop the kernel: never a fallback to plain text
         early.socket_options = socket_options(args, info)
@@ -206,7 +225,7 @@ def begin(args: list[str]) -> EarlyStart:
     # the rest waits until kernel_info can be answered
     import logging
 
-    from ..spawn import WorkerConfig
+    from ..spawn import WorkerConfig, ipython_args
     from . import private_dir
     from .worker_process import WorkerProcess  # multiprocess: ~70 ms
 
@@ -216,7 +235,7 @@ def begin(args: list[str]) -> EarlyStart:
         key=key, signature_scheme=scheme, session_id=session_id,
         connection_file=early.connection_file, crash_log=os.path.join(early.private_dir, "crash"),
         log_level=logging.DEBUG if "--debug" in args else logging.WARNING, supervisor_pid=os.getpid(),
-        inherited_tunables=os.environ.get(heap.TUNABLES_ENV))
+        inherited_tunables=os.environ.get(heap.TUNABLES_ENV), ipython_args=ipython_args(args))
     early.worker = WorkerProcess(ctx, 1, early.private_dir, config)
     batch_io_threads()  # libzmq's threads exist now: the sockets above started them
     return early

@@ -84,7 +84,7 @@ def serve(config: WorkerConfig) -> None:
 
     from . import compat
     from .kernel import WorkerKernel, install_streams
-    from .shell import ZMQInteractiveShell
+    from .shell import ShellApp, ZMQInteractiveShell
 
     _cwd_on_sys_path()
     install_streams(stdout, stderr)
@@ -92,15 +92,11 @@ def serve(config: WorkerConfig) -> None:
     kernel = WorkerKernel(link, messenger, (stdout, stderr), capture)
     kernel.gate.install()
     _install_comm_hooks(kernel)
-    shell = ZMQInteractiveShell.instance(kernel=kernel)
+    app = ShellApp.configured(config.ipython_args, log)  # profile, config files, command line
+    shell = app.make_shell(kernel)
     compat.install(ZMQInteractiveShell)
-    extensions = shell.extension_manager
-    if extensions is not None:  # %store, which IPython's apps, ipykernel's included, load by default
-        try:
-            extensions.load_extension("storemagic")
-        except Exception as e:  # noqa: BLE001 - a broken extension must not stop the worker
-            log.warning("could not load the storemagic extension: %s", e)
     kernel.shell = shell
+    app.start_shell()  # extensions, startup files, exec_lines, as ipykernel before it is ready
     os._exit = _exit_after_flushing(kernel, link, os._exit)  # type: ignore[assignment]
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _MAIN_THREAD_SIGNALS)
     link.send(wire.READY, {"version": wire.PROTOCOL_VERSION, "pid": os.getpid(),

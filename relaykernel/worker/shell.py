@@ -6,20 +6,24 @@ Jupyter messages through the :class:`~relaykernel.worker.messages.Messenger`.
 
 from __future__ import annotations
 
+import logging
 import pdb  # noqa: T100 - made interruptible below
 import sys
 import types
 from typing import Any
 
 from IPython.core import page, payloadpage
+from IPython.core.application import BaseIPythonApplication, base_aliases, base_flags
 from IPython.core.autocall import ExitAutocall
 from IPython.core.compilerop import CachingCompiler
 from IPython.core.debugger import InterruptiblePdb
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell, InteractiveShellABC
+from IPython.core.profiledir import ProfileDir
+from IPython.core.shellapp import InteractiveShellApp, shell_aliases, shell_flags
 from traitlets import Any as AnyTrait
-from traitlets import Instance, Type, default
+from traitlets import Dict, Instance, List, Type, default
 from traitlets.config import Config
 
 from . import cell_names
@@ -246,6 +250,43 @@ class ZMQInteractiveShell(InteractiveShell):
     def enable_gui(self, gui: str | None = None) -> None:
         if gui is not None and gui not in self.NO_LOOP_GUIS:
             raise NotImplementedError(f"relaykernel has no event loop integration for GUI {gui!r}")
+
+
+class ShellApp(BaseIPythonApplication, InteractiveShellApp):
+    """The worker's IPython configuration, found where ipykernel finds it: the
+    kernel's IPython options (spawn.ipython_args), the profile (``--profile``,
+    ``--profile-dir``, ``--ipython-dir``), its ``ipython_config.py`` and
+    ``ipython_kernel_config.py``; then, once the shell exists, its extensions,
+    matplotlib/gui setting, startup files, ``exec_lines``, ``exec_files``, ``-c``
+    and ``-m``.  Every worker, spawned or forked, builds its own from the same
+    options, so a replacement worker is configured as the first one was."""
+
+    name = "ipython-kernel"  # so the config file is ipython_kernel_config.py, as ipykernel's
+    aliases = Dict({**base_aliases, **shell_aliases})
+    flags = Dict({**base_flags, **shell_flags})
+    classes = List([InteractiveShell, ProfileDir])  # type: ignore[assignment]
+
+    def init_crash_handler(self) -> None:
+        """No IPython crash handler: the worker reports its own deaths (spawn.run_worker)."""
+
+    @classmethod
+    def configured(cls, args: tuple[str, ...], log: logging.Logger) -> ShellApp:
+        app = cls(log=log)
+        app.initialize(list(args))
+        return app
+
+    def make_shell(self, kernel: Any) -> ZMQInteractiveShell:
+        shell = ZMQInteractiveShell.instance(parent=self, profile_dir=self.profile_dir,
+                                             ipython_dir=self.ipython_dir, kernel=kernel)
+        self.shell = shell
+        return shell
+
+    def start_shell(self) -> None:
+        """What IPython runs once the shell exists.  A failure is shown (as a traceback
+        on stderr) and the worker goes on, as ipykernel does."""
+        self.init_extensions()  # storemagic, which IPython's apps load by default, and c.*.extensions
+        self.init_gui_pylab()
+        self.init_code()
 
 
 def _traceback_to(error: BaseException, frame: Any) -> list[str]:
