@@ -1,5 +1,5 @@
 """The requests the supervisor answers itself, at once, whatever the worker is doing:
-kernel_info, comm_info, usage, debug, interrupt and shutdown.
+kernel_info, comm_info, connect, usage, debug, interrupt and shutdown.
 
 Owned by the supervisor's main thread.  The loop publishes busy/idle around
 each; a handler only replies (and acts).
@@ -7,11 +7,14 @@ each; a handler only replies (and acts).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .. import CONNECTION_FILE_ENV
 from .kernel_info import kernel_info_content
 from .resources import Usage
 
@@ -45,6 +48,7 @@ class Answers:
         self.shell: dict[str, Callable[[Incoming], None]] = {
             "kernel_info_request": self.kernel_info,
             "comm_info_request": self.comm_info,
+            "connect_request": self.connect,  # deprecated; ipykernel still answers it
             "shutdown_request": self.shutdown,  # its channel before protocol 5.1; ipykernel takes it too
         }
         self.control: dict[str, Callable[[Incoming], None]] = {
@@ -60,6 +64,10 @@ class Answers:
     def comm_info(self, msg: Incoming) -> None:
         target = msg.content.get("target_name")
         self.out.reply(msg, {"status": "ok", "comms": self.comms.info(target or None)})
+
+    def connect(self, msg: Incoming) -> None:
+        """The kernel's ports, as ipykernel answers the deprecated connect_request."""
+        self.out.reply(msg, {**_ports(os.environ.get(CONNECTION_FILE_ENV, "")), "status": "ok"})
 
     def usage_request(self, msg: Incoming) -> None:
         active = self.pool.active
@@ -100,3 +108,15 @@ class Answers:
                         f"the cell did not stop within {self.interrupt_grace:g} s of the interrupt,"
                         " so the worker was replaced")
             self.timers.after(self.interrupt_grace, hard_interrupt)
+
+
+def _ports(connection_file: str) -> dict[str, int]:
+    """``shell_port``, ``iopub_port``... from the connection file (the app set its
+    path before the loop ran); none if it cannot be read."""
+    try:
+        with open(connection_file) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return {name: info[name] for name in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+            if isinstance(info.get(name), int)}
