@@ -49,6 +49,27 @@ class RequestFlow:
         self.out.reply(request, content)
         self.out.status("idle", request)
 
+    def executing(self) -> Incoming | None:
+        """The request frontends were told the kernel is busy with (its busy is out,
+        its idle not yet): the worker's current one, or one waiting for a new worker."""
+        current = self.queue.current
+        if current is not None and current.announced:
+            return current
+        return next((r for r in self.queue if r.announced), None)
+
+    def still_busy(self) -> None:
+        """After an idle of the supervisor's own: busy again for the request still executing.
+
+        JupyterLab (and every frontend on @jupyterlab/services) shows the last
+        status it received as the kernel's, whatever its parent (jupyter_server's
+        untracked_message_types make it skip those of kernel_info and comm_info,
+        not those of comm messages): without this, a page that reconnects mid-cell
+        shows Idle until the cell ends.  Clients that follow their own request's
+        busy/idle (jupyter_client, nbclient) ignore an extra busy."""
+        request = self.executing()
+        if request is not None:
+            self.out.status("busy", request)
+
     def abort(self, requests: list[Incoming]) -> None:
         for request in requests:
             self.answer(request, {"status": "aborted"})
@@ -62,6 +83,7 @@ class RequestFlow:
         if msg.msg_type == "execute_request":
             error["execution_count"] = self.execution_count
         self.answer(msg, error)
+        self.still_busy()  # a bad message mid-cell must not make the kernel look idle
 
     # ------------------------------------------------------------ the worker
     def dispatch(self, worker: WorkerProcess | None) -> None:

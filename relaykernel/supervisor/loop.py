@@ -188,9 +188,12 @@ class SupervisorLoop:
             self._dispatch()
 
     def _answer_here(self, msg: Incoming, handler: Callable[[Incoming], None]) -> None:
+        """Busy, the handler's reply, idle; then busy again if a request is still
+        executing, so the kernel never looks idle mid-cell (flow.still_busy)."""
         self.out.status("busy", msg)
         handler(msg)
         self.out.status("idle", msg)
+        self.flow.still_busy()
 
     def _unknown(self, msg: Incoming) -> None:
         """A request type nobody here handles still gets its one reply: an error that says so."""

@@ -300,3 +300,56 @@ def test_04_reload_restores_widget(page: Any, lab_server: LabServer, step: Calla
     expect(cell.locator(".jp-OutputArea-output")).to_have_text(str(int(expected) + 1),
                                                                timeout=UI_TIMEOUT)
     step("reloaded-widget-live")
+
+
+def kernel_status(page: Any) -> Any:
+    """The status bar's kernel item: 'Python 3 (relaykernel) | Busy'."""
+    return page.locator(".jp-StatusBar-TextItem[title^='Change kernel for']")
+
+
+def waiting_cell(flag: Path, seconds: int = 120) -> str:
+    """One line (the editor would re-indent a block): prints 'started', then runs
+    until ``flag`` exists (at most ``seconds``)."""
+    return (f"import os, time; _end = time.monotonic() + {seconds}; print('started', flush=True); "
+            f"_ = [time.sleep(0.05) for _ in iter(lambda: os.path.exists({str(flag)!r}) "
+            "or time.monotonic() > _end, True)]")
+
+
+def holds(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    """``predicate`` stays true for ``seconds`` (checked every 0.1 s)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        assert predicate(), f"{what} no longer held"
+        time.sleep(0.1)
+
+
+def test_05_reload_during_a_running_cell_shows_busy(page: Any, lab_server: LabServer,
+                                                     step: Callable) -> None:
+    """Issue 24 item 2: the reloaded page asks kernel_info, comm_info and the widget
+    states while the cell runs; the supervisor answers them at once, and the
+    status bar (and the server's REST view) must still say Busy."""
+    wait_kernel_idle(page, lab_server)
+    flag = lab_server.root_dir / "release-05"
+    cell = run_cell(page, waiting_cell(flag))
+    try:
+        expect(cell.locator(".jp-OutputArea-output")).to_have_text("started", timeout=RUN_TIMEOUT)
+        expect(kernel_status(page)).to_have_text(re.compile(r"\| Busy$"), timeout=UI_TIMEOUT)
+        step("running-cell-busy")
+
+        page.reload(timeout=60_000)
+        expect(page.locator(".jp-NotebookPanel")).to_be_visible(timeout=60_000)
+        # the widget manager got its states (request_states, answered mid-cell)
+        expect(slider(page)).to_be_visible(timeout=60_000)
+        expect(kernel_status(page)).to_have_text(re.compile(r"\| Busy$"), timeout=UI_TIMEOUT)
+        indicator = page.locator(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator")
+        # what the page learns after the states (the control comm's close) must not turn it idle
+        holds(lambda: (kernel_status(page).inner_text().endswith("| Busy")
+                       and indicator.get_attribute("data-status") == "busy"), 3.0,
+              "Busy in the status bar and the toolbar while the cell runs")
+        assert lab_server.kernels()[0]["execution_state"] == "busy"
+        step("reloaded-mid-cell-busy")
+    finally:
+        flag.touch()
+    wait_kernel_idle(page, lab_server)
+    expect(kernel_status(page)).to_have_text(re.compile(r"\| Idle$"), timeout=UI_TIMEOUT)
+    step("cell-done-idle")
