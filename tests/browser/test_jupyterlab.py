@@ -1,5 +1,6 @@
 """JupyterLab 4 in headless Chromium drives relaykernel: an ipywidgets slider
-survives a worker crash and a page reload.
+survives a worker crash and a page reload; a page reloaded mid-cell says Busy;
+after Kernel > Restart the kernel keeps the slider and a reload revives its view.
 
 The tests share one server, one browser page and one notebook, and run in file
 order (each step builds on the previous one).  Screenshots of every step go to
@@ -353,3 +354,72 @@ def test_05_reload_during_a_running_cell_shows_busy(page: Any, lab_server: LabSe
     wait_kernel_idle(page, lab_server)
     expect(kernel_status(page)).to_have_text(re.compile(r"\| Idle$"), timeout=UI_TIMEOUT)
     step("cell-done-idle")
+
+
+SLIDER_VALUES = ("import ipywidgets as w; "
+                 "[x.value for x in w.Widget.widgets.values() if isinstance(x, w.IntSlider)]")
+
+
+def kernel_slider_values(page: Any) -> str:
+    """The IntSlider values the kernel holds, as the cell's result shows them."""
+    cell = run_cell(page, SLIDER_VALUES)
+    wait_cell_done(cell)
+    expect(cell.locator(EXECUTE_RESULT)).to_have_text(re.compile(r"^\[.*\]$"), timeout=UI_TIMEOUT)
+    return result_text(cell).strip()
+
+
+def restart_from_menu(page: Any) -> None:
+    """Kernel > Restart Kernel…, then the dialog's Restart."""
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Kernel$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Restart Kernel…$")).click()
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog).to_be_visible(timeout=UI_TIMEOUT)
+    dialog.locator("button.jp-mod-accept").click()
+    expect(dialog).to_have_count(0, timeout=UI_TIMEOUT)
+
+
+def test_06_restart_keeps_the_widget_in_the_kernel_and_a_reload_revives_the_view(
+        page: Any, lab_server: LabServer, step: Callable) -> None:
+    """Issue 24 item 1, pinned: what JupyterLab 4.6 with ipywidgets 8.1 does on
+    Kernel > Restart, which no kernel can change.
+
+    JupyterLab's KernelConnection.restart() sets the status 'restarting' and
+    disposes every comm of the page (@jupyterlab/services kernel/default.ts:
+    restart -> _clearKernelState) before the restart request leaves; on that
+    status the widget manager marks every model dead (jupyterlab_widgets
+    manager.ts: _handleKernelStatusChange -> disconnect -> comm_live = false).
+    When the connection is back it asks the kernel for the widget states
+    (_loadFromKernel: request_states) but, for a model it already has, only
+    sets its state (manager-base.ts): the model keeps its disposed comm, and
+    nothing in ipywidgets sets comm_live back to true.  So the view in the page
+    stays dead whatever the kernel does; the kernel's widget lives on (the new
+    worker adopts it), and a page reload builds live views of it again."""
+    kernel_before = wait_kernel_idle(page, lab_server)
+    value = int(slider(page).locator(".widget-readout").inner_text().strip())
+    expect(slider(page)).not_to_have_class(re.compile(r"jupyter-widgets-disconnected"))
+
+    restart_from_menu(page)
+    kernel_after = wait_kernel_idle(page, lab_server)
+    assert kernel_after["id"] == kernel_before["id"]
+    step("restarted")
+    # The page: the view is marked disconnected (the broken-link look) ...
+    expect(slider(page)).to_have_class(re.compile(r"jupyter-widgets-disconnected"),
+                                       timeout=UI_TIMEOUT)
+    # ... the kernel: the slider survived the restart, with its value.
+    assert kernel_slider_values(page) == f"[{value}]"
+    # Moving the dead view changes the page only.
+    move_slider(page, 1, value + 1)
+    assert kernel_slider_values(page) == f"[{value}]"
+    step("restarted-view-dead")
+
+    # What the user does: reload the page.  The views come back live, showing the
+    # kernel's value, and moving them reaches the kernel again.
+    page.reload(timeout=60_000)
+    expect(page.locator(".jp-NotebookPanel")).to_be_visible(timeout=60_000)
+    expect(slider(page)).to_be_visible(timeout=60_000)
+    expect(slider(page).locator(".widget-readout")).to_have_text(str(value), timeout=UI_TIMEOUT)
+    expect(slider(page)).not_to_have_class(re.compile(r"jupyter-widgets-disconnected"))
+    wait_kernel_idle(page, lab_server)
+    move_slider(page, 2, value + 2)
+    assert kernel_slider_values(page) == f"[{value + 2}]"
+    step("reloaded-after-restart-live")
