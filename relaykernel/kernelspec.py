@@ -1,9 +1,10 @@
 """``python -m relaykernel install``: write the relaykernel kernelspec.
 
-The spec launches this interpreter's relaykernel, interrupts by signal (the
-supervisor forwards SIGINT to the worker and survives it) and names the
-relaykernel provisioner so that a jupyter_client restart swaps the worker
-instead of killing the supervisor and its comm registry.
+The spec launches this interpreter's relaykernel whatever the working
+directory, interrupts by signal (the supervisor forwards SIGINT to the worker
+and survives it) and names the relaykernel provisioner so that a
+jupyter_client restart swaps the worker instead of killing the supervisor and
+its comm registry.
 """
 
 from __future__ import annotations
@@ -19,10 +20,18 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 KERNEL_NAME = "relaykernel"
 
+#: How the kernelspec starts relaykernel: like ``python -m relaykernel``, but with
+#: the working directory (``''``) off ``sys.path`` before anything is imported, so
+#: a folder named relaykernel there (a clone of the project) cannot shadow the
+#: installed package.  (``python -P`` would do it on Python >= 3.11 only, and would
+#: keep ``''`` off the worker's path too, where user code expects it.)
+BOOTSTRAP = ("import sys; sys.path[:1] == [''] and sys.path.pop(0); "
+             "from relaykernel.__main__ import main; main()")
+
 
 def kernel_spec(display_name: str = "Python 3 (relaykernel)") -> dict[str, Any]:
     return {
-        "argv": [sys.executable, "-m", "relaykernel", "-f", "{connection_file}"],
+        "argv": [sys.executable, "-c", BOOTSTRAP, "-f", "{connection_file}"],
         "display_name": display_name,
         "language": "python",
         "interrupt_mode": "signal",

@@ -12,14 +12,46 @@ the child.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
+
+def _installed_package_first() -> None:
+    """Make ``relaykernel`` the installed package if a folder of the working
+    directory shadows it.
+
+    A folder named relaykernel where the kernel starts (a clone of the project,
+    when Jupyter runs from the folder above it) is found on ``''``, first on
+    ``sys.path``, as a namespace package before an editable install's finder is
+    asked: its modules then load, but ``from .. import`` finds nothing.  The
+    kernelspec's command line drops ``''`` before importing (kernelspec.py); the
+    fork server's we do not choose (``python -c``, and multiprocess ignores the
+    parent's ``sys.path`` there), so this runs on its first import of relaykernel
+    (:data:`PRELOAD` starts here).  Forked workers put ``''`` back for user code
+    (worker/main.py), as spawned ones do."""
+    package = sys.modules.get(__package__ or "")
+    if package is None or getattr(package, "__file__", None) is not None:
+        return  # the installed package: nothing shadows it
+    cwd = os.getcwd()
+    sys.path[:] = [p for p in sys.path if p not in ("", ".") and os.path.abspath(p) != cwd]
+    for name in [n for n in sys.modules if n.startswith(f"{__package__}.") and n != __name__]:
+        del sys.modules[name]
+    del sys.modules[package.__name__]
+    real = importlib.import_module(package.__name__)
+    setattr(real, __name__.rpartition(".")[2], sys.modules[__name__])
+
+
+_installed_package_first()
+
 #: What the worker imports before READY, for the fork server to import once
 #: (supervisor/launcher.py).  Importing them starts no thread and touches no
-#: stream: safe to fork after.
+#: stream: safe to fork after.  This module comes first: it repairs a shadowed
+#: package before the others import from it.
 PRELOAD = (
+    "relaykernel.spawn",
     "relaykernel.worker.main",
     "relaykernel.worker.kernel",
     "relaykernel.worker.shell",
