@@ -140,15 +140,11 @@ class SupervisorLoop:
             self.out.welcome()
         if events.pop(self.pool.launcher.wake_fd, 0):  # the fork server answered (or failed)
             self.pool.fork_server_answered()
-        # Which worker each event is for, decided before any is handled: handling a
-        # death closes its sentinel and may start a worker whose new fd has the same
-        # number as another event's (two workers dying in one poll).
-        deaths = [self.pool.by_sentinel[k] for k in events if isinstance(k, int) and k in self.pool.by_sentinel]
-        links = [self.pool.by_link[k] for k in events if k in self.pool.by_link]
-        for worker in links:
-            self._drain_link(worker)
-        for worker in deaths:
-            self.recovery.worker_exited(worker)
+        for key in list(events):
+            if isinstance(key, int) and key in self.pool.by_sentinel:
+                self.recovery.worker_exited(self.pool.by_sentinel[key])
+            elif key in self.pool.by_link:
+                self._drain_link(self.pool.by_link[key])
         if events.get(s.stdin):
             self._drain(s.stdin, "stdin")
         if events.get(s.shell):

@@ -66,9 +66,6 @@ class WorkerPool:
         if first_worker is not None:
             self._adopt(first_worker)
 
-    def tracks(self, worker: WorkerProcess) -> bool:
-        return self.by_sentinel.get(worker.sentinel) is worker
-
     def active_ready(self) -> WorkerProcess | None:
         """The active worker if it takes requests now."""
         worker = self.active

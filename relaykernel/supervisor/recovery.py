@@ -53,8 +53,6 @@ class Recovery:
 
     def worker_exited(self, worker: WorkerProcess) -> None:
         """A worker's sentinel fired: the active one's requests are answered, a spare is counted."""
-        if not self.pool.tracks(worker):
-            return  # already handled (replaced, or its death seen in the same poll)
         # Outputs it sent before dying still belong to the user, and a DONE still
         # on its way says the request it ends was not the one that killed the worker.
         self._drain_link(worker)

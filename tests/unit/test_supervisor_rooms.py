@@ -66,6 +66,19 @@ def test_a_request_runs_in_the_worker_between_busy_and_idle(h):
     assert h.loop.flow.execution_count == 2
 
 
+def test_an_error_aborts_the_executes_queued_behind_it(h):
+    end, _ = started(h)
+    failing = h.request("execute_request", {"code": "1/0", "silent": False})
+    cell = received(h, end)
+    end.worker.begun = 1
+    queued = h.request("execute_request", {"code": "2", "silent": False})
+    h.no_reply()
+    end.done(cell, {"status": "error", "ename": "ZeroDivisionError", "evalue": "", "traceback": [],
+                    "execution_count": 1}, execution_count=2)
+    assert h.reply(failing)["content"]["status"] == "error"
+    assert h.reply(queued)["content"]["status"] == "aborted"
+
+
 def test_a_death_while_idle_is_reported_and_the_spare_takes_over(h):
     first, spare = started(h)
     first.worker.die(-signal.SIGSEGV)
