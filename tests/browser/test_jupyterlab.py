@@ -1,6 +1,7 @@
 """JupyterLab 4 in headless Chromium drives relaykernel: an ipywidgets slider
 survives a worker crash and a page reload; a page reloaded mid-cell says Busy;
-after Kernel > Restart the kernel keeps the slider and a reload revives its view.
+after Kernel > Restart the kernel keeps the slider and a reload revives its view;
+after exit() in a cell the view stays live.
 
 The tests share one server, one browser page and one notebook, and run in file
 order (each step builds on the previous one).  Screenshots of every step go to
@@ -352,6 +353,7 @@ def test_05_reload_during_a_running_cell_shows_busy(page: Any, lab_server: LabSe
     finally:
         flag.touch()
     wait_kernel_idle(page, lab_server)
+    flag.unlink()
     expect(kernel_status(page)).to_have_text(re.compile(r"\| Idle$"), timeout=UI_TIMEOUT)
     step("cell-done-idle")
 
@@ -423,3 +425,26 @@ def test_06_restart_keeps_the_widget_in_the_kernel_and_a_reload_revives_the_view
     move_slider(page, 2, value + 2)
     assert kernel_slider_values(page) == f"[{value + 2}]"
     step("reloaded-after-restart-live")
+
+
+def test_07_exit_in_a_cell_restarts_and_keeps_the_views_live(
+        page: Any, lab_server: LabServer, step: Callable) -> None:
+    """What the README offers instead of Kernel > Restart: ``exit()`` in a cell swaps
+    the worker the same way (fresh namespace, count from 1), and JupyterLab, which
+    is not told of a restart, keeps its comms: the view on the page stays live."""
+    wait_kernel_idle(page, lab_server)
+    value = int(slider(page).locator(".widget-readout").inner_text().strip())
+    cell = run_cell(page, "import os; os.getpid()")
+    wait_cell_done(cell)
+    pid_before = result_text(cell).strip()
+    wait_cell_done(run_cell(page, "exit()"))
+    wait_kernel_idle(page, lab_server)
+    cell = run_cell(page, "import os; os.getpid()")
+    wait_cell_done(cell)
+    expect(cell.locator(".jp-InputArea-prompt")).to_have_text(re.compile(r"^\s*\[1\]:?\s*$"))
+    assert result_text(cell).strip() not in ("", pid_before), "exit() did not swap the worker"
+    step("after-exit")
+    expect(slider(page)).not_to_have_class(re.compile(r"jupyter-widgets-disconnected"))
+    move_slider(page, 1, value + 1)
+    assert kernel_slider_values(page) == f"[{value + 1}]"
+    step("after-exit-live")
