@@ -16,7 +16,7 @@ import pytest
 
 from relaykernel import wire
 from relaykernel.supervisor.worker_process import WorkerState
-from tests.unit.fake_worker import FakeWorker, Harness, WorkerEnd
+from tests.unit.fake_worker import Harness, WorkerEnd
 
 
 @pytest.fixture
