@@ -131,12 +131,8 @@ class Signer:
             return True
         return hmac.compare_digest(signature, self.sign(parts))
 
-    def header(self, msg_type: str) -> dict[str, Any]:
-        """A new message header (what :meth:`frames` packs)."""
-        parsed: dict[str, Any] = json.loads(self.packed_header(msg_type))
-        return parsed
-
     def packed_header(self, msg_type: str) -> bytes:
+        """A new message header, as JSON (what :meth:`frames` sends)."""
         quoted = self._quoted_types.get(msg_type)
         if quoted is None:
             quoted = self._quoted_types[msg_type] = json.dumps(msg_type)

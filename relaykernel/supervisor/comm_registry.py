@@ -16,7 +16,6 @@ IPython, zmq or ipywidgets.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -143,7 +142,6 @@ class CommRecord:
     data: dict[str, Any]
     metadata: dict[str, Any]
     buffers: list[bytes]
-    opened_by: str
     state: dict[str, Any] | None = None
 
     @property
@@ -162,13 +160,13 @@ class CommRecord:
 class CommRegistry:
     """The set of open comms, updated from traffic seen in both directions.
 
-    All methods take a lock: frontend traffic and worker traffic may be
-    handled on different supervisor threads.
+    Only the supervisor's main thread uses it, so it takes no lock: the loop owns
+    every socket and worker link, and the early responder thread (early.py), which
+    has the sockets before the loop, holds comm messages for the loop to route.
     """
 
     def __init__(self) -> None:
         self._comms: dict[str, CommRecord] = {}
-        self._lock = threading.RLock()
 
     # -- traffic -----------------------------------------------------------
 
@@ -197,14 +195,12 @@ class CommRegistry:
             data=data,
             metadata=_copy_json(metadata or {}),
             buffers=bufs,
-            opened_by=side,
         )
         if target_name == WIDGET_TARGET and isinstance(data.get("state"), dict):
             state = _copy_json(data["state"])
             _put_buffers(state, data.get("buffer_paths") or [], bufs)
             record.state = state
-        with self._lock:
-            self._comms[comm_id] = record
+        self._comms[comm_id] = record
 
     def message(self, content: dict[str, Any], buffers: list[Any] | None, side: str) -> bool:
         """Account for a ``comm_msg``; return False if its comm_id is unknown.
@@ -217,38 +213,33 @@ class CommRegistry:
         if side not in _SIDES:
             raise ValueError(f"side must be one of {_SIDES}, not {side!r}")
         comm_id = content.get("comm_id")
-        with self._lock:
-            record = self._comms.get(comm_id) if isinstance(comm_id, str) else None
-            if record is None:
-                return False
-            data = content.get("data")
-            if record.state is None or not isinstance(data, dict):
-                return True
-            if data.get("method") in _STATE_METHODS and isinstance(data.get("state"), dict):
-                delta = _copy_json(data["state"])
-                _put_buffers(delta, data.get("buffer_paths") or [], list(buffers or []))
-                record.state.update(delta)
+        record = self._comms.get(comm_id) if isinstance(comm_id, str) else None
+        if record is None:
+            return False
+        data = content.get("data")
+        if record.state is None or not isinstance(data, dict):
             return True
+        if data.get("method") in _STATE_METHODS and isinstance(data.get("state"), dict):
+            delta = _copy_json(data["state"])
+            _put_buffers(delta, data.get("buffer_paths") or [], list(buffers or []))
+            record.state.update(delta)
+        return True
 
     def closed(self, comm_id: str) -> bool:
         """Forget a comm (``comm_close`` from either side); False if unknown."""
-        with self._lock:
-            return self._comms.pop(comm_id, None) is not None
+        return self._comms.pop(comm_id, None) is not None
 
     # -- queries -----------------------------------------------------------
 
     def get(self, comm_id: str) -> CommRecord | None:
         """The live record for ``comm_id``, or None."""
-        with self._lock:
-            return self._comms.get(comm_id)
+        return self._comms.get(comm_id)
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._comms)
+        return len(self._comms)
 
     def __contains__(self, comm_id: object) -> bool:
-        with self._lock:
-            return comm_id in self._comms
+        return comm_id in self._comms
 
     def __iter__(self) -> Iterator[CommRecord]:
         """Records in open order (a snapshot, so closing while iterating is safe).
@@ -256,8 +247,7 @@ class CommRegistry:
         Open order matters for replay: a widget refers to models opened
         before it (e.g. its layout), so they must be re-created first.
         """
-        with self._lock:
-            return iter(list(self._comms.values()))
+        return iter(list(self._comms.values()))
 
     def for_target(self, target_name: str) -> list[CommRecord]:
         """Records of all open comms with ``target_name``, in open order."""
@@ -284,18 +274,17 @@ class CommRegistry:
         with binary values split out as buffers in wire layout.  Raises
         KeyError for an unknown comm_id.
         """
-        with self._lock:
-            record = self._comms[comm_id]
-            data = _copy_json(record.data)
-            buffers = list(record.buffers)
-            if record.state is not None:
-                data["state"], data["buffer_paths"], buffers = record.split_state()
-            content: dict[str, Any] = {"comm_id": record.comm_id,
-                                       "target_name": record.target_name,
-                                       "data": data}
-            if record.target_module is not None:
-                content["target_module"] = record.target_module
-            return content, _copy_json(record.metadata), buffers
+        record = self._comms[comm_id]
+        data = _copy_json(record.data)
+        buffers = list(record.buffers)
+        if record.state is not None:
+            data["state"], data["buffer_paths"], buffers = record.split_state()
+        content: dict[str, Any] = {"comm_id": record.comm_id,
+                                   "target_name": record.target_name,
+                                   "data": data}
+        if record.target_module is not None:
+            content["target_module"] = record.target_module
+        return content, _copy_json(record.metadata), buffers
 
     def widget_states(self) -> tuple[dict[str, Any], list[bytes]]:
         """(data, buffers) of the ``update_states`` reply on the control comm.
@@ -309,16 +298,15 @@ class CommRegistry:
         states: dict[str, Any] = {}
         paths: list[Path] = []
         buffers: list[bytes] = []
-        with self._lock:
-            for record in self.for_target(WIDGET_TARGET):
-                if record.state is None:
-                    continue
-                states[record.comm_id] = {
-                    "model_name": record.state.get("_model_name"),
-                    "model_module": record.state.get("_model_module"),
-                    "model_module_version": record.state.get("_model_module_version"),
-                    "state": record.state,
-                }
-            wire_states = _split_buffers(states, [], paths, buffers)
+        for record in self.for_target(WIDGET_TARGET):
+            if record.state is None:
+                continue
+            states[record.comm_id] = {
+                "model_name": record.state.get("_model_name"),
+                "model_module": record.state.get("_model_module"),
+                "model_module_version": record.state.get("_model_module_version"),
+                "state": record.state,
+            }
+        wire_states = _split_buffers(states, [], paths, buffers)
         data = {"method": "update_states", "states": wire_states, "buffer_paths": paths}
         return data, buffers

@@ -36,7 +36,7 @@ from typing import Any
 import multiprocess
 from multiprocess import forkserver, resource_tracker
 
-from .. import heap
+from .. import heap, pipes
 from ..spawn import PRELOAD
 
 log = logging.getLogger("relaykernel.supervisor")
@@ -133,9 +133,8 @@ class WorkerLauncher:
     def acknowledge(self) -> None:
         """The loop saw wake_fd: empty it."""
         try:
-            while os.read(self.wake_fd, 64):
-                pass
-        except OSError:
+            pipes.drain(self.wake_fd)
+        except OSError:  # closed: the supervisor is stopping
             pass
 
     def waiting_for_server(self) -> bool:

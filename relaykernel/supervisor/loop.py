@@ -26,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from .. import wire
+from .. import pipes, wire
 from ..signing import Signer
 from ..spawn import WorkerConfig
 from .answers import Answers
@@ -291,11 +291,7 @@ class SupervisorLoop:
         self._pending_signals.append(signum)
 
     def _handle_signals(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        pipes.drain(self._wake_r)
         signals, self._pending_signals = self._pending_signals, []
         for signum in signals:
             if signum == signal.SIGINT:

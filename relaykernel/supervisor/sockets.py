@@ -33,8 +33,6 @@ from ..wire import recv_frames
 
 log = LazyLogger("relaykernel.supervisor")
 
-CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
-
 
 class BadMessage(ValueError):
     """A frontend message that failed verification or parsing."""

@@ -51,7 +51,7 @@ from typing import Any
 
 import zmq
 
-from .. import wire
+from .. import pipes, wire
 
 log = logging.getLogger("relaykernel.worker")
 
@@ -127,7 +127,7 @@ class Link:
             self._nudge()
 
     def leave_to_parent(self) -> None:
-        """In a forked child: the socket and its IO thread are the worker's (zmq
+        """In a forked child: the socket and libzmq's IO thread are the worker's (zmq
         sockets do not survive a fork), so messages other than printed text,
         which goes by the fd (streams.py), are dropped, with one notice."""
         notice = [(b"relaykernel: display output and comm messages from a forked child process "
@@ -308,11 +308,7 @@ class Link:
         return frames
 
     def _drain_nudges(self) -> None:
-        try:
-            while os.read(self._nudge_r, 512):
-                pass
-        except BlockingIOError:
-            pass
+        pipes.drain(self._nudge_r)
 
     # ---------------------------------------------------------------- tickers
     def _tick(self) -> None:

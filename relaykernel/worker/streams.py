@@ -3,7 +3,7 @@
 ``OutStream`` replaces ``sys.stdout``/``sys.stderr``.  Both write into one
 :class:`OutputOrder`, which keeps what they wrote in the order it was written
 (stderr never overtakes earlier stdout) and batches it: a print loop becomes a
-few large messages, sent by the link's IO thread after ``FLUSH_INTERVAL``, when
+few large messages, sent by the link's ticker thread after ``FLUSH_INTERVAL``, when
 the batch grows past ``MAX_BATCH``, before any other output, and before the
 reply.  The first line after a quiet spell leaves at once (it shows sooner, and
 a crash right after does not take it along).  A user's ``flush()`` sends at
@@ -119,7 +119,7 @@ class OutputOrder:
                 self._send_locked()
 
     def flush_if_due(self, now: float) -> None:
-        """Called by the IO thread's ticker."""
+        """Called by the link's ticker thread (link.py, every ``TICK_INTERVAL``)."""
         if self._segments and now - self._since >= FLUSH_INTERVAL:
             self.send_now()
 
@@ -246,7 +246,7 @@ class OutStream(io.TextIOBase):
             self._order.send_now()
 
     def flush_if_due(self, now: float) -> None:
-        """Called by the IO thread's ticker."""
+        """Called by the link's ticker thread (link.py, every ``TICK_INTERVAL``)."""
         self._order.flush_if_due(now)
 
     def write_to_fd(self) -> None:

@@ -52,7 +52,6 @@ def test_open_and_close_from_frontend() -> None:
     assert isinstance(rec, CommRecord)
     assert (rec.comm_id, rec.target_name, rec.target_module) == ("c1", "my.target", None)
     assert rec.data == {"a": 1} and rec.metadata == {"m": True} and rec.buffers == [b"xy"]
-    assert rec.opened_by == "frontend"
     assert not rec.is_widget and rec.state is None
     assert reg.closed("c1") is True
     assert reg.closed("c1") is False
@@ -64,7 +63,7 @@ def test_open_and_close_from_kernel_keeps_target_module() -> None:
     reg.opened({"comm_id": "k1", "target_name": "t", "target_module": "mod.x", "data": {}},
                {}, [], "kernel")
     rec = reg.get("k1")
-    assert rec is not None and rec.opened_by == "kernel" and rec.target_module == "mod.x"
+    assert rec is not None and rec.target_module == "mod.x"
     content, metadata, buffers = reg.open_message_for_replay("k1")
     assert content == {"comm_id": "k1", "target_name": "t", "target_module": "mod.x",
                        "data": {}}
@@ -130,7 +129,7 @@ def test_reopen_replaces_record() -> None:
     reg.opened(_widget_open("w", _model_state(value=2)), WIDGET_META, [], "frontend")
     assert len(reg) == 1
     rec = reg.get("w")
-    assert rec is not None and rec.opened_by == "frontend" and rec.state["value"] == 2
+    assert rec is not None and rec.state["value"] == 2
 
 
 def test_registry_owns_copies() -> None:

@@ -81,7 +81,7 @@ def test_empty_key_means_no_signature_either_way() -> None:
 
 def test_message_ids_are_unique_and_carry_the_session() -> None:
     ours = Signer(KEY, session_id="sess")
-    ids = {ours.header("status")["msg_id"] for _ in range(1000)}
+    ids = {json.loads(ours.packed_header("status"))["msg_id"] for _ in range(1000)}
     assert len(ids) == 1000
     assert all(i.startswith("sess_") for i in ids)
 
