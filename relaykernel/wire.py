@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 import zmq
@@ -125,7 +125,7 @@ def _nbytes(frame: Any) -> int:
     return frame.nbytes if isinstance(frame, memoryview) else len(frame)
 
 
-def encode(kind: bytes, meta: dict[str, Any] | None = None, payload: Sequence[Any] = ()) -> list[Any]:
+def encode(kind: bytes, meta: Mapping[str, Any] | None = None, payload: Sequence[Any] = ()) -> list[Any]:
     """Frames for :func:`send_frames`: ``[packed, *large]``.
 
     ``packed`` holds ``kind``, the meta JSON (of any size) and every payload
@@ -289,6 +289,7 @@ class ActivateMeta(TypedDict):
 class DoneMeta(TypedDict, total=False):
     status: str  # "ok" | "error" | "aborted"
     execution_count: int  # set by execute requests that stored history
+    exit: bool  # exit() in the cell: the supervisor replaces the worker
 
 
 class TargetMeta(TypedDict):

@@ -106,7 +106,8 @@ class CommRelay:
         if not adoptable:
             return None
         orphans.difference_update(adoptable)
-        comms, frames = [], []
+        comms: list[wire.AdoptedComm] = []
+        frames: list[bytes] = []
         for comm_id in adoptable:
             content, metadata, buffers = self.registry.open_message_for_replay(comm_id)
             comms.append({"content": content, "metadata": metadata, "buffers": len(buffers)})

@@ -82,7 +82,7 @@ class Incoming:
         self.channel = channel
         self.idents = idents
         self.header = header
-        self.frames = frames  # header, parent, metadata, content, buffers... (zmq.Frame)
+        self.frames = frames  # the wire.VERIFIED layout (zmq.Frame): header, parent, metadata, content, buffers...
         self.parent: dict[str, Any] = {} if parent is None else parent
         self.metadata: dict[str, Any] = {} if metadata is None else metadata
         self.content: dict[str, Any] = {} if content is None else content
@@ -109,12 +109,12 @@ class Incoming:
     @property
     def header_bytes(self) -> bytes:
         """The header as received: replies use it verbatim as their parent header."""
-        header: bytes = self.frames[0].bytes
+        header: bytes = self.frames[wire.VERIFIED.header].bytes
         return header
 
     @property
     def buffers(self) -> list[Any]:
-        return self.frames[4:]
+        return self.frames[wire.VERIFIED.buffers:]
 
 
 class Verifier:
@@ -159,30 +159,31 @@ class Verifier:
         if split < 0:
             raise BadMessage("no <IDS|MSG> delimiter")
         idents = [f.bytes for f in raw[:split]]
-        body = raw[split + 1 :]
-        if len(body) < 5:
-            raise BadMessage(f"{len(body)} frames after the delimiter, expected at least 5")
-        signature = body[0].bytes
+        at = wire.VERIFIED
+        verified = raw[split + 2 :]  # after the delimiter and the signature
+        if len(verified) < at.buffers:
+            raise BadMessage(f"{len(raw) - split - 1} frames after the delimiter, expected at least {at.buffers + 1}")
+        signature = raw[split + 1].bytes
         if self._signer.signs:
             if not signature:
                 raise BadMessage("unsigned message")
-            if not self._signer.verify(signature, [f.bytes for f in body[1:5]]):
+            if not self._signer.verify(signature, [f.bytes for f in verified[: at.buffers]]):
                 raise BadMessage("invalid signature")
             fingerprint = int(signature[:16], 16)  # verified above: hex digits
             if fingerprint in self._seen:
                 raise BadMessage("replayed signature")
             self._remember(fingerprint)
-        header = parse_object(body[1], "header")
+        header = parse_object(verified[at.header], "header")
         msg_type = header.get("msg_type")
         if not isinstance(msg_type, str) or not msg_type:
             raise BadMessage("header has no msg_type string")
         if not isinstance(header.get("msg_id", ""), str):
             raise BadMessage("header's msg_id is not a string")
-        msg = Incoming(channel, idents, header, body[1:])
+        msg = Incoming(channel, idents, header, verified)
         try:
-            msg.parent = parse_object(body[2], "parent header")
-            msg.metadata = parse_object(body[3], "metadata")
-            msg.content = parse_object(body[4], "content")
+            msg.parent = parse_object(verified[at.parent], "parent header")
+            msg.metadata = parse_object(verified[at.metadata], "metadata")
+            msg.content = parse_object(verified[at.content], "content")
         except BadMessage as e:
             msg.problem = str(e)
         else:

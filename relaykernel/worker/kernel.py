@@ -36,7 +36,7 @@ from .streams import FdCapture, OutStream
 
 log = logging.getLogger("relaykernel.worker")
 
-Outcome = tuple["dict[str, Any] | None", dict[str, Any]]  # the reply's content (or None), the DONE meta
+Outcome = tuple["dict[str, Any] | None", wire.DoneMeta]  # the reply's content (or None), the DONE meta
 Handler = Callable[[dict[str, Any]], "Outcome | Awaitable[Outcome]"]
 
 
@@ -97,7 +97,8 @@ class WorkerKernel:
         self.messenger.publish(msg_type, content, metadata, list(buffers or ()), kind=wire.COMM)
 
     def target_changed(self, name: str, registered: bool) -> None:
-        self.link.send(wire.TARGET, {"name": name, "registered": registered})
+        target: wire.TargetMeta = {"name": name, "registered": registered}
+        self.link.send(wire.TARGET, target)
 
     @property
     def session(self) -> Any:
@@ -141,7 +142,7 @@ class WorkerKernel:
             self._shell_parent = parent
         self.messenger.set_parent(parent, channel=channel)
 
-    def activate(self, meta: dict[str, Any]) -> None:
+    def activate(self, meta: wire.ActivateMeta) -> None:
         """Become the kernel's worker: continue its execution count, and import
         what preserved comms need (ipywidgets registers its targets on import)."""
         self.shell.execution_count = int(meta.get("execution_count", 1))
@@ -166,7 +167,8 @@ class WorkerKernel:
         """
         self.messenger.set_parent({})
         offset = 0
-        for spec in meta.get("comms", ()):
+        comms: list[wire.AdoptedComm] = meta.get("comms", [])
+        for spec in comms:
             count = int(spec.get("buffers", 0))
             buffers = [memoryview(f) for f in frames[offset:offset + count]]
             offset += count
@@ -185,7 +187,7 @@ class WorkerKernel:
         ``channel``: where the request came from (``shell`` or ``control``).
         Streams (and fd pipes) are flushed once, here, right before the DONE."""
         reply: dict[str, Any] | None = None
-        meta: dict[str, Any] = {"status": "ok"}
+        meta: wire.DoneMeta = {"status": "ok"}
         msg_type = ""
         parent = None  # the reply answers the request even if user code set another parent
         self._reply_metadata = None
@@ -197,7 +199,7 @@ class WorkerKernel:
                 self._control_parent = msg
             else:
                 self._shell_parent = msg
-            parent = self.messenger.set_parent(msg, wire.as_bytes(frames[0]), channel)
+            parent = self.messenger.set_parent(msg, wire.as_bytes(frames[wire.VERIFIED.header]), channel)
             self._restore_lost_streams()
             handler = self.handlers.get(msg_type)
             if handler is None:
@@ -231,7 +233,7 @@ class WorkerKernel:
                                   f"the kernel's {name} is back in its place.\n")
 
     # -------------------------------------------------------------- execute
-    async def execute_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def execute_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], wire.DoneMeta]:
         started = datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
         content = msg["content"]
         code = content.get("code", "")
@@ -264,7 +266,7 @@ class WorkerKernel:
         # what ipykernel puts there; JupyterLab's "record timing" reads "started"
         self._reply_metadata = {"started": started, "dependencies_met": True, "engine": self.engine_id,
                                 "status": reply["status"]}
-        meta: dict[str, Any] = {"status": reply["status"], "execution_count": shell.execution_count}
+        meta: wire.DoneMeta = {"status": reply["status"], "execution_count": shell.execution_count}
         if shell.exit_now:  # exit() / quit: under ipykernel the kernel ends and is restarted
             shell.exit_now = False
             meta["exit"] = not shell.keepkernel_on_exit
@@ -330,7 +332,7 @@ class WorkerKernel:
         return result
 
     # -------------------------------------------------------- introspection
-    def complete_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def complete_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], wire.DoneMeta]:
         code = msg["content"].get("code", "")
         cursor = msg["content"].get("cursor_pos")
         cursor = len(code) if cursor is None else cursor
@@ -343,7 +345,7 @@ class WorkerKernel:
         return {"status": "ok", "matches": [c.text for c in completions], "cursor_start": start,
                 "cursor_end": end, "metadata": {"_jupyter_types_experimental": types}}, {"status": "ok"}
 
-    def inspect_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def inspect_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], wire.DoneMeta]:
         content = msg["content"]
         code = content.get("code", "")
         cursor = content.get("cursor_pos")
@@ -359,7 +361,7 @@ class WorkerKernel:
             pass
         return reply, {"status": "ok"}
 
-    def history_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def history_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], wire.DoneMeta]:
         c = msg["content"]
         hm = self.shell.history_manager
         raw, output = c.get("raw", True), c.get("output", False)
@@ -375,7 +377,7 @@ class WorkerKernel:
             history = []
         return {"status": "ok", "history": list(history)}, {"status": "ok"}
 
-    def is_complete_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def is_complete_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], wire.DoneMeta]:
         status, indent = self.shell.input_transformer_manager.check_complete(msg["content"].get("code", ""))
         reply: dict[str, Any] = {"status": status}
         if status == "incomplete":
@@ -390,7 +392,7 @@ class WorkerKernel:
         return handle
 
     def _comm_handler(self, method: Callable[[Any, Any, dict[str, Any]], None]) -> Handler:
-        def handle(msg: dict[str, Any]) -> tuple[None, dict[str, Any]]:
+        def handle(msg: dict[str, Any]) -> tuple[None, wire.DoneMeta]:
             with self.gate.user_code():  # comm callbacks are user code too
                 method(None, None, msg)
             return None, {"status": "ok"}
@@ -413,20 +415,22 @@ class WorkerKernel:
         self.link.discard_kept(wire.INPUT_REPLY)  # replies to an older prompt
         self.messenger.input_request(prompt, password)
         reply = self.link.receive({wire.INPUT_REPLY})
-        value = json.loads(wire.as_bytes(reply.payload[3])).get("value", "")
+        value = json.loads(wire.as_bytes(reply.payload[wire.VERIFIED.content])).get("value", "")
         return str(value)
 
 
 def _parse(frames: list[Any]) -> dict[str, Any]:
-    header = json.loads(wire.as_bytes(frames[0]))
+    """A request the supervisor verified (wire.VERIFIED) as ipykernel's handlers take it."""
+    at = wire.VERIFIED
+    header = json.loads(wire.as_bytes(frames[at.header]))
     return {
         "header": header,
         "msg_id": header.get("msg_id"),
         "msg_type": header.get("msg_type"),
-        "parent_header": json.loads(wire.as_bytes(frames[1])),
-        "metadata": json.loads(wire.as_bytes(frames[2])),
-        "content": json.loads(wire.as_bytes(frames[3])),
-        "buffers": [memoryview(f) for f in frames[4:]],
+        "parent_header": json.loads(wire.as_bytes(frames[at.parent])),
+        "metadata": json.loads(wire.as_bytes(frames[at.metadata])),
+        "content": json.loads(wire.as_bytes(frames[at.content])),
+        "buffers": [memoryview(f) for f in frames[at.buffers:]],
     }
 
 

@@ -46,7 +46,7 @@ import os
 import select
 import signal
 import threading
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import zmq
@@ -117,7 +117,7 @@ class Link:
         self._ticker.start()
 
     # ---------------------------------------------------------------- sending
-    def send(self, kind: bytes, meta: dict[str, Any] | None = None, payload: Sequence[Any] = ()) -> None:
+    def send(self, kind: bytes, meta: Mapping[str, Any] | None = None, payload: Sequence[Any] = ()) -> None:
         """Send a link message to the supervisor; safe from any thread."""
         frames = wire.encode(kind, meta, payload)
         with self._lock:
@@ -133,7 +133,7 @@ class Link:
         notice = [(b"relaykernel: display output and comm messages from a forked child process "
                    b"are not shown (what it prints is)\n")]
 
-        def send(kind: bytes, meta: dict[str, Any] | None = None, payload: Sequence[Any] = ()) -> None:
+        def send(kind: bytes, meta: Mapping[str, Any] | None = None, payload: Sequence[Any] = ()) -> None:
             if notice:
                 try:
                     os.write(2, notice.pop())

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 
@@ -99,8 +99,9 @@ def serve(config: WorkerConfig) -> None:
     app.start_shell()  # extensions, startup files, exec_lines, as ipykernel before it is ready
     os._exit = _exit_after_flushing(kernel, link, os._exit)  # type: ignore[assignment]
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _MAIN_THREAD_SIGNALS)
-    link.send(wire.READY, {"version": wire.PROTOCOL_VERSION, "pid": os.getpid(),
-                           "output_pipes": capture.read_ends()})
+    ready: wire.ReadyMeta = {"version": wire.PROTOCOL_VERSION, "pid": os.getpid(),
+                             "output_pipes": capture.read_ends()}
+    link.send(wire.READY, ready)
     _serve_forever(kernel, link, progress.Counter(config.progress_file) if config.progress_file else None)
     os._exit(0)  # after flushing, as for user code
 
@@ -196,7 +197,7 @@ async def _serve(kernel: WorkerKernel, link: Link, counter: progress.Counter | N
             channel = "control" if (lm.meta or {}).get("channel") == "control" else "shell"
             await kernel.handle(list(lm.payload), channel)
         elif lm.kind == wire.ACTIVATE:
-            kernel.activate(lm.meta)
+            kernel.activate(cast(wire.ActivateMeta, lm.meta))
             link.send(wire.ACTIVATED)
         elif lm.kind == wire.ADOPT:
             kernel.adopt(lm.meta, list(lm.payload))

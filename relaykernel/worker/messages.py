@@ -115,7 +115,7 @@ class Messenger:
         """The streams' publish (streams.OutputOrder): with the parent of the text's writer."""
         self.publish(msg_type, content, parent=parent)
 
-    def done(self, reply_type: str | None, content: dict[str, Any] | None, meta: dict[str, Any],
+    def done(self, reply_type: str | None, content: dict[str, Any] | None, meta: wire.DoneMeta,
              metadata: dict[str, Any] | None = None, parent: Parent | None = None) -> None:
         """Finish the current request: its signed reply (if it has one) and the DONE meta."""
         payload = self.frames(reply_type, content or {}, metadata, parent) if reply_type else []

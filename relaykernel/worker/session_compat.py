@@ -35,17 +35,18 @@ class IOPubRelay:
                        **kwargs: Any) -> None:
         frames = list(frames)
         at = next((i for i, f in enumerate(frames) if _bytes(f) == DELIM), None)
-        if at is None or len(frames) < at + 6:
+        signed = frames[at:] if at is not None else []  # the wire.SIGNED layout
+        if len(signed) < wire.SIGNED.buffers:
             raise ValueError("not a Jupyter message: no <IDS|MSG> delimiter followed by five parts")
-        header = json.loads(_bytes(frames[at + 2]))
+        header = json.loads(_bytes(signed[wire.SIGNED.header]))
         msg_type = str(header.get("msg_type", ""))
-        # exactly one topic frame: the supervisor finds content and buffers by position
+        # exactly one topic frame (wire.PUBLISHED): the supervisor finds content and buffers by position
         topic = _bytes(frames[0]) if at else f"kernel.{msg_type}".encode()
-        payload = [topic, *frames[at:]]
+        payload = [topic, *signed]
         meta: dict[str, Any] | None = None
         kind = wire.IOPUB
         if msg_type in wire.COMM_TYPES:
-            content = json.loads(_bytes(frames[at + 5]))
+            content = json.loads(_bytes(signed[wire.SIGNED.content]))
             kind, meta = wire.COMM, {"msg_type": msg_type, "comm_id": content.get("comm_id")}
         self._kernel.flush_streams(fds=False)  # after what the cell printed before it
         self._kernel.link.send(kind, meta, payload)
