@@ -10,7 +10,7 @@ outlives workers.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import wire
 from .shell_queue import ShellQueue, stops_on_error
@@ -117,10 +117,11 @@ class RequestFlow:
             return None
         if lm.payload:
             wire.send_frames(self.out.reply_socket(request), request.idents + list(lm.payload))
-        if "execution_count" in lm.meta:
-            self.execution_count = int(lm.meta["execution_count"])
+        meta = cast(wire.DoneMeta, lm.meta)
+        if "execution_count" in meta:
+            self.execution_count = int(meta["execution_count"])
         self.out.status("idle", request)
-        if (lm.meta.get("status") == "error" and request.msg_type == "execute_request"
+        if (meta.get("status") == "error" and request.msg_type == "execute_request"
                 and stops_on_error(request)):
             self.abort(self.queue.take_executes())
         if self.queue.current is not None:

@@ -22,7 +22,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -226,13 +226,14 @@ class SupervisorLoop:
                                     f"worker could not be read and was lost ({e}).\n")
 
     def _on_ready(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
-        if lm.meta.get("version") != wire.PROTOCOL_VERSION:
-            log.error("worker speaks link version %r, expected %r", lm.meta.get("version"), wire.PROTOCOL_VERSION)
+        meta = cast(wire.ReadyMeta, lm.meta)
+        if meta.get("version") != wire.PROTOCOL_VERSION:
+            log.error("worker speaks link version %r, expected %r", meta.get("version"), wire.PROTOCOL_VERSION)
             worker.kill()
             return
-        pipes = lm.meta.get("output_pipes")
-        if isinstance(pipes, dict):
-            worker.watch_output(pipes)
+        output_pipes = meta.get("output_pipes")
+        if isinstance(output_pipes, dict):
+            worker.watch_output(output_pipes)
         self.pool.ready(worker)
 
     def _activation(self, worker: WorkerProcess) -> wire.ActivateMeta:
@@ -271,7 +272,7 @@ class SupervisorLoop:
         if request.msg_type == "comm_close":
             self.comms.frontend_closed(request.content.get("comm_id", ""))
         self.chores.trim_later()
-        if lm.meta.get("exit"):
+        if cast(wire.DoneMeta, lm.meta).get("exit"):
             # exit() in a cell: ipykernel's process ends and the frontend restarts it;
             # a fresh worker is the same, without the wait (and comms are kept)
             self.recovery.restart()
@@ -279,8 +280,9 @@ class SupervisorLoop:
 
     def _on_target(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
         """A target appeared in the worker: hand it the preserved comms it can adopt."""
-        name = str(lm.meta.get("name"))
-        if not lm.meta.get("registered") or worker is not self.pool.active:
+        meta = cast(wire.TargetMeta, lm.meta)
+        name = str(meta.get("name"))
+        if not meta.get("registered") or worker is not self.pool.active:
             return
         adopt = self.comms.adoption(name, worker.orphans)
         if adopt is not None:
