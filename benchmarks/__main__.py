@@ -33,7 +33,7 @@ from .harness import (
     stop_kernel,
     write_kernelspecs,
 )
-from .report import floor_notes, machine_header, table
+from .report import floor_notes, machine_header, process_table, table
 from .stats import Cell, Row
 
 MEASUREMENTS = ("floor", "startup", "memory", "exec", "output", "comm", "restart", "crash")
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                         r.cells[lb] = Cell(note=why)
                 rows.extend(new)
 
-            run("memory", lambda: M.memory(b, "idle after start"))
+            run("memory", lambda: M.memory(b, "idle after start", "≤ 1.5x"))
             run("exec", lambda: M.execute_rt(b))
             run("output", lambda: M.output(b))
             run("comm", lambda: M.comms(b))
@@ -170,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
                 # supervisor returns freed heap after 3 s without large buffers)
                 time.sleep(M.SETTLE_BEFORE_RSS)
                 run("memory", lambda: M.memory(b, f"{M.SETTLE_BEFORE_RSS:g} s after workload"))
+            if "memory" in a.only_set and b.kernels:
+                log(f"memory: {M.IMPORT_CELL!r} in every kernel")
+                M.import_workload(b)
+            run("memory", lambda: M.memory(b, f"after `{M.IMPORT_CELL}`", "≤ 1.25x"))
             run("restart", lambda: M.restart(b, ctx))
             run("crash", lambda: M.crash(b))  # last: a baseline kernel may die here
     finally:
@@ -188,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             table(rows, labels),
             "",
+            *([process_table(M.PROCESS_READINGS), ""] if M.PROCESS_READINGS else []),
             (
                 "Medians and p99 over interleaved runs (A B A B ...); every figure was validated "
                 "before it was recorded, n/a cells say why one could not be."

@@ -447,42 +447,132 @@ def crash(b: Bench) -> list[Row]:
 
 
 # ------------------------------------------------------------------- 7 memory
-#: Seconds every kernel sits idle after the workload before its RSS is read.
+#: Seconds every kernel sits idle after the workload before its memory is read.
 SETTLE_BEFORE_RSS = 5.0
+#: The cell run in every kernel before the second memory reading.
+IMPORT_CELL = "import numpy, pandas"
+#: A process tree counts as settled (standby and fork server started) once its
+#: set of processes has not changed for this long.
+TREE_QUIET = 1.0
 
 
-def rss(k: Kernel) -> tuple[float, float]:
-    """RSS (bytes) of the launched process and the sum over all its descendants."""
+@dataclass
+class ProcMemory:
+    """One process of a kernel's tree, named by its role (bytes)."""
+
+    role: str
+    pid: int
+    rss: float
+    pss: float
+    uss: float
+
+
+#: Per-process readings of the last :func:`memory` calls, for the report's second
+#: table: (when, kernel label, processes).
+PROCESS_READINGS: list[tuple[str, str, list[ProcMemory]]] = []
+
+
+def _tree(k: Kernel) -> list[psutil.Process]:
     if k.pid is None or not k.alive():
         raise BenchError("kernel process not running")
     try:
-        p = psutil.Process(k.pid)
-        own = p.memory_info().rss
-        kids = 0
-        for c in p.children(recursive=True):
-            try:
-                kids += c.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
+        root = psutil.Process(k.pid)
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess as e:
         raise BenchError(str(e)) from None
-    return own, kids
 
 
-def memory(b: Bench, when: str) -> list[Row]:
+def _settle_tree(k: Kernel, limit: float) -> None:
+    """Wait (at most ``limit`` s) until the kernel's set of processes stops changing."""
+    deadline = time.monotonic() + limit
+    seen = {p.pid for p in _tree(k)}
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < TREE_QUIET and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = {p.pid for p in _tree(k)}
+        if now != seen:
+            seen, quiet_since = now, time.monotonic()
+
+
+def _cell_pid(k: Kernel, timeout: float) -> int:
+    """The pid of the process that runs the kernel's cells."""
+    r = k.waiter.execute("__import__('os').getpid()", timeout, want_result=True, alive=k.alive)
+    if r.result is None or not r.result.isdigit():
+        raise BenchError(f"getpid() gave {r.result!r}")
+    return int(r.result)
+
+
+def _role(p: psutil.Process, root: int, cells: int, servers: set[int]) -> str:
+    """What a process of a kernel's tree is there for (from its place and command line).
+
+    A process forked without exec keeps its parent's command line: the standby
+    forked from the fork server reads as one, a snapshot as a worker."""
+    if p.pid == root:
+        return "kernel (runs the cells)" if p.pid == cells else "supervisor"
+    if p.pid == cells:
+        return "active worker"
+    parent = p.ppid()
+    if parent == cells:
+        return "snapshot (fork of the active worker)"
+    if parent in servers:
+        return "standby worker (forked)"
+    if "resource_tracker" in " ".join(p.cmdline()):
+        return "resource tracker (multiprocess)"
+    if p.pid in servers:
+        return "fork server"
+    if parent == root:
+        return "standby worker (spawned)"
+    return f"other ({p.name()})"
+
+
+def process_memory(k: Kernel, timeout: float) -> list[ProcMemory]:
+    """RSS, PSS and USS (``/proc/PID/smaps_rollup``) of each process of the kernel's tree."""
+    cells = _cell_pid(k, timeout)
+    _settle_tree(k, timeout)
+    procs = _tree(k)
+    servers = {p.pid for p in procs[1:] if p.ppid() == procs[0].pid and "forkserver" in " ".join(p.cmdline())}
+    out = []
+    for p in procs:
+        try:
+            m = p.memory_full_info()
+            out.append(ProcMemory(_role(p, procs[0].pid, cells, servers), p.pid, m.rss, m.pss, m.uss))
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def import_workload(b: Bench) -> None:
+    """Run :data:`IMPORT_CELL` in every kernel (before the second memory reading)."""
+    for k in b.kernels.values():
+        with contextlib.suppress(BenchError):  # the reading then says what is wrong
+            r = k.waiter.execute(IMPORT_CELL, b.cfg.timeout, alive=k.alive)
+            if r.reply.get("status") != "ok":
+                raise BenchError(f"{IMPORT_CELL!r} failed: {r.reply.get('ename')}")
+
+
+def memory(b: Bench, when: str, pss_target: str = "") -> list[Row]:
+    """Memory of each kernel's whole process tree, and of its launched process."""
     sup: dict[str, Cell] = {}
-    wrk: dict[str, Cell] = {}
+    total: dict[str, dict[str, Cell]] = {m: {} for m in ("rss", "pss", "uss")}
+    count: dict[str, Cell] = {}
     for lb, k in b.kernels.items():
         try:
-            own, kids = rss(k)
-            sup[lb] = Cell([own], single=True)
-            wrk[lb] = Cell([kids], single=True)
+            procs = process_memory(k, b.cfg.timeout)
         except BenchError as e:
-            sup[lb] = Cell(note=str(e))
-            wrk[lb] = Cell(note=str(e))
+            for cells in (sup, count, *total.values()):
+                cells[lb] = Cell(note=str(e))
+            continue
+        PROCESS_READINGS.append((when, lb, procs))
+        sup[lb] = Cell([procs[0].rss], single=True)
+        count[lb] = Cell([float(len(procs))], single=True)
+        for m, cells in total.items():
+            cells[lb] = Cell([sum(getattr(p, m) for p in procs)], single=True)
     return [
+        Row(f"PSS whole process tree, {when}", "MB", total["pss"], pss_target, 1e-6),
+        Row(f"USS whole process tree, {when}", "MB", total["uss"], "", 1e-6),
+        Row(f"RSS whole process tree, {when}", "MB", total["rss"], "", 1e-6),
+        Row(f"processes in the tree, {when}", "count", count, "", 1.0),
         Row(f"RSS launched process (supervisor), {when}", "MB", sup, "≤ 40 MB abs", 1e-6),
-        Row(f"RSS children (worker), {when}", "MB", wrk, "", 1e-6),
     ]
 
 

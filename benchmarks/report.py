@@ -156,3 +156,22 @@ def floor_notes(rows: list[Row], floor: Cell | None, subject: str) -> list[str]:
                     f"median = {c.median / floor.median:.1f}x (target ≤ 3x)"
                 )
     return notes
+
+
+def process_table(readings: list) -> str:
+    """Memory per process: ``(when, kernel label, [ProcMemory...])`` readings, in MB."""
+    out = [
+        ("Memory per process (RSS counts shared pages in full in every process; PSS shares "
+         "them out among the processes that map them; USS is the process's own):"),
+        "",
+        "| reading | kernel | process | RSS (MB) | PSS (MB) | USS (MB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for when, label, procs in readings:
+        for p in procs:
+            out.append(f"| {when} | {label} | {p.role} | {_fmt(p.rss / 1e6)} | {_fmt(p.pss / 1e6)} "
+                       f"| {_fmt(p.uss / 1e6)} |")
+        out.append(f"| {when} | {label} | **total ({len(procs)} processes)** "
+                   f"| {_fmt(sum(p.rss for p in procs) / 1e6)} | {_fmt(sum(p.pss for p in procs) / 1e6)} "
+                   f"| {_fmt(sum(p.uss for p in procs) / 1e6)} |")
+    return "\n".join(out)
