@@ -157,9 +157,27 @@ class WorkerConfig:
                                    crash_log=os.path.join(os.path.dirname(self.crash_log), f"crash-{number}"))
 
 
+def _forget_resource_tracker() -> None:
+    """Drop the ``/dev/null`` the supervisor passes as ``multiprocess``'s resource
+    tracker (supervisor/launcher.py: ``without_resource_tracker``), so that user code
+    using ``multiprocess`` starts a real tracker of its own when it first needs one."""
+    tracker = sys.modules.get("multiprocess.resource_tracker")
+    fd = getattr(getattr(tracker, "_resource_tracker", None), "_fd", None)
+    if tracker is None or fd is None:
+        return
+    try:
+        if os.fstat(fd).st_rdev != os.stat(os.devnull).st_rdev:
+            return  # a real tracker's pipe (another parent than relaykernel's supervisor)
+        os.close(fd)
+    except OSError:
+        pass
+    tracker._resource_tracker._fd = None
+
+
 def run_worker(config: WorkerConfig) -> None:
     """Process target: become a worker and serve until told to stop."""
     try:
+        _forget_resource_tracker()
         from .worker.main import serve
 
         serve(config)

@@ -54,12 +54,33 @@ class ServerState(enum.Enum):
     FAILED = "failed"  # could not start, or died too often: spawn from now on
 
 
+def without_resource_tracker() -> None:
+    """Keep ``multiprocess`` from starting its resource tracker, a process of its own
+    (~12 MB PSS) that nothing of relaykernel needs.
+
+    Starting a worker, spawned or through the fork server, asks the tracker for the
+    write end of its pipe (``getfd()``), and starts it the first time.  It would track
+    the named semaphores and shared memory that processes holding that end create
+    with ``multiprocess``, and unlink the ones left when they have all exited: the
+    supervisor and the fork server create none, and user code in a worker does not
+    need the supervisor's (``run_worker`` drops it, so a worker whose code uses
+    ``multiprocess`` starts a tracker of its own when it first needs one, as the
+    standard library's ``multiprocessing`` always does).  So the tracker is handed
+    ``/dev/null`` instead: ``getfd()`` finds it "alive" and starts nothing.
+    Idempotent; the supervisor's main thread."""
+    tracker = resource_tracker._resource_tracker  # private API of multiprocess
+    with tracker._lock:
+        if tracker._fd is None:
+            tracker._fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+
+
 @contextlib.contextmanager
 def child_start(inherited_tunables: str | None) -> Iterator[None]:
     """What a process the supervisor starts for user code inherits: SIGINT ignored
     until the worker leads its own process group (jupyter_client interrupts the
     kernel's whole group), and huge pages for glibc's malloc (read at exec, heap.py).
     Main thread only (signal.signal)."""
+    without_resource_tracker()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ[heap.TUNABLES_ENV] = heap.hugepage_tunables(inherited_tunables)
     try:
@@ -163,8 +184,8 @@ class WorkerLauncher:
         return self.spawn_context
 
     def close(self) -> None:
-        """Stop the fork server and the resource tracker with the supervisor (both would
-        notice on their own, a moment later).  Bounded: ~1 s at most."""
+        """Stop the fork server with the supervisor (it would notice on its own, a moment
+        later), and close the stand-in for the resource tracker.  Bounded: ~1 s at most."""
         for fd in (self.wake_fd, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -179,8 +200,14 @@ class WorkerLauncher:
             server._forkserver_pid = None
         except Exception as e:  # noqa: BLE001
             log.debug("stopping the fork server: %s", e)
+        tracker = resource_tracker._resource_tracker  # private API of multiprocess
         try:
-            resource_tracker._resource_tracker._stop()
+            if tracker._pid is None:  # /dev/null (without_resource_tracker), or never started
+                if tracker._fd is not None:
+                    os.close(tracker._fd)
+                    tracker._fd = None
+            else:
+                tracker._stop()
         except Exception as e:  # noqa: BLE001 - private API: best effort
             log.debug("stopping the resource tracker: %s", e)
 
