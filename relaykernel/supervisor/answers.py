@@ -14,9 +14,10 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .. import CONNECTION_FILE_ENV
+from .. import CONNECTION_FILE_ENV, wire
 from .kernel_info import kernel_info_content
 from .resources import Usage
+from .shell_queue import stops_on_error
 
 if TYPE_CHECKING:
     from .comm_relay import CommRelay
@@ -95,9 +96,11 @@ class Answers:
         self.out.reply(msg, {"status": "ok"})
 
     def interrupt(self) -> None:
-        """SIGINT the running cell; replace the worker if it has not stopped after the grace period."""
-        worker, request = self.pool.active, self.flow.queue.current
-        if worker is None:
+        """SIGINT the running cell; replace the worker if it has not stopped after the grace period.
+        Before a worker is ready to run requests, the execute waiting is interrupted instead."""
+        worker, request = self.pool.active_ready(), self.flow.queue.current
+        if worker is None:  # none active yet, or still ACTIVATING: nothing runs
+            self.interrupt_waiting()
             return
         worker.signal(signal.SIGINT)
         if request is not None and self.interrupt_grace > 0:
@@ -109,6 +112,33 @@ class Answers:
                         " so the worker was replaced")
             self.timers.after(self.interrupt_grace, hard_interrupt)
 
+    def interrupt_waiting(self, among: list[Incoming] | None = None) -> None:
+        """An interrupt with no worker to signal: the first execute_request waiting (of
+        ``among``, the requests that came before it, if given) ends with KeyboardInterrupt
+        without running, and with stop_on_error the executes queued after it are aborted,
+        as if it had been interrupted as it started.  With none waiting there is nothing
+        to interrupt, as for an idle kernel.  Never a signal to a worker that is not
+        running requests yet (it would not stop a cell, and could cost it the grace period)."""
+        queue = self.flow.queue
+        if self.pool.active_ready() is not None:  # the worker took the requests meanwhile
+            if queue.current is not None and (among is None or any(queue.current is m for m in among)):
+                self.interrupt()
+            return
+        waiting = queue.take_pending()
+        target = next((r for r in waiting if r.msg_type == "execute_request"
+                       and (among is None or any(r is m for m in among))), None)
+        queue.requeue([r for r in waiting if r is not target])
+        if target is None:
+            log.info("interrupt: no cell is running or waiting")
+            return
+        error = wire.error_reply("KeyboardInterrupt", "", [
+            "KeyboardInterrupt: the kernel was interrupted before this cell started; it did not run"])
+        self.flow.announce(target)
+        self.out.publish(target, "error", error)
+        self.out.reply(target, {**error, "execution_count": self.flow.execution_count})
+        self.out.status("idle", target)
+        if stops_on_error(target):
+            self.flow.abort(queue.take_executes())
 
 def _ports(connection_file: str) -> dict[str, int]:
     """``shell_port``, ``iopub_port``... from the connection file (the app set its

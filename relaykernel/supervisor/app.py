@@ -184,6 +184,10 @@ class Supervisor(Application):
                     standby_workers=self.standby_workers, interrupt_grace=self.interrupt_grace,
                     inplace_restart=self.inplace_restart, log_level=self._level(),
                     memory_guard=MemoryGuard(int(self.memory_soft_limit * GIB), int(self.memory_limit * GIB))))
+            if early.interrupted_after:  # a SIGINT came while the early step held requests
+                covered = (held or [])[: early.interrupted_after]
+                # once the loop has queued them: the first timer runs after the held requests
+                loop.timers.after(0, lambda: loop.answers.interrupt_waiting(covered))
             loop.run()
         finally:
             heartbeat.stop()

@@ -59,7 +59,13 @@ class EarlyResponder(threading.Thread):
         self._verifier = verifier
         self._out = out
         self._held: list[Incoming] = []
+        #: requests held so far, handed over or not
+        self.received = 0
+        #: a SIGINT came (interrupt()) after this many of them
+        self.interrupted_after: int | None = None
         self._wake_r, self._wake_w = os.pipe()
+        self._interrupt_r, self._interrupt_w = os.pipe()
+        os.set_blocking(self._interrupt_r, False)
 
     def run(self) -> None:
         poller = zmq.Poller()
@@ -67,11 +73,14 @@ class EarlyResponder(threading.Thread):
         for sock in channels:
             poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._interrupt_r, zmq.POLLIN)
         poller.register(self._sockets.iopub, zmq.POLLIN)
         while True:
             events = dict(poller.poll())
             if self._wake_r in events:
                 return
+            if self._interrupt_r in events:
+                self._mark_interrupt(channels)
             if events.get(self._sockets.iopub):  # frontends subscribe right after launch
                 self._out.welcome()
             for sock, channel in channels.items():  # control first, as in the loop
@@ -89,6 +98,27 @@ class EarlyResponder(threading.Thread):
                 self._out.status("idle", msg)
             else:
                 self._held.append(msg)  # the loop routes them first, in arrival order
+                self.received += 1
+
+    def interrupt(self) -> None:
+        """A SIGINT came (called from its handler, in the main thread): it is meant for
+        the requests sent before it, so those that have arrived are read first."""
+        if self.is_alive():
+            try:
+                os.write(self._interrupt_w, b"i")
+                return
+            except OSError:  # handed over meanwhile
+                pass
+        self.interrupted_after = self.received
+
+    def _mark_interrupt(self, channels: dict[zmq.Socket, str]) -> None:
+        os.read(self._interrupt_r, 512)
+        for sock, channel in channels.items():
+            try:
+                self._drain(sock, channel)
+            except Exception:
+                log.exception("early responder failed on %s", channel)
+        self.interrupted_after = self.received
 
     def start(self) -> None:
         self._switch_interval = sys.getswitchinterval()
@@ -100,8 +130,13 @@ class EarlyResponder(threading.Thread):
         os.write(self._wake_w, b"x")
         self.join()
         sys.setswitchinterval(self._switch_interval)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        try:
+            if os.read(self._interrupt_r, 512):  # a SIGINT the thread had no time to mark
+                self.interrupted_after = self.received
+        except BlockingIOError:
+            pass
+        for fd in (self._wake_r, self._wake_w, self._interrupt_r, self._interrupt_w):
+            os.close(fd)
         held, self._held = self._held, []
         return held
 
@@ -129,6 +164,17 @@ class EarlyStart:
         self.heartbeat: Heartbeat | None = None
         self.verifier: Verifier | None = None
         self.responder: EarlyResponder | None = None
+
+    def record_interrupt(self, signum: int, frame: object) -> None:
+        """SIGINT handler until the loop runs (in the main thread, between imports).
+        Without a responder no request can have come: nothing to interrupt."""
+        if self.responder is not None:
+            self.responder.interrupt()
+
+    @property
+    def interrupted_after(self) -> int | None:
+        """How many held requests came before a SIGINT of the early step (None: no SIGINT)."""
+        return self.responder.interrupted_after if self.responder is not None else None
 
     def abort(self) -> None:
         """The kernel will not run (bad arguments, --help): stop what this step started,
@@ -188,10 +234,7 @@ def _serve(early: EarlyStart, ctx: zmq.Context, info: dict[str, Any]) -> None:
 
 
 def begin(args: list[str]) -> EarlyStart:
-    # Frontends may interrupt as soon as kernel_info is answered, which is now
-    # before the loop installs its handlers; no cell runs yet, so there is
-    # nothing to interrupt, but the default handler would kill the supervisor.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # until there is somewhere to record it (below)
     heap.keep_freed_memory()  # before the first buffer arrives
     path = connection_file_arg(args)
     info = {}
@@ -213,6 +256,10 @@ def begin(args: list[str]) -> EarlyStart:
     signer = Signer(key, scheme, session_id)
     early = EarlyStart(key=key, signature_scheme=scheme, session_id=session_id,
                        connection_file=os.path.abspath(path), signer=signer)
+    # Frontends may interrupt as soon as kernel_info is answered, which is now,
+    # before the loop installs its handlers (the default one would kill the
+    # supervisor): the loop applies it to the requests that came before it.
+    signal.signal(signal.SIGINT, early.record_interrupt)
     early.connection_info = info
     ctx: zmq.Context = zmq.Context.instance()
     try:  # keys that cannot be used stop the kernel: never a fallback to plain text
