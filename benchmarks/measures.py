@@ -530,6 +530,12 @@ def process_memory(k: Kernel, timeout: float) -> list[ProcMemory]:
     cells = _cell_pid(k, timeout)
     _settle_tree(k, timeout)
     procs = _tree(k)
+    if cells not in {p.pid for p in procs}:
+        # a snapshot promoted after a crash outlived its parent, the worker it was forked
+        # from: reparented away from the kernel's tree, it and its own children still count
+        with contextlib.suppress(psutil.NoSuchProcess):
+            active = psutil.Process(cells)
+            procs += [active, *active.children(recursive=True)]
     servers = {p.pid for p in procs[1:] if p.ppid() == procs[0].pid and "forkserver" in " ".join(p.cmdline())}
     out = []
     for p in procs:
