@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import selectors
+import shlex
 import signal
 import socket
 import subprocess
@@ -54,6 +55,9 @@ log = logging.getLogger("relaykernel.launch")
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 
+#: The environment variable with more arguments for the kernel (a container has no argv of the spec's).
+ARGS_ENV = "RELAYKERNEL_ARGS"
+
 #: A request on the listener larger than this is not the gateway's.
 MAX_REQUEST = 64 * 1024
 
@@ -63,15 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m relaykernel.launch",
         description="Start relaykernel for Jupyter Enterprise Gateway / gateway_provisioners. "
                     "Arguments it does not know (e.g. --Supervisor.memory_limit=4) go to the kernel.")
-    p.add_argument("--kernel-id", help="the gateway's kernel id (env KERNEL_ID)")
-    p.add_argument("--port-range", help="LOW..HIGH for every port, 0..0 for any (env PORT_RANGE)")
-    p.add_argument("--response-address", help="IP:PORT where the gateway waits for the connection info "
-                                              "(env RESPONSE_ADDRESS)")
-    p.add_argument("--public-key", help="the gateway's RSA public key, base64 DER (env PUBLIC_KEY)")
-    p.add_argument("--transport-encryption", help="auto|required: give the kernel CurveZMQ keys "
-                                                  "(env TRANSPORT_ENCRYPTION)")
+    # nargs="?" as in the gateway's own launchers: the gateway substitutes "" for a placeholder it
+    # does not fill, and DistributedProvisioner joins argv unquoted, so a value can be missing
+    p.add_argument("--kernel-id", nargs="?", help="the gateway's kernel id (env KERNEL_ID)")
+    p.add_argument("--port-range", nargs="?", help="LOW..HIGH for every port, 0..0 for any (env PORT_RANGE)")
+    p.add_argument("--response-address", nargs="?", help="IP:PORT where the gateway waits for the connection "
+                                                         "info (env RESPONSE_ADDRESS)")
+    p.add_argument("--public-key", nargs="?", help="the gateway's RSA public key, base64 DER (env PUBLIC_KEY)")
+    p.add_argument("--transport-encryption", nargs="?", help="auto|required: give the kernel CurveZMQ keys "
+                                                             "(env TRANSPORT_ENCRYPTION)")
     for ignored in ("--spark-context-initialization-mode", "--cluster-type", "--kernel-class-name"):
-        p.add_argument(ignored, help="accepted for the gateway's kernelspecs; ignored")
+        p.add_argument(ignored, nargs="?", help="accepted for the gateway's kernelspecs; ignored")
     p.add_argument("--ip", default="0.0.0.0",  # the gateway connects from another host
                    help="address the kernel and the listener bind (default: %(default)s)")
     p.add_argument("--response-timeout", type=float, default=30.0,
@@ -272,6 +278,8 @@ def _read_request(conn: socket.socket) -> Any:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s", level=logging.INFO)
     args, kernel_args = build_parser().parse_known_args(argv)
+    # a kernel image gets the kernel's options from the spec's env (relaykernel/launch/specs.py)
+    kernel_args += shlex.split(os.environ.get(ARGS_ENV, ""))
     try:
         the_plan = plan(args)
     except LaunchError as exc:

@@ -135,9 +135,11 @@ class Launch:
             pass
 
 
-def start_launcher(log: str, *args: str) -> Launch:
-    """``python -m relaykernel.launch ARGS``, its output (and the kernel's) going to the file ``log``."""
+def start_launcher(log: str, *args: str, env: dict[str, str] | None = None) -> Launch:
+    """``python -m relaykernel.launch ARGS``, its output (and the kernel's) going to the file ``log``;
+    ``env`` adds to its environment."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "relaykernel.launch", *args], env=kernel_env(),
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-m", "relaykernel.launch", *args],
+                                env={**kernel_env(), **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     return Launch(proc, log)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from queue import Empty
 
+import psutil
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 
@@ -121,15 +122,24 @@ def test_gateway_launch_runs_code_survives_a_segfault_and_shuts_down(
     wait_for(lambda: not launch.survivors(), timeout=15, what="every process of the launch to end")
 
 
-def test_the_kernel_ending_ends_the_launcher(gateway: FakeGateway, launches: list[Launch], tmp_path: Path) -> None:
-    """A shutdown_request from the gateway's client stops the supervisor; the launcher then exits and
-    its listener closes, which is how the gateway's poll sees the kernel gone."""
-    launch = start_launcher(str(tmp_path / "launch.log"), *launch_args(gateway))
+def test_a_container_entry_launches_from_the_environment_and_ends_with_the_kernel(
+        gateway: FakeGateway, launches: list[Launch], tmp_path: Path) -> None:
+    """The image's entry has no arguments: it reads what the gateway's container launchers set
+    (deploy/kernel-image/Dockerfile).  A shutdown_request from the gateway's client stops the
+    supervisor; the launcher then exits and its listener closes, which is how the gateway's poll
+    sees the kernel gone."""
+    env = {"KERNEL_ID": "c0ffee00-0000-4000-8000-000000000001", "PORT_RANGE": "0..0",
+           "RESPONSE_ADDRESS": gateway.response_address, "PUBLIC_KEY": gateway.public_key,
+           "KERNEL_SPARK_CONTEXT_INIT_MODE": "none", "RELAYKERNEL_ARGS": "--Supervisor.standby_workers=0"}
+    launch = start_launcher(str(tmp_path / "launch.log"), "--ip", "127.0.0.1", env=env)
     launches.append(launch)
     info = gateway.receive(timeout=30)
+    assert info["kernel_id"] == env["KERNEL_ID"]
     kc = client_for(info)
     try:
         launch.remember_tree()
+        supervisor = psutil.Process(launch.proc.pid).children()[0]
+        assert supervisor.cmdline()[-1] == "--Supervisor.standby_workers=0"
         kc.shutdown()
     finally:
         kc.stop_channels()
