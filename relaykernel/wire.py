@@ -45,7 +45,7 @@ import zmq
 
 #: Bumped whenever a kind or meta field changes meaning.  The worker announces
 #: it in READY and the supervisor refuses a worker that speaks another version.
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 
 # worker -> supervisor ------------------------------------------------------
 #: The worker has imported IPython and waits for ACTIVATE. meta: ReadyMeta.
@@ -66,6 +66,9 @@ STDIN: Final = b"stdin"
 ACTIVATED: Final = b"activated"
 #: A comm target was registered or unregistered. meta: TargetMeta.
 TARGET: Final = b"target"
+#: The worker forked a snapshot of itself (worker/snapshot.py), which replaces
+#: any older one, or dropped its snapshot and says why. meta: SnapshotMeta.
+SNAPSHOT: Final = b"snapshot"
 
 # supervisor -> worker ------------------------------------------------------
 #: Become the active worker. meta: ActivateMeta.
@@ -284,6 +287,33 @@ class ActivateMeta(TypedDict):
     imports: list[str]  # modules to import so preserved comms find their targets
     log_level: int
     memory_soft_limit: int  # bytes; 0 = off (SIGUSR1 then interrupts the cell)
+
+
+class ActivateOptions(ActivateMeta, total=False):
+    """ACTIVATE's meta as the pool sends it: the loop's fields plus the pool's own."""
+
+    snapshots: bool  # take snapshots (Supervisor.snapshots); absent: WorkerConfig.snapshots
+
+
+class SnapshotMeta(TypedDict, total=False):
+    """SNAPSHOT's meta: a snapshot taken (pid, execution_count, wake, names) or none
+    kept (skipped: why, once per reason the worker told the user on stderr)."""
+
+    pid: int  # the sleeping child; the worker ends it when it takes the next one
+    execution_count: int  # the number of the next cell at the snapshot: its state is before that cell
+    wake: str  # a FIFO in the private directory: write one WakeMeta line to wake the child
+    names: int  # user variables (and imports) the snapshot holds
+    skipped: str  # no snapshot is kept now, and why
+
+
+class WakeMeta(TypedDict):
+    """What the supervisor writes (one JSON line) to a snapshot's wake FIFO: where the
+    child connects its new link, and its files, as a new worker's WorkerConfig says."""
+
+    endpoint: str
+    number: int
+    progress_file: str
+    crash_log: str
 
 
 class DoneMeta(TypedDict, total=False):

@@ -31,6 +31,31 @@ _CAUSES = {
 
 
 @dataclass(frozen=True)
+class Rollback:
+    """What the worker that takes over holds: a snapshot's state (worker/snapshot.py),
+    or, when ``why_not`` is set, nothing."""
+
+    #: the snapshot's next cell: its state is the one before that cell ...
+    before: int = 0
+    #: ... and the cell that was running when the worker died (0: unknown)
+    through: int = 0
+    names: int = 0
+    why_not: str = ""
+
+    def lines(self, open_comms: int) -> list[str]:
+        if self.why_not:
+            lost = _lost_and_kept(open_comms)
+            return [lost[0], f"No snapshot to roll back to: {self.why_not}.", *lost[1:]]
+        cells = f"cell [{self.before}]" if self.through <= self.before else f"cells [{self.before}..{self.through}]"
+        return [(f"Rolled back to the state before {cells}: {self.names} name(s) kept (variables, imports, "
+                 "functions), with the values they had then."),
+                ("Not rolled back: files written, network side effects, and threads or child processes "
+                 "started by the cells since."),
+                f"Kept: the kernel, its execution count and history, and {open_comms} open comm(s).",
+                "The snapshot has taken over; re-run the cells after it that you need."]
+
+
+@dataclass(frozen=True)
 class Death:
     """A worker's end: the exit, and the supervisor's own reason if it caused it."""
 
@@ -40,6 +65,11 @@ class Death:
     restart: bool = False  # the user asked for it: not a crash
     #: what the worker wrote to fds 1/2 that was never forwarded, by stream name
     unread_output: dict[str, str] = field(default_factory=dict)
+    #: the state the next worker starts from (None: a fresh worker, nothing said about it)
+    rollback: Rollback | None = None
+
+    def _after(self, open_comms: int) -> list[str]:
+        return self.rollback.lines(open_comms) if self.rollback is not None else _lost_and_kept(open_comms)
 
     @property
     def evalue(self) -> str:
@@ -55,7 +85,7 @@ class Death:
             return [f"{WORKER_DIED}: {self.evalue}",
                     f"A fresh worker has taken over ({open_comms} open comm(s) kept)."]
         return [f"{WORKER_DIED}: {self.evalue}", f"Probable cause: {self.probable_cause()}.",
-                *_lost_and_kept(open_comms)]
+                *self._after(open_comms)]
 
     def last_words(self) -> str:
         """faulthandler's output, for the stream before the error ('' if none)."""
@@ -88,7 +118,7 @@ class Death:
         ]
         if self.crash_log.strip():
             lines.append(self._last_words_block())
-        return "\n".join(lines + _lost_and_kept(open_comms)) + "\n"
+        return "\n".join(lines + self._after(open_comms)) + "\n"
 
 
 def _lost_and_kept(open_comms: int) -> list[str]:

@@ -102,6 +102,7 @@ class SupervisorLoop:
             wire.STDIN: self.stdin.prompt,
             wire.TARGET: self._on_target,
             wire.ACTIVATED: self._on_activated,
+            wire.SNAPSHOT: self.pool.snapshot_taken,
         }
 
     # ------------------------------------------------------------------ loop

@@ -26,7 +26,7 @@ from .. import wire
 from ..spawn import WorkerConfig
 from .housekeeping import Timers
 from .launcher import WARM_UP_LIMIT, ServerState, WorkerLauncher
-from .worker_process import ExitInfo, WorkerProcess, WorkerState
+from .worker_process import ExitInfo, Snapshot, SnapshotProcess, WorkerProcess, WorkerState
 
 log = logging.getLogger("relaykernel.supervisor")
 
@@ -35,6 +35,8 @@ log = logging.getLogger("relaykernel.supervisor")
 MAX_START_FAILURES = 3
 SPARE_DEATH_WINDOW = 30.0
 BACKOFF = 5.0
+#: Seconds a woken snapshot has to say READY before it is killed (a spare takes over).
+WAKE_LIMIT = 5.0
 
 #: Starts worker number N with a multiprocess context (spawn or fork server).
 StartWorker = Callable[[int, Any], WorkerProcess]
@@ -53,6 +55,9 @@ class WorkerPool:
         poller.register(self.launcher.wake_fd, zmq.POLLIN)
         self._start: StartWorker = start or (
             lambda number, context: WorkerProcess(ctx, number, private_dir, config, start_method=context))
+        self._ctx, self._private_dir, self._config = ctx, private_dir, config
+        #: a snapshot being woken to take over from the dead active worker
+        self.restoring: WorkerProcess | None = None
         #: the ACTIVATE meta for a worker about to become active (set by the loop)
         self.activation: Callable[[WorkerProcess], wire.ActivateMeta] = _no_activation
         self.active: WorkerProcess | None = None
@@ -76,7 +81,9 @@ class WorkerPool:
         """Promote a ready spare if there is no active worker; keep the standby count."""
         if self.stopping:
             return
-        if self.active is None:
+        if self.active is None and self.restoring is not None:
+            self._promote_restored()
+        elif self.active is None:
             ready = next((w for w in self.spares if w.state is WorkerState.READY and not _exited(w)), None)
             if ready is not None:
                 self.spares.remove(ready)
@@ -112,7 +119,8 @@ class WorkerPool:
     def _activate(self, worker: WorkerProcess) -> None:
         """ACTIVATE a ready spare.  If it cannot take the message it is killed (its
         sentinel brings it back to the loop as a dead spare) and none is active yet."""
-        if worker.send(wire.encode(wire.ACTIVATE, dict(self.activation(worker)))):
+        meta: wire.ActivateOptions = {**self.activation(worker), "snapshots": self._config.snapshots}
+        if worker.send(wire.encode(wire.ACTIVATE, dict(meta))):
             worker.state = WorkerState.ACTIVATING
             self.active = worker
 
@@ -131,6 +139,69 @@ class WorkerPool:
         log.info("worker %s (pid %s) is active", worker.number, worker.pid)
         return True
 
+    # --------------------------------------------------------------- snapshots
+    def snapshot_taken(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
+        """SNAPSHOT: the worker's new snapshot replaces its old one (which the worker
+        ended), or it keeps none and says why."""
+        if worker.snapshot is not None:
+            worker.snapshot.close()
+            worker.snapshot = None
+        skipped = lm.meta.get("skipped")
+        if skipped:
+            worker.no_snapshot = f"the worker kept none: {skipped}"
+            return
+        try:
+            snapshot = Snapshot.of(lm.meta)
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            worker.no_snapshot = f"the latest one could not be held ({e})"
+            return
+        if worker is not self.active:  # a worker on its way out: nobody will wake it
+            snapshot.kill()
+            snapshot.close()
+            return
+        worker.snapshot = snapshot
+
+    def roll_back(self, dead: WorkerProcess) -> Snapshot | str:
+        """Wake the dead active worker's snapshot to take over (ensure() activates it
+        once READY).  Returns the snapshot, or why there is none to wake."""
+        snapshot: Snapshot | None = getattr(dead, "snapshot", None)  # fakes in unit tests have none
+        dead.snapshot = None
+        if not self._config.snapshots:
+            return "snapshots are off (Supervisor.snapshots = False)"
+        if snapshot is None:
+            return str(getattr(dead, "no_snapshot", "none was taken"))
+        if not snapshot.alive():
+            snapshot.close()
+            return "the snapshot process had ended"
+        try:
+            worker = SnapshotProcess(self._ctx, next(self._numbers), self._private_dir, self._config, snapshot)
+        except OSError as e:
+            snapshot.kill()
+            snapshot.close()
+            return f"the snapshot could not be woken ({e})"
+        self.by_link[worker.link] = worker
+        self.by_sentinel[worker.sentinel] = worker
+        self.poller.register(worker.link, zmq.POLLIN)
+        self.poller.register(worker.sentinel, zmq.POLLIN)
+        self.restoring = worker
+        self.timers.after(WAKE_LIMIT, lambda: worker.kill() if worker.state is WorkerState.STARTING else None)
+        log.info("waking snapshot %s (pid %s) as worker %s", snapshot.execution_count, worker.pid, worker.number)
+        return snapshot
+
+    def drop_snapshot(self, worker: WorkerProcess, wait: float = 0.0) -> None:
+        """End a worker's snapshot (a restart resets the state; the kernel stops)."""
+        snapshot: Snapshot | None = getattr(worker, "snapshot", None)  # fakes in unit tests have none
+        if snapshot is not None:
+            snapshot.kill(wait)
+            snapshot.close()
+            worker.snapshot = None
+
+    def _promote_restored(self) -> None:
+        worker = self.restoring
+        if worker is not None and worker.state is WorkerState.READY and not _exited(worker):
+            self.restoring = None
+            self._activate(worker)
+
     # ------------------------------------------------------------------ deaths
     def forget(self, worker: WorkerProcess) -> None:
         self.by_link.pop(worker.link, None)
@@ -144,6 +215,8 @@ class WorkerPool:
             self.spares.remove(worker)
         if self.active is worker:
             self.active = None
+        if self.restoring is worker:
+            self.restoring = None
 
     def exit_of(self, worker: WorkerProcess, timeout: float = 1.0) -> ExitInfo:
         """How the worker ended.  multiprocess reports exit code 255 for a forked worker
@@ -184,8 +257,9 @@ class WorkerPool:
     def close(self) -> None:
         """Stop every worker (bounded: ~1 s), the fork server and the resource tracker."""
         self.stopping = True
-        workers = ([self.active] if self.active else []) + list(self.spares)
+        workers = [w for w in (self.active, self.restoring) if w is not None] + list(self.spares)
         for worker in workers:
+            self.drop_snapshot(worker, wait=0.2)
             self.forget(worker)
             if worker.state is WorkerState.STARTING:
                 worker.kill()  # still importing IPython: it would not hear the request

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import zmq
 
 from .. import wire
-from .crash_report import WORKER_DIED, Death, read_crash_log
+from .crash_report import WORKER_DIED, Death, Rollback, read_crash_log
 from .shell_queue import stops_on_error
 from .worker_process import WorkerProcess, WorkerState
 
@@ -60,8 +60,10 @@ class Recovery:
             self._drain_link(worker)
         was_active = worker is self.pool.active
         was_starting = worker.state is WorkerState.STARTING
+        was_restoring = worker is self.pool.restoring
+        rollback = self._roll_back(worker) if was_active else None
         death = Death(self.pool.exit_of(worker), crash_log=read_crash_log(worker.config.crash_log),
-                      unread_output=worker.unread_output())
+                      unread_output=worker.unread_output(), rollback=rollback)
         running = worker.requests_running()
         self.pool.forget(worker)
         worker.close()
@@ -71,6 +73,11 @@ class Recovery:
             # those executes are aborted, whichever poll event came first
             self._drain_shell()
             self._recover(death, running)
+        elif was_restoring:  # its error reply said it would take over: say that it could not
+            log.warning("snapshot worker %s died before it took over: %s", worker.number, death.exit.describe())
+            self.out.stream(None, "stderr", "relaykernel: the snapshot could not take over "
+                                            f"({death.exit.describe()}); a fresh worker, with no variables, "
+                                            "runs the next cells.\n")
         else:
             log.warning("spare worker %s died before use: %s", worker.number, death.exit.describe())
             if self.pool.spare_died(was_starting):
@@ -89,12 +96,22 @@ class Recovery:
         if worker is None:
             return
         worker.kill()
+        if restart:  # a deliberate reset: the next worker starts empty
+            self.pool.drop_snapshot(worker)
+        rollback = None if restart else self._roll_back(worker)
         death = Death(self.pool.exit_of(worker, timeout=2.0), reason=reason, restart=restart,
-                      unread_output=worker.unread_output())
+                      unread_output=worker.unread_output(), rollback=rollback)
         running = worker.requests_running()
         worker.close()
         self._recover(death, running)
         self.pool.ensure()
+
+    def _roll_back(self, worker: WorkerProcess) -> Rollback:
+        """Wake the dead worker's snapshot (pool.py), and say what that restores."""
+        snapshot = self.pool.roll_back(worker)
+        if isinstance(snapshot, str):
+            return Rollback(why_not=snapshot)
+        return Rollback(snapshot.execution_count, self.flow.execution_count, snapshot.names)
 
     def _recover(self, death: Death, running: int | None) -> None:
         """Give the request the worker was running its one reply, then abort or keep the queue.

@@ -9,9 +9,12 @@ readiness comes from the worker's READY message.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import json
 import logging
 import os
+import select
 import signal
 import time
 from dataclasses import dataclass
@@ -69,6 +72,19 @@ class WorkerProcess:
 
     def __init__(self, ctx: zmq.Context, number: int, private_dir: str, config: WorkerConfig,
                  start_method: Any = WorkerLauncher.spawn_context) -> None:
+        self._bind(ctx, number, private_dir, config)
+        #: "spawn" or "forkserver" ("snapshot": SnapshotProcess)
+        self.start_method: str = start_method.get_start_method()
+        self.process: Any = start_method.Process(
+            target=run_worker, args=(self.config,), name=f"relaykernel-worker-{number}"
+        )
+        with child_start(config.inherited_tunables):  # a forked one inherited them from the server
+            self.process.start()
+        self.pid: int = self.process.pid
+        self.sentinel: int = self.process.sentinel
+
+    def _bind(self, ctx: zmq.Context, number: int, private_dir: str, config: WorkerConfig) -> None:
+        """The link's endpoint, bound, and the worker's files: what any worker connects to."""
         self.number = number
         self.link = ctx.socket(zmq.PAIR)
         self.link.setsockopt(zmq.LINGER, 0)
@@ -87,17 +103,11 @@ class WorkerProcess:
         #: comms that existed when this worker became active, not yet adopted
         self.orphans: set[str] = set()
         self.started_at = time.monotonic()
-        #: "spawn" or "forkserver"
-        self.start_method: str = start_method.get_start_method()
-        self.process: Any = start_method.Process(
-            target=run_worker, args=(self.config,), name=f"relaykernel-worker-{number}"
-        )
-        with child_start(config.inherited_tunables):  # a forked one inherited them from the server
-            self.process.start()
-        self.pid: int = self.process.pid
-        self.sentinel: int = self.process.sentinel
         #: our read ends of the worker's stdout/stderr capture pipes, by stream name
         self._output_pipes: dict[str, int] = {}
+        #: the worker's latest snapshot (worker/snapshot.py), and why there is none
+        self.snapshot: Snapshot | None = None
+        self.no_snapshot = "none was taken yet (one is taken once the worker is idle after a cell)"
 
     def watch_output(self, pipes: dict[str, int]) -> None:
         """Open the worker's capture pipes (ReadyMeta.output_pipes) through /proc, to
@@ -186,11 +196,14 @@ class WorkerProcess:
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
 
+    def _reaped(self) -> bool:
+        return self.process.exitcode is not None
+
     def close(self) -> None:
         """Forget the worker; the programs it started (its process group) end with it,
         as a kernel's do when jupyter_client kills it."""
         self.state = WorkerState.GONE
-        if self.process.exitcode is not None:  # just reaped: the group id is still its own
+        if self._reaped():  # the group id is still its own
             try:
                 os.killpg(self.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -204,3 +217,114 @@ class WorkerProcess:
                 os.unlink(path)
             except OSError:
                 pass
+
+
+# --------------------------------------------------------------- snapshots
+@dataclass
+class Snapshot:
+    """A worker's sleeping snapshot (wire.SnapshotMeta), held by a pidfd: safe to
+    signal whatever happens to its pid.  Not the supervisor's child: the worker's."""
+
+    pidfd: int
+    pid: int
+    execution_count: int
+    wake: str
+    names: int
+
+    @classmethod
+    def of(cls, meta: dict[str, Any]) -> Snapshot:
+        """From a SNAPSHOT meta; raises OSError if its process is gone."""
+        pid = int(meta["pid"])
+        return cls(os.pidfd_open(pid), pid, int(meta.get("execution_count", 0)), str(meta.get("wake", "")),
+                   int(meta.get("names", 0)))
+
+    def alive(self) -> bool:
+        return not _readable(self.pidfd, 0)
+
+    def kill(self, wait: float = 0.0) -> None:
+        """SIGKILL it; wait up to ``wait`` seconds for it to be gone."""
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except OSError:
+            return
+        _readable(self.pidfd, wait)
+
+    def close(self) -> None:
+        os.close(self.pidfd)
+
+
+class _AdoptedProcess:
+    """A process the supervisor did not start, watched through a pidfd.  Its exit
+    status is its parent's to read, so ``exitcode`` stays None."""
+
+    exitcode = None
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.sentinel = pidfd
+
+    def is_alive(self) -> bool:
+        return not _readable(self.sentinel, 0)
+
+    def join(self, timeout: float | None = None) -> None:
+        _readable(self.sentinel, timeout)
+
+
+class SnapshotProcess(WorkerProcess):
+    """A snapshot being woken to become a worker: bound like a new worker, then told
+    where to connect through its wake FIFO.  Raises OSError if it cannot be woken."""
+
+    def __init__(self, ctx: zmq.Context, number: int, private_dir: str, config: WorkerConfig,
+                 snapshot: Snapshot) -> None:
+        self._bind(ctx, number, private_dir, config)
+        self.start_method = "snapshot"
+        self.process = _AdoptedProcess(snapshot.pid, snapshot.pidfd)
+        self.pid = snapshot.pid
+        self.sentinel = snapshot.pidfd
+        wake: wire.WakeMeta = {"endpoint": self.endpoint, "number": number,
+                               "progress_file": self.progress_file, "crash_log": self.config.crash_log}
+        try:
+            fd = os.open(snapshot.wake, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                os.write(fd, json.dumps(wake).encode() + b"\n")  # < PIPE_BUF: written whole or not at all
+            finally:
+                os.close(fd)
+        except OSError:
+            super().close()
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(snapshot.wake)
+
+    def exit_info(self, timeout: float = 1.0) -> ExitInfo:
+        """Its exit status is its dead parent's: a fatal signal is read from its crash log."""
+        self.process.join(timeout)
+        try:
+            with open(self.config.crash_log, "rb") as f:
+                head = f.read(200).decode("utf-8", "replace")
+        except OSError:
+            head = ""
+        for words, signum in _FATAL_ERRORS.items():
+            if f"Fatal Python error: {words}" in head:
+                return ExitInfo(-signum)
+        return ExitInfo(None, cause="ended (a restored worker's exit status is not the supervisor's to read)")
+
+    def _reaped(self) -> bool:
+        return not self.process.is_alive()
+
+    def close(self) -> None:
+        super().close()
+        with contextlib.suppress(OSError):
+            os.close(self.sentinel)
+
+
+#: faulthandler's words for the fatal signals it reports, and the signals
+_FATAL_ERRORS = {"Segmentation fault": signal.SIGSEGV, "Aborted": signal.SIGABRT, "Bus error": signal.SIGBUS,
+                 "Floating point exception": signal.SIGFPE, "Illegal instruction": signal.SIGILL}
+
+
+def _readable(fd: int, timeout: float | None) -> bool:
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    except (OSError, ValueError):
+        return True

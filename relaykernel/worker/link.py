@@ -74,6 +74,11 @@ def _only_self_pipe(loop: asyncio.AbstractEventLoop) -> int | None:
     return fds[0] if len(fds) == 1 else None
 
 
+#: zmq objects of a worker this process was forked from: closing them would touch
+#: the dead worker's context (see Link.reopen), so they are kept from the collector
+_abandoned: list[Any] = []
+
+
 def _set_wakeup_fd(fd: int) -> int:
     """Put a wakeup fd back; -1 if it is no longer usable (its owner closed it).
 
@@ -165,6 +170,27 @@ class Link:
             if lm is not None:
                 return lm
             await self._readable()
+
+    async def wait_async(self, timeout: float) -> None:
+        """Main thread, in the running event loop: until a message may be waiting, or
+        ``timeout`` seconds passed (the worker waits this way before a snapshot)."""
+        if self.input_waiting(()):
+            return
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(timeout, lambda: None)  # a timer: _readable takes the loop's wait
+        try:
+            await asyncio.wait_for(self._readable(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            timer.cancel()
+
+    def input_waiting(self, kinds: Collection[bytes]) -> bool:
+        """Whether a message of ``kinds`` was kept, or any is waiting on the socket (never blocks)."""
+        if any(lm.kind in kinds for lm in self._kept):
+            return True
+        with self._lock:
+            return bool(self._pair.getsockopt(_EVENTS) & _POLLIN)
 
     def _receive_nowait(self, kinds: Collection[bytes] | None) -> wire.LinkMessage | None:
         """A kept or waiting message of one of ``kinds`` (any if None), or None at once."""
@@ -318,6 +344,17 @@ class Link:
                     tick()
                 except Exception:
                     log.exception("link ticker failed")
+
+    def reopen(self, endpoint: str) -> None:
+        """In a snapshot's child, woken to become a worker (worker/snapshot.py): a new
+        context, socket, pipes and ticker thread.  The old ones are the dead worker's
+        (a zmq context does not survive a fork) and are left alone, never closed."""
+        self.__dict__.pop("send", None)  # leave_to_parent's, from the fork
+        _abandoned.append((self._ctx, self._pair))
+        tickers, on_malformed = self.tickers, self.on_malformed
+        self.__init__(zmq.Context(), endpoint)  # type: ignore[misc]
+        self.tickers, self.on_malformed = tickers, on_malformed
+        self._ticker.start()
 
     def flush_and_stop(self, timeout: float = 2.0) -> None:
         """Stop the tickers and let what was sent reach the supervisor (the worker is exiting)."""

@@ -28,6 +28,7 @@ from ..signing import Signer
 from ..spawn import WorkerConfig
 from .link import Link
 from .messages import Messenger, record_thread_parents
+from .snapshot import Snapshots, become_worker
 from .streams import FdCapture, OutputOrder, OutStream, after_fork_in_child, order_child_output
 
 if TYPE_CHECKING:  # at run time imported in serve(), once the streams are captured (it loads IPython)
@@ -37,6 +38,10 @@ log = logging.getLogger("relaykernel.worker")
 
 #: Signals for the main thread only (see serve).
 _MAIN_THREAD_SIGNALS = frozenset({signal.SIGINT, signal.SIGUSR1})
+#: os._exit before the worker wraps it (a restored snapshot wraps it again)
+_REAL_EXIT = os._exit
+#: event loops of the worker a snapshot was forked from (see _serve_forever)
+_abandoned: list[asyncio.AbstractEventLoop] = []
 
 
 def serve(config: WorkerConfig) -> None:
@@ -97,13 +102,35 @@ def serve(config: WorkerConfig) -> None:
     compat.install(ZMQInteractiveShell)
     kernel.shell = shell
     app.start_shell()  # extensions, startup files, exec_lines, as ipykernel before it is ready
-    os._exit = _exit_after_flushing(kernel, link, os._exit)  # type: ignore[assignment]
+    os._exit = _exit_after_flushing(kernel, link, _REAL_EXIT)  # type: ignore[assignment]
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _MAIN_THREAD_SIGNALS)
     ready: wire.ReadyMeta = {"version": wire.PROTOCOL_VERSION, "pid": os.getpid(),
                              "output_pipes": capture.read_ends()}
     link.send(wire.READY, ready)
-    _serve_forever(kernel, link, progress.Counter(config.progress_file) if config.progress_file else None)
+    snapshots = Snapshots(kernel, os.path.dirname(config.crash_log), config.supervisor_pid, config.snapshots)
+    counter = progress.Counter(config.progress_file) if config.progress_file else None
+    while (wake := _serve_forever(kernel, link, counter, snapshots)) is not None:
+        counter = _restored(kernel, link, wake, snapshots.supervisor_fd)
+        snapshots.restored()
+    snapshots.drop()
     os._exit(0)  # after flushing, as for user code
+
+
+def _restored(kernel: WorkerKernel, link: Link, wake: wire.WakeMeta, supervisor_fd: int) -> progress.Counter:
+    """In a snapshot's child, woken by the supervisor after the worker died: become a
+    worker again (snapshot.py), with the user's state as it was, and say READY."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)  # for the threads started here
+    # started outside any request, as the worker's were: they follow the latest request
+    no_parent = kernel.messenger.set_thread_parent({})
+    link.reopen(wake["endpoint"])
+    become_worker(kernel, wake, supervisor_fd)
+    kernel.messenger.reset_thread_parent(no_parent)
+    os._exit = _exit_after_flushing(kernel, link, _REAL_EXIT)  # type: ignore[assignment]
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _MAIN_THREAD_SIGNALS)
+    capture = kernel.fd_capture
+    link.send(wire.READY, {"version": wire.PROTOCOL_VERSION, "pid": os.getpid(),
+                           "output_pipes": capture.read_ends() if capture is not None else {}})
+    return progress.Counter(wake["progress_file"])
 
 
 def _cwd_on_sys_path() -> None:
@@ -174,20 +201,37 @@ def _exit_after_flushing(kernel: WorkerKernel, link: Link, real_exit: Callable[[
 _MAIN_KINDS = frozenset({wire.REQUEST, wire.ACTIVATE, wire.ADOPT, wire.SHUTDOWN})
 
 
-def _serve_forever(kernel: WorkerKernel, link: Link, counter: progress.Counter | None) -> None:
+def _serve_forever(kernel: WorkerKernel, link: Link, counter: progress.Counter | None,
+                   snapshots: Snapshots) -> wire.WakeMeta | None:
     """Serve on an asyncio event loop, which cells see as the running loop (as under
-    ipykernel): their tasks run between requests and top-level await uses it."""
+    ipykernel): their tasks run between requests and top-level await uses it.
+
+    Snapshots are forked outside the running loop (it leaves its wait for that and
+    serves on after).  Returns None at SHUTDOWN; in a snapshot's child once woken,
+    what it was woken with: the caller rebuilds the worker and serves again, on a new
+    loop (the old one's selector is the dead worker's)."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(_serve(kernel, link, counter))
+        while loop.run_until_complete(_serve(kernel, link, counter, snapshots)):
+            wake = snapshots.take()
+            if wake is not None:
+                _abandoned.append(loop)
+                return wake
+        return None
     finally:
         asyncio.set_event_loop(None)
 
 
-async def _serve(kernel: WorkerKernel, link: Link, counter: progress.Counter | None) -> None:
+async def _serve(kernel: WorkerKernel, link: Link, counter: progress.Counter | None, snapshots: Snapshots) -> bool:
+    """Serve until SHUTDOWN (False) or until a snapshot is due and no request came (True)."""
     while True:
         kernel.gate.idle()
+        delay = snapshots.delay()
+        if delay is not None:
+            await link.wait_async(delay)
+            if not link.input_waiting(_MAIN_KINDS):
+                return True
         lm = await link.receive_async(_MAIN_KINDS)
         kernel.gate.busy()
         if lm.kind == wire.REQUEST:
@@ -196,13 +240,15 @@ async def _serve(kernel: WorkerKernel, link: Link, counter: progress.Counter | N
             # the supervisor marks requests that came on control; others came on shell
             channel = "control" if (lm.meta or {}).get("channel") == "control" else "shell"
             await kernel.handle(list(lm.payload), channel)
+            snapshots.after_request(wire.as_bytes(lm.payload[0]))
         elif lm.kind == wire.ACTIVATE:
             kernel.activate(cast(wire.ActivateMeta, lm.meta))
+            snapshots.turn(bool(lm.meta.get("snapshots", snapshots.enabled)))
             link.send(wire.ACTIVATED)
         elif lm.kind == wire.ADOPT:
             kernel.adopt(lm.meta, list(lm.payload))
         elif lm.kind == wire.SHUTDOWN:
-            return
+            return False
 
 
 def _install_comm_hooks(kernel: WorkerKernel) -> None:

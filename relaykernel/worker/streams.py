@@ -259,6 +259,15 @@ class OutStream(io.TextIOBase):
         self._parts = []
         self._direct = self._fileno is not None
 
+    def resume_as_worker(self) -> None:
+        """In a snapshot's child that became the worker (worker/snapshot.py): undo
+        :meth:`write_to_fd`; this process is the master now."""
+        self._order.forget()
+        self._lock = threading.RLock()
+        self._parts = []
+        self._direct = False
+        self._master_pid = os.getpid()
+
     def _write_lines(self, text: str, whole: bool = False) -> None:
         with self._lock:
             if text:
@@ -287,8 +296,11 @@ class FdCapture:
         self._libc = _libc()
 
     def start(self) -> None:
+        self._lock = threading.Lock()
+        self._decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in self._streams}
         for fd in self._streams:
-            self.saved[fd] = os.dup(fd)
+            if fd not in self.saved:  # a restart keeps the fds the first start saved
+                self.saved[fd] = os.dup(fd)
             r, w = os.pipe()
             os.dup2(w, fd)
             os.close(w)
@@ -319,6 +331,16 @@ class FdCapture:
     def read_ends(self) -> dict[str, int]:
         """The read end of each capture pipe, by stream name (for ReadyMeta)."""
         return {self._streams[fd].name: r for r, fd in self._pipes.items()}
+
+    def restart(self) -> None:
+        """In a snapshot's child that became the worker: capture again, into new
+        pipes and a new reader thread; fds 1 and 2 are pointed at the new ones.
+        The old pipes are the dead worker's: the child closed its copies of their
+        read ends with the rest of the worker's plumbing (worker/snapshot.py), and
+        their numbers may be in use again, so they are not closed here.  ``saved``
+        stays: the original fds were inherited too."""
+        self._pipes = {}
+        self.start()
 
     def forget_pipes(self) -> None:
         """In a forked child: the pipes are the worker's to read."""

@@ -17,7 +17,6 @@ import pytest
 
 from tests.kernel.crash_helpers import install_spec
 from tests.kernel.helpers import (
-    KERNEL_NAME,
     Deadline,
     KernelHandle,
     collect_iopub_until_idle,
@@ -64,8 +63,13 @@ def _start_sleeping_cell(kc) -> str:
             return msg_id
 
 
-def _start_with_a_forked_spare(kernel_name: str = KERNEL_NAME) -> KernelHandle:
-    h = start_kernel(kernel_name)
+#: Snapshots off: after a crash a forked spare takes over, not the crashed worker's
+#: snapshot (tests/kernel/test_snapshots.py covers those).
+NO_SNAPSHOTS = ("--Supervisor.snapshots=False",)
+
+
+def _start_with_a_forked_spare(kernel_name: str = "") -> KernelHandle:
+    h = start_kernel(kernel_name or install_spec("relaykernel-no-snapshots", NO_SNAPSHOTS))
     try:
         execute_ok(h.kc, "1")
         wait_for(lambda: _forked_spare(h.pid), 60, what="a spare forked from the fork server")
@@ -152,7 +156,7 @@ def test_a_killed_fork_server_takes_its_workers_and_the_kernel_goes_on(handle):
 def test_a_forced_shutdown_takes_the_programs_a_forked_worker_started():
     """shutdown_kernel(now=True) through the relaykernel provisioner kills each worker's
     process group, forked workers' (children of the fork server) as well as spawned ones'."""
-    handle = _start_with_a_forked_spare(install_spec("relaykernel-provisioned"))
+    handle = _start_with_a_forked_spare(install_spec("relaykernel-provisioned-no-snapshots", NO_SNAPSHOTS))
     child = None
     try:
         _crash(handle.kc)

@@ -1,0 +1,280 @@
+"""The worker's snapshots: a forked copy of the idle worker, asleep until a crash needs it.
+
+Runs in the worker's main thread, between requests: main.py's serving loop asks
+:meth:`Snapshots.delay` before it waits for the next request, and calls
+:meth:`Snapshots.take` once the worker stayed idle that long, outside the event
+loop.  A snapshot is taken only after an execute_request (the state may have
+changed), after ``IDLE_DELAY`` of quiet and at most every ``MIN_INTERVAL``: a
+run of quick cells pays for one fork, off every request's critical path.
+
+``os.fork()`` gives a copy-on-write child holding the whole interpreter: every
+variable, module, comm object and open file.  Only the thread that forks exists
+in the child, so it touches nothing the worker's threads own (the zmq context,
+the capture pipes): it leaves the worker's process group (the supervisor kills
+that group when the worker dies), then sleeps in ``select`` on
+
+* its wake FIFO in the private directory, created and opened before the fork
+  (so it always has a reader while the child lives): the supervisor writes one
+  line there (wire.WakeMeta) to promote the snapshot after the worker died;
+* a pidfd of the supervisor: the snapshot exits when the supervisor does, even
+  a SIGKILLed one (PR_SET_PDEATHSIG would follow the worker, its parent).
+
+Woken, :meth:`Snapshots.take` returns the WakeMeta in the child, and main.py
+rebuilds what a fork does not carry (:func:`become_worker` here, its link,
+event loop and READY there).  Only the latest snapshot is kept: the worker
+kills the previous one before it forks the next, and its own at shutdown.
+
+Skipped, with one explanation on stderr per reason, when a snapshot would be
+unsafe: threads the user started (the child would have their objects but not
+the threads: a pool would hang) and child processes (the restored worker would
+not be their parent).  The previous snapshot is then dropped too: rolling back
+past such a state would silently undo more than the user can see.
+
+Must not import zmq or IPython.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import json
+import logging
+import os
+import select
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import wire
+
+if TYPE_CHECKING:
+    from .kernel import WorkerKernel
+
+log = logging.getLogger("relaykernel.worker")
+
+#: At most one snapshot per this many seconds.
+MIN_INTERVAL = 0.5
+#: A snapshot waits this long with no request waiting (seconds): a cell run
+#: right after the previous one (Run All, nbclient) does not wait for a fork.
+IDLE_DELAY = 0.05
+#: Threads of the worker itself, and of IPython, which are no user's.
+_OUR_THREADS = ("relaykernel-", "IPythonHistorySavingThread")
+
+#: objects of the worker a snapshot's child was forked from that must not be
+#: closed nor collected there (a sqlite connection, an event loop)
+_abandoned: list[Any] = []
+
+
+class Snapshots:
+    """The worker's latest snapshot, and when to take the next."""
+
+    def __init__(self, kernel: WorkerKernel, private_dir: str, supervisor_pid: int, enabled: bool) -> None:
+        self.kernel = kernel
+        self.enabled = enabled and supervisor_pid > 0 and hasattr(os, "pidfd_open")
+        self._dir = private_dir
+        self._supervisor_pid = supervisor_pid
+        self._dirty = False
+        self._last = 0.0
+        self._child = 0
+        self._fifo = ""
+        self._told: set[str] = set()
+        #: the supervisor's pidfd, in a snapshot's child
+        self.supervisor_fd = -1
+        #: the worker's plumbing: pipes and sockets open before any user code ran
+        #: (made at READY), which a snapshot's child closes (see _close_plumbing)
+        self._plumbing = _plumbing()
+
+    def after_request(self, header: bytes) -> None:
+        """A request ended: an execute_request may have changed the state."""
+        if self.enabled and not self._dirty:
+            with contextlib.suppress(ValueError):
+                self._dirty = json.loads(header).get("msg_type") == "execute_request"
+
+    def delay(self) -> float | None:
+        """Seconds of quiet before the next snapshot, or None if none is due."""
+        if not (self.enabled and self._dirty):
+            return None
+        return max(IDLE_DELAY, self._last + MIN_INTERVAL - time.monotonic())
+
+    def restored(self) -> None:
+        """In a woken snapshot, once it is a worker again: its plumbing is new."""
+        self._plumbing = _plumbing()
+
+    def turn(self, on: bool) -> None:
+        """Supervisor.snapshots, from ACTIVATE."""
+        self.enabled = on and self._supervisor_pid > 0 and hasattr(os, "pidfd_open")
+        if not self.enabled:
+            self.drop()
+
+    # ------------------------------------------------------------- the fork
+    def take(self) -> wire.WakeMeta | None:
+        """Replace the snapshot with a new one.  Returns None in the worker; in the
+        snapshot's child, once the supervisor woke it, what it was woken with."""
+        self._dirty = False
+        why = self._unsafe()
+        if why:
+            self._skip(why)
+            return None
+        self.kernel.flush_streams()  # pending text is the worker's to send, not the child's
+        self.drop()
+        fifo = os.path.join(self._dir, f"snapshot-{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            os.mkfifo(fifo, 0o600)
+            wake_fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            supervisor_fd = os.pidfd_open(self._supervisor_pid)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(fifo)
+            self._skip(f"it could not be prepared ({e})")
+            return None
+        pid = os.fork()
+        if pid == 0:
+            return self._sleep(wake_fd, supervisor_fd)
+        os.close(wake_fd)
+        os.close(supervisor_fd)
+        self._child, self._fifo, self._last = pid, fifo, time.monotonic()
+        shell = self.kernel.shell
+        self.kernel.link.send(wire.SNAPSHOT, {"pid": pid, "execution_count": int(shell.execution_count),
+                                              "wake": fifo, "names": _user_names(shell)})
+        return None
+
+    def drop(self) -> None:
+        """End the snapshot, if there is one (a newer one comes, or the worker exits)."""
+        if self._child:
+            with contextlib.suppress(OSError):
+                os.kill(self._child, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.waitpid(self._child, 0)
+            self._child = 0
+        if self._fifo:
+            with contextlib.suppress(OSError):
+                os.unlink(self._fifo)
+            self._fifo = ""
+
+    def _sleep(self, wake_fd: int, supervisor_fd: int) -> wire.WakeMeta:
+        """The child: out of the worker's group, asleep until woken or the supervisor ends."""
+        os.setpgid(0, 0)
+        self._close_plumbing()
+        self._child, self._fifo, self._dirty, self._last = 0, "", False, time.monotonic()
+        self.supervisor_fd = supervisor_fd
+        line = b""
+        while b"\n" not in line:
+            readable, _, _ = select.select([wake_fd, supervisor_fd], [], [])
+            if supervisor_fd in readable:
+                os._exit(0)
+            try:
+                chunk = os.read(wake_fd, 4096)
+            except BlockingIOError:
+                continue
+            line += chunk
+        os.close(wake_fd)
+        wake: wire.WakeMeta = json.loads(line.split(b"\n", 1)[0])
+        return wake
+
+    def _close_plumbing(self) -> None:
+        """Close the child's copies of the worker's pipes and sockets: held open here,
+        they would hide the worker's death (the supervisor's sentinel of a spawned
+        worker is a pipe that closes when the worker exits) and keep its zmq
+        connection open.  What the user opened, and our own output fds, stay."""
+        keep = {0, 1, 2}
+        capture = self.kernel.fd_capture
+        if capture is not None:
+            keep.update(capture.saved.values())
+        for handler in logging.getLogger("relaykernel").handlers:
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                keep.add(handler.stream.fileno())  # type: ignore[attr-defined]
+        for fd in self._plumbing - keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # ------------------------------------------------------------- policy
+    def _unsafe(self) -> str:
+        """Why a snapshot would be unsafe now ('' if it is not)."""
+        threads = [t.name for t in threading.enumerate()
+                   if t is not threading.main_thread() and t.is_alive() and not t.name.startswith(_OUR_THREADS)]
+        if threads:
+            return f"threads the user started are running ({', '.join(sorted(threads)[:5])})"
+        children = [pid for pid in _children() if pid != self._child]
+        if children:
+            return f"child processes are alive (pids {', '.join(map(str, children[:5]))})"
+        return ""
+
+    def _skip(self, why: str) -> None:
+        self.drop()
+        self.kernel.link.send(wire.SNAPSHOT, {"skipped": why})
+        kind = why.split(" ", 1)[0]
+        if kind not in self._told:
+            self._told.add(kind)
+            self.kernel.stderr.write(f"relaykernel: no snapshot of the worker was kept: {why}. If the "
+                                     "worker crashes now, its variables are lost. (Said once.)\n")
+            self.kernel.flush_streams()
+
+
+def _user_names(shell: Any) -> int:
+    hidden = getattr(shell, "user_ns_hidden", {})
+    return sum(1 for name in shell.user_ns if not name.startswith("_") and name not in hidden)
+
+
+def _plumbing() -> set[int]:
+    """This process's open pipes, sockets and anonymous inodes (eventfd, epoll)."""
+    fds = set()
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError, ValueError):
+                if os.readlink(f"/proc/self/fd/{name}").startswith(("pipe:", "socket:", "anon_inode:")):
+                    fds.add(int(name))
+    return fds
+
+
+def _children() -> list[int]:
+    """Pids of this process's children (Linux /proc; none elsewhere)."""
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.extend(int(p) for p in f.read().split())
+    return pids
+
+
+# ------------------------------------------------------------ the child, woken
+def become_worker(kernel: WorkerKernel, wake: wire.WakeMeta, supervisor_fd: int) -> None:
+    """In a woken snapshot: what the fork did not carry, but the link and the event
+    loop (main.py's): output capture, crash log, history database, supervisor watch.
+    Call with the main thread's signals blocked: the threads started here inherit that."""
+    _watch_supervisor(supervisor_fd)
+    for stream in (kernel.stdout, kernel.stderr):
+        stream.resume_as_worker()
+    if kernel.fd_capture is not None:
+        kernel.fd_capture.restart()
+    crash_log = open(os.open(wake["crash_log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),  # noqa: SIM115
+                     "w")  # lives as long as the process
+    faulthandler.enable(file=crash_log, all_threads=False)
+    _reconnect_history(kernel.shell)
+
+
+def _watch_supervisor(supervisor_fd: int) -> None:
+    def watch() -> None:
+        select.select([supervisor_fd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="relaykernel-supervisor-watch", daemon=True).start()
+
+
+def _reconnect_history(shell: Any) -> None:
+    """A new sqlite connection (one must not cross a fork), saving thread and session:
+    the dead worker may have stored the cells after the snapshot under the numbers the
+    next cells take."""
+    hm = getattr(shell, "history_manager", None)
+    if hm is None or not hm.enabled:
+        return
+    try:
+        hm.db_input_cache_lock = threading.Lock()
+        hm.db_output_cache_lock = threading.Lock()
+        _abandoned.append(hm.db)
+        hm.save_thread = None
+        hm.init_db()
+        hm.new_session()
+        hm._restart_thread_if_stopped()
+    except Exception as e:  # noqa: BLE001 - history is worth less than the restored state
+        log.warning("restored worker: history will not be saved (%s)", e)

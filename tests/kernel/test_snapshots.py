@@ -1,0 +1,219 @@
+"""Snapshots: a worker crash rolls the variables back to the state before the cell.
+
+relaykernel only (ipykernel dies with its process).  Each test drives a real
+kernel through jupyter_client; the ``relay`` fixture checks at teardown that
+no process (snapshots included) outlived the kernel.  A snapshot is taken
+once the worker has been idle for a moment after a cell
+(relaykernel/worker/snapshot.py): :func:`_snapshot_of` waits for it by asking
+the worker itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.kernel import crash_helpers
+from tests.kernel.crash_helpers import install_spec
+from tests.kernel.helpers import (
+    KERNEL_NAME,
+    Deadline,
+    evaluate,
+    execute,
+    execute_ok,
+    get_reply,
+    relaykernel_only,
+    stream_text,
+    wait_for,
+)
+
+pytestmark = relaykernel_only
+
+relay = crash_helpers.relay
+
+#: Variables of many kinds, and a class defined in a cell.
+DEFINE = """\
+import numpy as np, pandas as pd
+n = 41
+arr = np.arange(1_000_000, dtype=np.float64)
+df = pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]})
+square = lambda v: v * v
+gen = (i * 10 for i in range(5))
+next(gen); next(gen)
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+    def norm2(self):
+        return self.x ** 2 + self.y ** 2
+p = Point(3, 4)
+"""
+
+CHECK = "(n, float(arr.sum()), df.b.tolist(), square(7), next(gen), type(p).__name__, p.norm2())"
+EXPECTED = "(41, 499999500000.0, ['x', 'y', 'z'], 49, 20, 'Point', 25)"
+
+SEGFAULT = "n = 1000\nimport ctypes; ctypes.string_at(0)\n"
+EXIT = "n = 1000\nimport os; os._exit(3)\n"
+
+
+def _snapshot_of(kc: Any, worker_pid: int, timeout: float = 10.0) -> int:
+    """Wait until the worker holds a snapshot taken after its last cell; its pid."""
+    found: list[int] = []
+
+    def taken() -> bool:
+        children = [c for c in psutil.Process(worker_pid).children() if c.status() != psutil.STATUS_ZOMBIE]
+        found[:] = [c.pid for c in children]
+        return len(found) == 1
+
+    wait_for(taken, timeout)
+    return found[0]
+
+
+def _fresh_snapshot(kc: Any, timeout: float = 10.0) -> int:
+    """After a cell: the worker's pid, once a snapshot newer than the cell is kept."""
+    worker = _worker_pid(kc)
+    before = {c.pid for c in psutil.Process(worker).children()}
+    wait_for(lambda: _snapshot_of(kc, worker, timeout) not in before, timeout)
+    return worker
+
+
+def _worker_pid(kc: Any) -> int:
+    reply, _ = execute(kc, "", silent=True, store_history=False,
+                       user_expressions={"pid": "__import__('os').getpid()"})
+    return int(reply["content"]["user_expressions"]["pid"]["data"]["text/plain"])
+
+
+def _define_and_snapshot(h: Any) -> int:
+    execute_ok(h.kc, DEFINE)
+    return _fresh_snapshot(h.kc)
+
+
+def _crash(h: Any, code: str | None, worker_pid: int) -> dict[str, Any]:
+    """Crash the worker with ``code`` (None: SIGKILL it from outside while a cell runs);
+    the crashed cell's reply."""
+    if code is None:
+        msg_id = h.kc.execute("n = 1000\nprint('started', flush=True)\nimport time; time.sleep(60)\n")
+        deadline = Deadline(10.0)
+        while True:
+            msg = h.kc.get_iopub_msg(timeout=deadline.remaining())
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                break
+        os.kill(worker_pid, signal.SIGKILL)
+        reply = get_reply(h.kc, msg_id)
+    else:
+        reply, _ = execute(h.kc, code)
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "WorkerDied"
+    return reply
+
+
+@pytest.mark.parametrize("code", [SEGFAULT, EXIT, None], ids=["segfault", "os_exit", "sigkill"])
+def test_variables_survive_a_crash(relay, code: str | None) -> None:
+    h = relay.start(KERNEL_NAME)
+    worker = _define_and_snapshot(h)
+    relay.track(h)
+    reply = _crash(h, code, worker)
+    text = "\n".join(reply["content"]["traceback"])
+    assert "Rolled back to the state before cell [2]" in text, text
+    assert "Not rolled back: files written" in text, text
+    assert evaluate(h.kc, CHECK) == EXPECTED  # n is 41 again: the crashed cell's n = 1000 is undone
+    assert _worker_pid(h.kc) != worker
+
+
+def test_crashes_back_to_back(relay) -> None:
+    h = relay.start(KERNEL_NAME)
+    worker = _define_and_snapshot(h)
+    for i in range(3):
+        relay.track(h)
+        reply = _crash(h, SEGFAULT, worker)
+        assert "killed by SIGSEGV" in reply["content"]["evalue"], reply["content"]  # a restored one's too
+        assert evaluate(h.kc, "n") == str(41 + i)
+        execute_ok(h.kc, "n += 1")
+        worker = _fresh_snapshot(h.kc)
+    assert evaluate(h.kc, CHECK.replace("next(gen)", "20")) == EXPECTED.replace("41", "44")
+
+
+def test_cells_after_the_snapshot_are_named(relay) -> None:
+    """A crash before the next snapshot: the state is older than the crashed cell."""
+    h = relay.start(KERNEL_NAME)
+    _define_and_snapshot(h)
+    relay.track(h)
+    first = h.kc.execute("n = 7")  # no idle moment between it and the crash: no snapshot
+    crash = h.kc.execute(SEGFAULT)
+    assert get_reply(h.kc, first)["content"]["status"] == "ok"
+    reply = get_reply(h.kc, crash)
+    text = "\n".join(reply["content"]["traceback"])
+    assert "Rolled back to the state before cells [2..3]" in text, text
+    assert evaluate(h.kc, "n") == "41"
+
+
+def test_restart_gives_an_empty_namespace(relay) -> None:
+    h = relay.start(install_spec("relaykernel-provisioned"))  # restarts in place
+    worker = _define_and_snapshot(h)
+    snapshot = _snapshot_of(h.kc, worker)
+    relay.track(h)
+    reply = get_reply(h.kc, h.kc.shutdown(restart=True), channel="control", timeout=10)
+    assert reply["content"] == {"status": "ok", "restart": True}
+    reply, _ = execute(h.kc, "n")
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "NameError"
+    wait_for(lambda: not _alive(snapshot), 10.0)  # a restart ends the snapshot too
+
+
+def test_stdin_and_output_in_a_restored_worker(relay) -> None:
+    h = relay.start(KERNEL_NAME)
+    worker = _define_and_snapshot(h)
+    relay.track(h)
+    _crash(h, SEGFAULT, worker)
+    _, iopub = execute_ok(h.kc, "print('n is', n)\nimport os; os.system('echo from a child')")
+    assert "n is 41\n" in stream_text(iopub) and "from a child\n" in stream_text(iopub)
+    msg_id = h.kc.execute("answer = input('name? ')\nprint('got', answer)", allow_stdin=True)
+    request = h.kc.get_stdin_msg(timeout=10)
+    assert request["content"]["prompt"] == "name? "
+    h.kc.input("restored")
+    assert get_reply(h.kc, msg_id)["content"]["status"] == "ok"
+    assert evaluate(h.kc, "answer") == "'restored'"
+
+
+def test_a_user_thread_skips_snapshots_with_a_reason(relay) -> None:
+    h = relay.start(KERNEL_NAME)
+    worker = _define_and_snapshot(h)
+    relay.track(h)
+    execute_ok(h.kc, "import threading; stop = threading.Event()\n"
+                     "t = threading.Thread(target=stop.wait, name='mine'); t.start()")
+    wait_for(lambda: not [c for c in psutil.Process(worker).children()
+                          if c.status() != psutil.STATUS_ZOMBIE], 10.0)
+    reply = _crash(h, SEGFAULT, worker)
+    text = "\n".join(reply["content"]["traceback"])
+    assert "No snapshot to roll back to: the worker kept none: threads the user started" in text, text
+    assert "mine" in text, text
+    reply, _ = execute(h.kc, "n")
+    assert reply["content"]["ename"] == "NameError"
+
+
+def test_snapshots_off(relay) -> None:
+    h = relay.start(install_spec("relaykernel-no-snapshots", ("--Supervisor.snapshots=False",)))
+    execute_ok(h.kc, "n = 41")
+    worker = _worker_pid(h.kc)
+    reply = _crash(h, SEGFAULT, worker)
+    text = "\n".join(reply["content"]["traceback"])
+    assert "snapshots are off" in text, text
+    assert evaluate(h.kc, "'n' in dir()") == "False"
+
+
+def test_no_snapshot_outlives_the_supervisor(relay) -> None:
+    h = relay.start(KERNEL_NAME)
+    worker = _define_and_snapshot(h)
+    snapshot = _snapshot_of(h.kc, worker)
+    relay.track(h)
+    os.kill(h.pid, signal.SIGKILL)
+    wait_for(lambda: not _alive(snapshot) and not _alive(worker), 10.0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
