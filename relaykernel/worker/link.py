@@ -177,6 +177,10 @@ class Link:
         if self.input_waiting(()):
             return
         loop = asyncio.get_running_loop()
+        self_pipe = _only_self_pipe(loop)
+        if self_pipe is not None:  # nothing else to run: no loop turns, no timer left behind
+            self._select((self._fd, self._nudge_r, self_pipe), timeout)
+            return
         timer = loop.call_later(timeout, lambda: None)  # a timer: _readable takes the loop's wait
         try:
             await asyncio.wait_for(self._readable(), timeout)
@@ -261,15 +265,16 @@ class Link:
             loop.remove_reader(self._nudge_r)
             loop.remove_reader(self._signal_r)
 
-    def _select(self, fds: tuple[int, ...]) -> None:
-        """Block until the socket may have a message (or another of ``fds`` is readable)."""
+    def _select(self, fds: tuple[int, ...], timeout: float | None = None) -> None:
+        """Block until the socket may have a message (or another of ``fds`` is readable),
+        or ``timeout`` seconds passed."""
         self._waiting = True  # before the check: a sender reads it after its send
         try:
             with self._woken_by_signals():
                 with self._lock:
                     waiting = self._pair.getsockopt(_EVENTS) & _POLLIN
                 if not waiting:
-                    readable, _, _ = select.select((*fds, self._signal_r), [], [])
+                    readable, _, _ = select.select((*fds, self._signal_r), [], [], timeout)
                     if self._nudge_r in readable:  # most wakes are the socket's, no nudge to read
                         self._drain_nudges()
                     if self._signal_r in readable:
