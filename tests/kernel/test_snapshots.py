@@ -177,6 +177,43 @@ def test_stdin_and_output_in_a_restored_worker(relay) -> None:
     assert evaluate(h.kc, "answer") == "'restored'"
 
 
+def test_a_cell_past_the_interrupt_grace_rolls_back(relay) -> None:
+    """The supervisor replaces a worker that ignores an interrupt: the snapshot takes over."""
+    h = relay.start(install_spec("relaykernel-snapshot-grace", ("--Supervisor.interrupt_grace=0.5",)))
+    _define_and_snapshot(h)
+    relay.track(h)
+    msg_id = h.kc.execute("n = 1000\nimport signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                          "print('started', flush=True)\ntime.sleep(60)\n")
+    deadline = Deadline(10.0)
+    while True:
+        msg = h.kc.get_iopub_msg(timeout=deadline.remaining())
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+            break
+    h.km.interrupt_kernel()
+    reply = get_reply(h.kc, msg_id)
+    text = "\n".join(reply["content"]["traceback"])
+    assert reply["content"]["ename"] == "WorkerDied" and "Rolled back to the state before cell [2]" in text, text
+    assert evaluate(h.kc, CHECK) == EXPECTED
+
+
+def test_a_restored_worker_takes_interrupts_and_awaits(relay) -> None:
+    h = relay.start(KERNEL_NAME)
+    worker = _define_and_snapshot(h)
+    relay.track(h)
+    _crash(h, SEGFAULT, worker)
+    reply, _ = execute(h.kc, "import asyncio\nawait asyncio.sleep(0.01)\nn")
+    assert reply["content"]["status"] == "ok"
+    msg_id = h.kc.execute("print('started', flush=True)\nimport time; time.sleep(60)")
+    deadline = Deadline(10.0)
+    while True:
+        msg = h.kc.get_iopub_msg(timeout=deadline.remaining())
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+            break
+    h.km.interrupt_kernel()
+    assert get_reply(h.kc, msg_id)["content"]["ename"] == "KeyboardInterrupt"
+    assert evaluate(h.kc, "n") == "41"
+
+
 def test_a_user_thread_skips_snapshots_with_a_reason(relay) -> None:
     h = relay.start(KERNEL_NAME)
     worker = _define_and_snapshot(h)
