@@ -244,9 +244,10 @@ async def _serve(kernel: WorkerKernel, link: Link, counter: progress.Counter | N
         elif lm.kind == wire.ACTIVATE:
             kernel.activate(cast(wire.ActivateMeta, lm.meta))
             snapshots.turn(bool(lm.meta.get("snapshots", snapshots.enabled)))
+            snapshots.announce_targets()
             link.send(wire.ACTIVATED)
         elif lm.kind == wire.ADOPT:
-            kernel.adopt(lm.meta, list(lm.payload))
+            kernel.adopt(*snapshots.update_existing(lm.meta, list(lm.payload)))
         elif lm.kind == wire.SHUTDOWN:
             return False
 

@@ -81,6 +81,8 @@ class Snapshots:
         self._told: set[str] = set()
         #: the supervisor's pidfd, in a snapshot's child
         self.supervisor_fd = -1
+        #: this worker is a woken snapshot (see announce_targets)
+        self.was_restored = False
         #: the worker's plumbing: pipes and sockets open before any user code ran
         #: (made at READY), which a snapshot's child closes (see _close_plumbing)
         self._plumbing = _plumbing()
@@ -100,6 +102,45 @@ class Snapshots:
     def restored(self) -> None:
         """In a woken snapshot, once it is a worker again: its plumbing is new."""
         self._plumbing = _plumbing()
+        self.was_restored = True
+
+    def announce_targets(self) -> None:
+        """A restored worker, at ACTIVATE: its comm targets were registered before the
+        snapshot, so it names them again, as a new worker does when it registers them:
+        the supervisor then replays the comms that are open now (ADOPT)."""
+        if self.was_restored:
+            for name in list(self.kernel.comm_manager.targets):
+                self.kernel.target_changed(name, True)
+
+    def update_existing(self, meta: dict[str, Any], frames: list[Any]) -> tuple[dict[str, Any], list[Any]]:
+        """ADOPT in a restored worker: a comm the snapshot holds already takes the
+        supervisor's latest widget state as an update from the frontend (its object is
+        the one the user's variables hold; a new one would be a duplicate).  Returns the
+        comms the worker lacks (opened since the snapshot), for WorkerKernel.adopt."""
+        comms = self.kernel.comm_manager.comms
+        rest: list[dict[str, Any]] = []
+        rest_frames: list[Any] = []
+        offset = 0
+        for spec in meta.get("comms", ()):
+            count = int(spec.get("buffers", 0))
+            buffers, offset = frames[offset:offset + count], offset + count
+            content = spec.get("content") or {}
+            comm = comms.get(str(content.get("comm_id")))
+            if comm is None:
+                rest.append(spec)
+                rest_frames.extend(buffers)
+                continue
+            data = content.get("data") or {}
+            if "state" in data:  # the widget protocol's full state: an update sets it
+                update = {"method": "update", "state": data["state"], "buffer_paths": data.get("buffer_paths", [])}
+                msg = {"header": {"msg_type": "comm_msg", "msg_id": ""}, "parent_header": {}, "metadata": {},
+                       "content": {"comm_id": comm.comm_id, "data": update},
+                       "buffers": [memoryview(b) for b in buffers]}
+                try:
+                    comm.handle_msg(msg)
+                except Exception as e:  # noqa: BLE001 - the comm keeps its snapshot's state
+                    log.warning("could not update comm %s in the restored worker: %s", comm.comm_id, e)
+        return {**meta, "comms": rest}, rest_frames
 
     def turn(self, on: bool) -> None:
         """Supervisor.snapshots, from ACTIVATE."""

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from tests.kernel import crash_helpers
+from tests.kernel.comm_helpers import comm_msg, comms_of, handled
 from tests.kernel.crash_helpers import install_spec
 from tests.kernel.helpers import (
     KERNEL_NAME,
@@ -212,6 +213,24 @@ def test_a_restored_worker_takes_interrupts_and_awaits(relay) -> None:
     h.km.interrupt_kernel()
     assert get_reply(h.kc, msg_id)["content"]["ename"] == "KeyboardInterrupt"
     assert evaluate(h.kc, "n") == "41"
+
+
+def test_widgets_in_a_restored_worker_take_the_latest_state(relay) -> None:
+    """The slider object of the snapshot is the one that comes back, with the value the
+    frontend gave it after the snapshot; moving it afterwards still reaches it."""
+    pytest.importorskip("ipywidgets", minversion="8")
+    h = relay.start(KERNEL_NAME)
+    _, iopub = execute_ok(h.kc, "import ipywidgets\ns = ipywidgets.IntSlider(value=3)\nn = 41")
+    slider = next(m["content"]["comm_id"] for m in comms_of(iopub, "comm_open")
+                  if m["content"]["data"]["state"].get("_model_name") == "IntSliderModel")
+    widgets = evaluate(h.kc, "len(ipywidgets.Widget.widgets)")  # the slider, its layout and style
+    worker = _fresh_snapshot(h.kc)
+    relay.track(h)
+    handled(h.kc, comm_msg(h.kc, slider, {"method": "update", "state": {"value": 5}, "buffer_paths": []}))
+    _crash(h, SEGFAULT, worker)
+    assert evaluate(h.kc, "(s.value, s.comm.comm_id, len(ipywidgets.Widget.widgets))") == f"(5, '{slider}', {widgets})"
+    handled(h.kc, comm_msg(h.kc, slider, {"method": "update", "state": {"value": 7}, "buffer_paths": []}))
+    assert evaluate(h.kc, "s.value") == "7"
 
 
 def test_a_user_thread_skips_snapshots_with_a_reason(relay) -> None:
