@@ -197,6 +197,18 @@ def test_a_cell_past_the_interrupt_grace_rolls_back(relay) -> None:
     assert evaluate(h.kc, CHECK) == EXPECTED
 
 
+@pytest.mark.slow
+def test_the_hard_memory_limit_rolls_back(relay) -> None:
+    h = relay.start(install_spec("relaykernel-snapshot-memory", ("--Supervisor.memory_limit=0.4",)))
+    _define_and_snapshot(h)
+    relay.track(h)
+    reply, _ = execute(h.kc, "n = 1000\n_b = b'x' * (600 * 1024**2)\nimport time; time.sleep(30)\n")
+    text = "\n".join(reply["content"]["traceback"])
+    assert reply["content"]["ename"] == "WorkerDied" and "memory limit" in text, text
+    assert "Rolled back to the state before cell [2]" in text, text
+    assert evaluate(h.kc, CHECK) == EXPECTED
+
+
 def test_a_restored_worker_takes_interrupts_and_awaits(relay) -> None:
     h = relay.start(KERNEL_NAME)
     worker = _define_and_snapshot(h)
