@@ -106,6 +106,13 @@ def ssh_spec(sshd: tuple[int, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.delenv("GP_REMOTE_PWD", raising=False)
     monkeypatch.setenv("GP_RESPONSE_IP", "127.0.0.1")
     monkeypatch.setenv("GP_RESPONSE_PORT", "30877")
+    out = write_ssh_spec()
+    yield
+    shutil.rmtree(out)
+
+
+def write_ssh_spec() -> Path:
+    """The generated spec, in the test session's JUPYTER_PATH, plus the session's isolation in its env."""
     out = Path(os.environ["JUPYTER_PATH"].split(os.pathsep)[0]) / "kernels" / SPEC_NAME
     result = subprocess.run([sys.executable, "-m", "relaykernel.launch.specs", "--provisioner", "distributed",
                              "--out", str(out), "--python", sys.executable, "--remote-hosts", HOST,
@@ -115,8 +122,7 @@ def ssh_spec(sshd: tuple[int, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: 
     spec = json.loads((out / "kernel.json").read_text())
     spec["env"] = {name: os.environ[name] for name in ISOLATION if name in os.environ}
     (out / "kernel.json").write_text(json.dumps(spec))
-    yield
-    shutil.rmtree(out)
+    return out
 
 
 def test_distributed_provisioner_over_ssh(ssh_spec: None, tmp_path: Path) -> None:
