@@ -68,16 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start relaykernel for Jupyter Enterprise Gateway / gateway_provisioners. "
                     "Arguments it does not know (e.g. --Supervisor.memory_limit=4) go to the kernel.")
     # nargs="?" as in the gateway's own launchers: the gateway substitutes "" for a placeholder it
-    # does not fill, and DistributedProvisioner joins argv unquoted, so a value can be missing
-    p.add_argument("--kernel-id", nargs="?", help="the gateway's kernel id (env KERNEL_ID)")
-    p.add_argument("--port-range", nargs="?", help="LOW..HIGH for every port, 0..0 for any (env PORT_RANGE)")
-    p.add_argument("--response-address", nargs="?", help="IP:PORT where the gateway waits for the connection "
-                                                         "info (env RESPONSE_ADDRESS)")
-    p.add_argument("--public-key", nargs="?", help="the gateway's RSA public key, base64 DER (env PUBLIC_KEY)")
-    p.add_argument("--transport-encryption", nargs="?", help="auto|required: give the kernel CurveZMQ keys "
-                                                             "(env TRANSPORT_ENCRYPTION)")
-    for ignored in ("--spark-context-initialization-mode", "--cluster-type", "--kernel-class-name"):
-        p.add_argument(ignored, nargs="?", help="accepted for the gateway's kernelspecs; ignored")
+    # does not fill, and DistributedProvisioner joins argv unquoted, so a value can be missing.
+    # Each also has Enterprise Gateway's spelling (--RemoteProcessProxy.kernel-id ...).
+    def protocol_arg(name: str, help: str) -> None:
+        p.add_argument(f"--{name}", f"--RemoteProcessProxy.{name}", nargs="?", help=help)
+
+    protocol_arg("kernel-id", "the gateway's kernel id (env KERNEL_ID)")
+    protocol_arg("port-range", "LOW..HIGH for every port, 0..0 for any (env PORT_RANGE)")
+    protocol_arg("response-address", "IP:PORT where the gateway waits for the connection info (env RESPONSE_ADDRESS)")
+    protocol_arg("public-key", "the gateway's RSA public key, base64 DER (env PUBLIC_KEY)")
+    protocol_arg("transport-encryption", "auto|required: give the kernel CurveZMQ keys (env TRANSPORT_ENCRYPTION)")
+    for ignored in ("spark-context-initialization-mode", "cluster-type", "kernel-class-name"):
+        protocol_arg(ignored, "accepted for the gateway's kernelspecs; ignored")
     p.add_argument("--ip", default="0.0.0.0",  # the gateway connects from another host
                    help="address the kernel and the listener bind (default: %(default)s)")
     p.add_argument("--response-timeout", type=float, default=30.0,
@@ -207,6 +209,8 @@ class Launcher:
                 os.close(pidfd)
         code = self.supervisor.wait()
         log.info("the kernel exited with %d", code)
+        if self.stopping and code == -signal.SIGTERM:
+            return 0  # asked to stop, and stopped (before its handler was in place, SIGTERM's default)
         return code if code >= 0 else 128 - code
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:

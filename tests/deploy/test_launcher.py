@@ -149,6 +149,21 @@ def test_a_container_entry_launches_from_the_environment_and_ends_with_the_kerne
     wait_for(lambda: not launch.survivors(), timeout=15, what="every process of the launch to end")
 
 
+def test_enterprise_gateway_spelling(gateway: FakeGateway, launches: list[Launch], tmp_path: Path) -> None:
+    """Enterprise Gateway's kernelspecs pass the same arguments as --RemoteProcessProxy.kernel-id etc."""
+    args = [a.replace("--", "--RemoteProcessProxy.", 1) if a.startswith("--") and a != "--ip" else a
+            for a in launch_args(gateway, "e9000000-0000-4000-8000-00000000000e")]
+    launch = start_launcher(str(tmp_path / "launch.log"), *args)
+    launches.append(launch)
+    info = gateway.receive(timeout=30)
+    assert info["kernel_id"] == "e9000000-0000-4000-8000-00000000000e"
+    assert PORT_RANGE[0] <= info["shell_port"] <= PORT_RANGE[1]
+    launch.remember_tree()
+    send_listener_request(info["comm_port"], {"shutdown": 1})
+    assert launch.exit_code(timeout=30) == 0, launch.output()[-3000:]
+    wait_for(lambda: not launch.survivors(), timeout=15, what="every process of the launch to end")
+
+
 @pytest.mark.parametrize("key", ["not-base64!", "QUJDREVGRw==", "private"])
 def test_a_wrong_public_key_starts_nothing(gateway: FakeGateway, launches: list[Launch], tmp_path: Path,
                                            key: str) -> None:

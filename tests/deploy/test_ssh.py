@@ -98,14 +98,14 @@ def sshd(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 @pytest.fixture
 def ssh_spec(sshd: tuple[int, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     port, home = sshd
+    monkeypatch.setenv("GP_RESPONSE_IP", "127.0.0.1")  # read when gateway_provisioners is first imported
+    monkeypatch.setenv("GP_RESPONSE_PORT", "30877")
     from gateway_provisioners import distributed
 
     monkeypatch.setattr(distributed, "ssh_port", port)  # read from GP_SSH_PORT when first imported
     monkeypatch.setattr(distributed, "kernel_log_dir", str(tmp_path))  # the launcher's log
     monkeypatch.setenv("HOME", str(home))  # paramiko's key and known_hosts
     monkeypatch.delenv("GP_REMOTE_PWD", raising=False)
-    monkeypatch.setenv("GP_RESPONSE_IP", "127.0.0.1")
-    monkeypatch.setenv("GP_RESPONSE_PORT", "30877")
     out = write_ssh_spec()
     yield
     shutil.rmtree(out)
