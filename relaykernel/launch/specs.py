@@ -82,6 +82,8 @@ def kernel_spec(provisioner: str, *, display_name: str, install_dir: str, python
         "interrupt_mode": "signal",  # the provisioner sends it through the launcher's listener
         "env": env,
         "metadata": {
+            # the launcher gives the kernel CurveZMQ keys when the gateway's transport_encryption asks
+            "supported_encryption": ["curve"],
             "debugger": False,
             "kernel_provisioner": {"provisioner_name": PROVISIONERS[provisioner], "config": config},
         },

@@ -55,14 +55,20 @@ def distributed_spec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterato
     out.rmdir()
 
 
-def test_distributed_provisioner_runs_relaykernel_through_the_launcher(distributed_spec: dict[str, object]) -> None:
+@pytest.mark.parametrize("encryption", [None, "required"])
+def test_distributed_provisioner_runs_relaykernel_through_the_launcher(
+        distributed_spec: dict[str, object], encryption: str | None) -> None:
+    """``encryption``: KernelManager.transport_encryption, which the provisioner passes to the launcher."""
+    options = {"transport_encryption": encryption} if encryption else {}
     # the gateway refuses to start kernels for root (its unauthorized_users), and tests may run as root
-    handle: KernelHandle = start_kernel(SPEC_NAME, ready_timeout=60, env={"KERNEL_USERNAME": "relay-test"})
+    handle: KernelHandle = start_kernel(SPEC_NAME, ready_timeout=60, env={"KERNEL_USERNAME": "relay-test"},
+                                        **options)
     tree: list[psutil.Process] = []
     try:
         provisioner = handle.km.provisioner
         assert type(provisioner).__name__ == "DistributedProvisioner"
         assert provisioner.comm_port > 0  # the launcher's listener, from the decrypted answer
+        assert (handle.km.curve_publickey is not None) == bool(encryption)
         launcher = psutil.Process(handle.pid)
         assert "relaykernel.launch" in launcher.cmdline()
         kc = handle.kc

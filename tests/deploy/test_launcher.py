@@ -164,6 +164,37 @@ def test_enterprise_gateway_spelling(gateway: FakeGateway, launches: list[Launch
     wait_for(lambda: not launch.survivors(), timeout=15, what="every process of the launch to end")
 
 
+def test_transport_encryption_gives_the_kernel_curve_keys(
+        gateway: FakeGateway, launches: list[Launch], tmp_path: Path) -> None:
+    """--transport-encryption required (the gateway's transport_encryption policy): the connection info
+    carries CurveZMQ keys, the kernel encrypts its sockets with them, and a client holding them talks to it."""
+    args = launch_args(gateway)
+    args[args.index("--transport-encryption") + 1] = "required"
+    launch = start_launcher(str(tmp_path / "launch.log"), *args)
+    launches.append(launch)
+    info = gateway.receive(timeout=30)
+    assert len(info["curve_publickey"]) == 40 and len(info["curve_secretkey"]) == 40
+    kc = client_for(info)
+    try:
+        launch.remember_tree()
+        _, iopub = execute_ok(kc, "print('sealed')")
+        assert stream_text(iopub) == "sealed\n"
+    finally:
+        kc.stop_channels()
+    plain = BlockingKernelClient()
+    plain.load_connection_info({k: v for k, v in info.items() if not k.startswith("curve_")})
+    plain.start_channels()
+    try:
+        plain.kernel_info()
+        with pytest.raises(Empty):  # no CURVE handshake, no connection: the request never arrives
+            plain.get_shell_msg(timeout=3)
+    finally:
+        plain.stop_channels()
+    send_listener_request(info["comm_port"], {"shutdown": 1})
+    assert launch.exit_code(timeout=30) == 0, launch.output()[-3000:]
+    wait_for(lambda: not launch.survivors(), timeout=15, what="every process of the launch to end")
+
+
 @pytest.mark.parametrize("key", ["not-base64!", "QUJDREVGRw==", "private"])
 def test_a_wrong_public_key_starts_nothing(gateway: FakeGateway, launches: list[Launch], tmp_path: Path,
                                            key: str) -> None:

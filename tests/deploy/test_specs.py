@@ -54,6 +54,7 @@ def test_container_specs_run_the_gateways_launcher_with_the_relaykernel_image(
     assert argv[1] == str(out / "scripts" / script)  # absolute: the gateway fills no {resource_dir}
     assert (out / "scripts" / script).is_file()
     assert placeholders(argv) == GATEWAY_FILLS
+    assert spec["metadata"]["supported_encryption"] == ["curve"]  # type: ignore[index]
     provisioner_stanza = spec["metadata"]["kernel_provisioner"]  # type: ignore[index]
     assert provisioner_stanza == {"provisioner_name": provisioner_name,
                                   "config": {"image_name": "example.org/relaykernel:0.1"}}
