@@ -3,7 +3,8 @@
 jupyter_server (as a gateway host: gateway_provisioners' provisioners run inside it) finds the
 generated DistributedProvisioner spec; the test starts a kernel with ``POST /api/kernels``,
 runs cells over ``/api/kernels/ID/channels`` as JupyterLab does, crashes the worker with a
-segfault and runs the next cell, then deletes the kernel.  The kernel runs through the
+segfault and runs the next cell, checks that an ipywidgets slider came back in the new worker
+and still follows the client's updates, then deletes the kernel.  The kernel runs through the
 test's own sshd on 127.0.0.2 (test_ssh.py).  What the client sees between the crash's reply
 and the next cell's result is printed (``-s`` shows it), never asserted against a target.
 """
@@ -34,6 +35,8 @@ pytestmark = relaykernel_only
 __all__ = ["sshd"]  # the fixture, imported for this module's tests
 
 TOKEN = uuid.uuid4().hex
+SLIDER_VALUES = ("[x.value for x in __import__('ipywidgets').Widget.widgets.values() "
+                 "if isinstance(x, __import__('ipywidgets').IntSlider)]")
 
 
 class Server:
@@ -88,14 +91,32 @@ class Channels:
         self.ws = websocket.create_connection(url, timeout=30)
         self.session = uuid.uuid4().hex
 
-    def execute(self, code: str) -> str:
+    def send(self, msg_type: str, content: dict[str, Any]) -> str:
         msg_id = uuid.uuid4().hex
-        header = {"msg_id": msg_id, "msg_type": "execute_request", "session": self.session, "username": "test",
+        header = {"msg_id": msg_id, "msg_type": msg_type, "session": self.session, "username": "test",
                   "version": "5.3", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self.ws.send(json.dumps({"header": header, "parent_header": {}, "metadata": {}, "channel": "shell",
-                                 "content": {"code": code, "silent": False, "store_history": True,
-                                             "user_expressions": {}, "allow_stdin": False}}))
+                                 "content": content}))
         return msg_id
+
+    def execute(self, code: str) -> str:
+        return self.send("execute_request", {"code": code, "silent": False, "store_history": True,
+                                             "user_expressions": {}, "allow_stdin": False})
+
+    def until_idle(self, msg_id: str, timeout: float = 60) -> list[dict[str, Any]]:
+        """Every message for ``msg_id`` up to its idle status on iopub."""
+        deadline = Deadline(timeout)
+        seen: list[dict[str, Any]] = []
+        while True:
+            msg, before = self.until(msg_id, "status", deadline.remaining())
+            seen += before + [msg]
+            if msg["content"]["execution_state"] == "idle":
+                return seen
+
+    def evaluate(self, expr: str) -> str:
+        result, _ = self.until(self.execute(expr), "execute_result", 60)
+        text: str = result["content"]["data"]["text/plain"]
+        return text
 
     def until(self, msg_id: str, msg_type: str, timeout: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The first ``msg_type`` message for ``msg_id``, and every message for it before."""
@@ -127,6 +148,15 @@ def test_jupyter_server_runs_relaykernel_over_ssh_through_a_crash(server: Server
         assert os.getsid(launcher.pid) != os.getsid(server.proc.pid), "started through sshd, not by the server"
         tree = [launcher, *launcher.children(recursive=True)]
 
+        # a widget, moved by the "frontend" before the crash
+        opened = [m for m in channels.until_idle(channels.execute("import ipywidgets; s = ipywidgets.IntSlider(3)"))
+                  if m["msg_type"] == "comm_open"
+                  and m["content"]["data"]["state"].get("_model_name") == "IntSliderModel"]
+        slider = opened[0]["content"]["comm_id"]
+        channels.until_idle(channels.send("comm_msg", {"comm_id": slider, "data": {
+            "method": "update", "state": {"value": 7}, "buffer_paths": []}}))
+        assert channels.evaluate("s.value") == "7"
+
         reply, _ = channels.until(channels.execute("import ctypes; ctypes.string_at(0)"), "execute_reply", 60)
         crash_reply_at = time.monotonic()
         assert reply["content"]["ename"] == "WorkerDied", reply["content"]
@@ -136,6 +166,12 @@ def test_jupyter_server_runs_relaykernel_over_ssh_through_a_crash(server: Server
         print(f"\ncrash reply -> next result, seen on jupyter_server's websocket: "
               f"{(next_result_at - crash_reply_at) * 1000:.0f} ms")
         assert server.request("GET", f"/api/kernels/{kernel['id']}")["execution_state"] != "dead"
+
+        # the widget came back in the new worker with its value, and the frontend still moves it
+        assert channels.evaluate(SLIDER_VALUES) == "[7]"
+        channels.until_idle(channels.send("comm_msg", {"comm_id": slider, "data": {
+            "method": "update", "state": {"value": 9}, "buffer_paths": []}}))
+        assert channels.evaluate(SLIDER_VALUES) == "[9]"
     finally:
         channels.close()
         server.request("DELETE", f"/api/kernels/{kernel['id']}")
