@@ -151,6 +151,8 @@ class WorkerConfig:
     #: take snapshots to roll back to after a crash (Supervisor.snapshots; the
     #: first worker starts before the config is read: ACTIVATE has the last word)
     snapshots: bool = True
+    #: bytes: no snapshot of a worker with more resident memory (Supervisor.snapshot_max_memory); 0: no limit
+    snapshot_max_memory: int = 0
 
     def with_endpoint(self, endpoint: str, number: int, progress_file: str = "") -> WorkerConfig:
         return dataclasses.replace(self, endpoint=endpoint, number=number, progress_file=progress_file,

@@ -293,6 +293,8 @@ class ActivateOptions(ActivateMeta, total=False):
     """ACTIVATE's meta as the pool sends it: the loop's fields plus the pool's own."""
 
     snapshots: bool  # take snapshots (Supervisor.snapshots); absent: WorkerConfig.snapshots
+    snapshots_user_off: bool  # off because the user said %snapshot off in an earlier worker
+    snapshot_max_memory: int  # bytes (Supervisor.snapshot_max_memory): no snapshot of a larger worker; 0 = no limit
 
 
 class SnapshotMeta(TypedDict, total=False):
@@ -304,6 +306,7 @@ class SnapshotMeta(TypedDict, total=False):
     wake: str  # a FIFO in the private directory: write one WakeMeta line to wake the child
     names: int  # user variables (and imports) the snapshot holds
     skipped: str  # no snapshot is kept now, and why
+    enabled: bool  # the user turned snapshots on or off for the session (%snapshot on/off)
 
 
 class WakeMeta(TypedDict):

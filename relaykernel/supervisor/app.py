@@ -81,6 +81,15 @@ class Supervisor(Application):
 
     snapshots = Bool(True, config=True, help="Keep a snapshot of the worker (a forked copy, taken when it "
                      "is idle after a cell) so that a crash rolls the variables back to it instead of losing them.")
+    snapshot_max_memory = Float(config=True, help="GiB: no snapshot is taken of a worker whose resident "
+                                "memory is larger (its cells could make the snapshot's copy-on-write pages "
+                                "double it); said once on stderr. Default: half of memory_limit when it is "
+                                "set, else no limit (0).")
+
+    @default("snapshot_max_memory")
+    def _default_snapshot_max_memory(self) -> float:
+        return self.memory_limit / 2
+
     print_connection_hint = Bool(True, config=True,
                                  help="Print how to attach when the kernel writes its own connection file.")
 
@@ -178,7 +187,9 @@ class Supervisor(Application):
             loop = SupervisorLoop(
                 ctx=ctx, signer=early.signer, verifier=early.verifier or Verifier(early.signer),
                 sockets=sockets, private_dir=private_dir,
-                worker_config=dataclasses.replace(early.worker.config, snapshots=self.snapshots),
+                worker_config=dataclasses.replace(
+                    early.worker.config, snapshots=self.snapshots,
+                    snapshot_max_memory=int(self.snapshot_max_memory * GIB)),
                 first_worker=early.worker, held=held,
                 settings=Settings(
                     standby_workers=self.standby_workers, interrupt_grace=self.interrupt_grace,

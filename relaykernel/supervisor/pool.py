@@ -56,6 +56,9 @@ class WorkerPool:
         self._start: StartWorker = start or (
             lambda number, context: WorkerProcess(ctx, number, private_dir, config, start_method=context))
         self._ctx, self._private_dir, self._config = ctx, private_dir, config
+        #: why snapshots are off for the session ('' when on): Supervisor.snapshots,
+        #: then the user's %snapshot off/on (worker/snapshot.py), kept for the next workers
+        self.snapshots_off = "" if config.snapshots else "snapshots are off (Supervisor.snapshots = False)"
         #: a snapshot being woken to take over from the dead active worker
         self.restoring: WorkerProcess | None = None
         #: the ACTIVATE meta for a worker about to become active (set by the loop)
@@ -119,7 +122,9 @@ class WorkerPool:
     def _activate(self, worker: WorkerProcess) -> None:
         """ACTIVATE a ready spare.  If it cannot take the message it is killed (its
         sentinel brings it back to the loop as a dead spare) and none is active yet."""
-        meta: wire.ActivateOptions = {**self.activation(worker), "snapshots": self._config.snapshots}
+        meta: wire.ActivateOptions = {**self.activation(worker), "snapshots": not self.snapshots_off,
+                                        "snapshots_user_off": "%snapshot off" in self.snapshots_off,
+                                        "snapshot_max_memory": self._config.snapshot_max_memory}
         if worker.send(wire.encode(wire.ACTIVATE, dict(meta))):
             worker.state = WorkerState.ACTIVATING
             self.active = worker
@@ -146,6 +151,8 @@ class WorkerPool:
         if worker.snapshot is not None:
             worker.snapshot.close()
             worker.snapshot = None
+        if "enabled" in lm.meta:
+            self.snapshots_off = "" if lm.meta["enabled"] else "snapshots are off (%snapshot off)"
         skipped = lm.meta.get("skipped")
         if skipped:
             worker.no_snapshot = f"the worker kept none: {skipped}"
@@ -166,8 +173,11 @@ class WorkerPool:
         once READY).  Returns the snapshot, or why there is none to wake."""
         snapshot: Snapshot | None = getattr(dead, "snapshot", None)  # fakes in unit tests have none
         dead.snapshot = None
-        if not self._config.snapshots:
-            return "snapshots are off (Supervisor.snapshots = False)"
+        if self.snapshots_off:
+            if snapshot is not None:
+                snapshot.kill()
+                snapshot.close()
+            return self.snapshots_off
         if snapshot is None:
             return str(getattr(dead, "no_snapshot", "none was taken"))
         if not snapshot.alive():

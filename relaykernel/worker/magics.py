@@ -2,7 +2,8 @@
 
 The ones ipykernel users rely on: ``%connect_info``, ``%clear``, ``%less``,
 ``%more``, ``%man``, ``%qtconsole`` and ``%autosave`` (which asks the notebook
-frontend, in JavaScript, to change its autosave interval).
+frontend, in JavaScript, to change its autosave interval); and relaykernel's own
+``%snapshot`` (snapshot.py).
 """
 
 from __future__ import annotations
@@ -113,6 +114,28 @@ class RelayMagics(Magics):
             raise UsageError(f"%autosave requires an integer, got {arg_s!r}") from e
         display(Javascript(f"IPython.notebook.set_autosave_interval({interval * 1000})"))
         print(f"Autosaving every {interval} seconds" if interval else "Autosave disabled")
+
+    @line_magic
+    def snapshot(self, arg_s: str = "") -> None:
+        """Show the state of the worker's snapshots, or turn them on or off for the session.
+
+        Usage: ``%snapshot`` (is one kept, of which cell, how old, or why none is),
+        ``%snapshot off``, ``%snapshot on``.  A snapshot is a copy-on-write fork of
+        the idle worker: after a crash the session rolls back to it.
+        """
+        from . import snapshot
+
+        snapshots = snapshot.current
+        if snapshots is None:
+            print("Snapshots are not available in this process.")
+            return
+        arg = arg_s.strip().lower()
+        if arg in ("on", "off"):
+            print(snapshots.set_by_user(arg == "on"))
+        elif arg:
+            raise UsageError(f"%snapshot takes 'on', 'off' or nothing, not {arg_s.strip()!r}")
+        else:
+            print(snapshots.status())
 
 
 def _page_file(shell: Any, path: str) -> None:

@@ -243,7 +243,7 @@ async def _serve(kernel: WorkerKernel, link: Link, counter: progress.Counter | N
             snapshots.after_request(wire.as_bytes(lm.payload[0]))
         elif lm.kind == wire.ACTIVATE:
             kernel.activate(cast(wire.ActivateMeta, lm.meta))
-            snapshots.turn(bool(lm.meta.get("snapshots", snapshots.enabled)))
+            snapshots.activate(cast(wire.ActivateOptions, lm.meta))
             snapshots.announce_targets()
             link.send(wire.ACTIVATED)
         elif lm.kind == wire.ADOPT:

@@ -25,10 +25,13 @@ event loop and READY there).  Only the latest snapshot is kept: the worker
 kills the previous one before it forks the next, and its own at shutdown.
 
 Skipped, with one explanation on stderr per reason, when a snapshot would be
-unsafe: threads the user started (the child would have their objects but not
-the threads: a pool would hang) and child processes (the restored worker would
-not be their parent).  The previous snapshot is then dropped too: rolling back
-past such a state would silently undo more than the user can see.
+unsafe or too costly: threads the user started (the child would have their
+objects but not the threads: a pool would hang), child processes (the restored
+worker would not be their parent), a CUDA context (libcuda mapped: a fork cannot
+use the GPU's state) and resident memory above Supervisor.snapshot_max_memory
+(the copy-on-write pages of the cells after it could double the worker).  The
+previous snapshot is then dropped too: rolling back past such a state would
+silently undo more than the user can see.
 
 Must not import zmq or IPython.
 """
@@ -61,6 +64,9 @@ IDLE_DELAY = 0.05
 #: Threads of the worker itself, and of IPython, which are no user's.
 _OUR_THREADS = ("relaykernel-", "IPythonHistorySavingThread")
 
+#: the worker's Snapshots (for the %snapshot magic, magics.py)
+current: Snapshots | None = None
+
 #: objects of the worker a snapshot's child was forked from that must not be
 #: closed nor collected there (a sqlite connection, an event loop)
 _abandoned: list[Any] = []
@@ -79,6 +85,14 @@ class Snapshots:
         self._child = 0
         self._fifo = ""
         self._told: set[str] = set()
+        #: the latest snapshot's execution count (its state is before that cell)
+        self._count = 0
+        #: why no snapshot is kept ('' when one is, or none was due yet)
+        self._why = ""
+        #: the user turned snapshots off with %snapshot off
+        self._user_off = False
+        #: bytes: no snapshot of a worker whose resident memory is larger (0: no limit)
+        self.max_memory = 0
         #: the supervisor's pidfd, in a snapshot's child
         self.supervisor_fd = -1
         #: this worker is a woken snapshot (see announce_targets)
@@ -86,6 +100,8 @@ class Snapshots:
         #: the worker's plumbing: pipes and sockets open before any user code ran
         #: (made at READY), which a snapshot's child closes (see _close_plumbing)
         self._plumbing = _plumbing()
+        global current
+        current = self
 
     def after_request(self, header: bytes) -> None:
         """A request ended: an execute_request may have changed the state."""
@@ -142,11 +158,53 @@ class Snapshots:
                     log.warning("could not update comm %s in the restored worker: %s", comm.comm_id, e)
         return {**meta, "comms": rest}, rest_frames
 
-    def turn(self, on: bool) -> None:
-        """Supervisor.snapshots, from ACTIVATE."""
-        self.enabled = on and self._supervisor_pid > 0 and hasattr(os, "pidfd_open")
+    def activate(self, meta: wire.ActivateOptions) -> None:
+        """ACTIVATE: Supervisor.snapshots (or the session's %snapshot on/off) and the
+        snapshot policy's limits."""
+        self._user_off = bool(meta.get("snapshots_user_off", False))
+        self.max_memory = int(meta.get("snapshot_max_memory", 0) or 0)
+        self.enabled = bool(meta.get("snapshots", self.enabled)) and self._possible()
         if not self.enabled:
             self.drop()
+
+    def _possible(self) -> bool:
+        return self._supervisor_pid > 0 and hasattr(os, "pidfd_open")
+
+    def set_by_user(self, on: bool) -> str:
+        """%snapshot on / off: for the session (the supervisor keeps the choice for the
+        next workers, and drops the snapshot it holds when turned off).  Returns what
+        to tell the user."""
+        if on and not self._possible():
+            return "Snapshots are not possible here (no supervisor pid, or no os.pidfd_open)."
+        self._user_off = not on
+        self.enabled = on
+        if on:
+            self._dirty = True  # the next idle moment takes one
+            self._why = ""
+            self.kernel.link.send(wire.SNAPSHOT, {"skipped": "none was taken since %snapshot on", "enabled": True})
+            return "Snapshots are on: one is taken once the worker is idle after this cell."
+        self.drop()
+        self._why = "turned off with %snapshot off"
+        self.kernel.link.send(wire.SNAPSHOT, {"skipped": "snapshots were turned off (%snapshot off)",
+                                              "enabled": False})
+        return "Snapshots are off for this session: a crash now loses the variables. `%snapshot on` turns them on."
+
+    def status(self) -> str:
+        """What %snapshot shows."""
+        if not self.enabled:
+            if self._user_off:
+                return "Snapshots are off for this session (%snapshot off); `%snapshot on` turns them on."
+            if not self._possible():
+                return "Snapshots are off: not possible here (no supervisor pid, or no os.pidfd_open)."
+            return "Snapshots are off (Supervisor.snapshots = False); `%snapshot on` turns them on for this session."
+        if self._child and _alive(self._child):
+            age = time.monotonic() - self._last
+            return (f"Snapshots are on. The latest holds the state before cell [{self._count}], taken "
+                    f"{age:.1f} s ago: a crash rolls back to it. `%snapshot off` turns them off.")
+        if self._why:
+            return (f"Snapshots are on, but none is kept: {self._why}. "
+                    "If the worker crashes now, its variables are lost.")
+        return "Snapshots are on; none is kept yet (one is taken once the worker is idle after a cell)."
 
     # ------------------------------------------------------------- the fork
     def take(self) -> wire.WakeMeta | None:
@@ -154,6 +212,7 @@ class Snapshots:
         snapshot's child, once the supervisor woke it, what it was woken with."""
         self._dirty = False
         why = self._unsafe()
+        self._why = why
         if why:
             self._skip(why)
             return None
@@ -167,7 +226,8 @@ class Snapshots:
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(fifo)
-            self._skip(f"it could not be prepared ({e})")
+            self._why = f"it could not be prepared ({e})"
+            self._skip(self._why)
             return None
         pid = os.fork()
         if pid == 0:
@@ -176,6 +236,7 @@ class Snapshots:
         os.close(supervisor_fd)
         self._child, self._fifo, self._last = pid, fifo, time.monotonic()
         shell = self.kernel.shell
+        self._count = int(shell.execution_count)
         self.kernel.link.send(wire.SNAPSHOT, {"pid": pid, "execution_count": int(shell.execution_count),
                                               "wake": fifo, "names": _user_names(shell)})
         return None
@@ -239,6 +300,13 @@ class Snapshots:
         children = [pid for pid in _children() if pid != self._child]
         if children:
             return f"child processes are alive (pids {', '.join(map(str, children[:5]))})"
+        if self.max_memory and (rss := _resident()) > self.max_memory:
+            return (f"resident memory is {rss / 1024**3:.2f} GiB, above Supervisor.snapshot_max_memory "
+                    f"({self.max_memory / 1024**3:g} GiB): the cells after a snapshot could make its "
+                    "copy-on-write pages double that")
+        if _cuda_loaded():
+            return ("CUDA is initialised in the worker (libcuda is loaded): a forked copy cannot use the "
+                    "GPU context, so a restored worker would hold broken device objects")
         return ""
 
     def _skip(self, why: str) -> None:
@@ -266,6 +334,34 @@ def _plumbing() -> set[int]:
                 if os.readlink(f"/proc/self/fd/{name}").startswith(("pipe:", "socket:", "anon_inode:")):
                     fds.add(int(name))
     return fds
+
+
+def _resident() -> int:
+    """This process's resident memory in bytes (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _cuda_loaded() -> bool:
+    """The CUDA driver library is mapped (any CUDA context starts with it): one read of
+    /proc/self/maps, no torch or cupy imported."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return b"/libcuda.so" in f.read()
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    """The snapshot child still runs (not reaped, not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _children() -> list[int]:

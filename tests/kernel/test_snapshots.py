@@ -285,3 +285,76 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_the_snapshot_magic_shows_and_turns_snapshots(relay) -> None:
+    """%snapshot tells which cell the snapshot holds; %snapshot off drops it (the supervisor
+    too: a crash then loses the variables) for the session, next workers included;
+    %snapshot on takes them again."""
+    h = relay.start(KERNEL_NAME)
+    worker = _define_and_snapshot(h)
+    _, iopub = execute_ok(h.kc, "%snapshot")
+    assert "Snapshots are on. The latest holds the state before cell [2]" in stream_text(iopub), iopub
+    _, iopub = execute_ok(h.kc, "%snapshot off")
+    assert "Snapshots are off for this session" in stream_text(iopub), iopub
+    wait_for(lambda: not [c for c in psutil.Process(worker).children()
+                          if c.status() != psutil.STATUS_ZOMBIE], 10.0)
+    relay.track(h)
+    reply = _crash(h, SEGFAULT, worker)
+    text = "\n".join(reply["content"]["traceback"])
+    assert "No snapshot to roll back to: snapshots are off (%snapshot off)" in text, text
+    _, iopub = execute_ok(h.kc, "%snapshot")  # a new worker: still off for the session
+    assert "Snapshots are off for this session (%snapshot off)" in stream_text(iopub), iopub
+    _, iopub = execute_ok(h.kc, "%snapshot on\nn = 5")
+    assert "Snapshots are on" in stream_text(iopub), iopub
+    worker = _fresh_snapshot(h.kc)
+    relay.track(h)
+    reply = _crash(h, SEGFAULT, worker)
+    assert "Rolled back to the state before cell" in "\n".join(reply["content"]["traceback"])
+    assert evaluate(h.kc, "n") == "5"
+    reply, _ = execute(h.kc, "%snapshot sometimes")
+    assert reply["content"]["ename"] == "UsageError"
+
+
+def _status_says(kc: Any, words: str, timeout: float = 10.0) -> str:
+    """Run %snapshot until its status says ``words`` (a skip is decided once the
+    worker is idle after a cell); the status."""
+    said: list[str] = []
+
+    def says() -> bool:
+        _, iopub = execute_ok(kc, "%snapshot")
+        said[:] = [stream_text(iopub)]
+        return words in said[0]
+
+    wait_for(says, timeout)
+    return said[0]
+
+
+def test_a_large_worker_skips_snapshots_with_a_reason(relay) -> None:
+    h = relay.start(install_spec("relaykernel-snapshot-max", ("--Supervisor.snapshot_max_memory=0.25",)))
+    worker = _define_and_snapshot(h)
+    execute_ok(h.kc, "big = b'x' * (300 * 1024**2)")
+    status = _status_says(h.kc, "none is kept: resident memory is")
+    assert "above Supervisor.snapshot_max_memory (0.25 GiB)" in status, status
+    relay.track(h)
+    reply = _crash(h, SEGFAULT, worker)
+    text = "\n".join(reply["content"]["traceback"])
+    assert "No snapshot to roll back to: the worker kept none: resident memory is" in text, text
+    reply, _ = execute(h.kc, "n")
+    assert reply["content"]["ename"] == "NameError"
+
+
+def test_a_cuda_context_skips_snapshots_with_a_reason(relay, tmp_path) -> None:
+    """libcuda mapped in the worker (here a copy of libm under its name: the check reads
+    /proc/self/maps) stops snapshots, with the reason once on stderr."""
+    h = relay.start(KERNEL_NAME)
+    worker = _define_and_snapshot(h)
+    fake = tmp_path / "libcuda.so.1"
+    execute_ok(h.kc, f"import ctypes, ctypes.util, shutil\n"
+                     f"shutil.copy('/lib/x86_64-linux-gnu/' + ctypes.util.find_library('m'), {str(fake)!r})\n"
+                     f"_cuda = ctypes.CDLL({str(fake)!r})")
+    status = _status_says(h.kc, "none is kept: CUDA is initialised in the worker")
+    relay.track(h)
+    reply = _crash(h, SEGFAULT, worker)
+    text = "\n".join(reply["content"]["traceback"])
+    assert "No snapshot to roll back to: the worker kept none: CUDA is initialised" in text, (status, text)
