@@ -1,7 +1,9 @@
 """jupyter_server serving relaykernel over SSH, seen from a REST and websocket client.
 
 jupyter_server (as a gateway host: gateway_provisioners' provisioners run inside it) finds the
-generated DistributedProvisioner spec; the test starts a kernel with ``POST /api/kernels``,
+generated DistributedProvisioner spec; the client talks to it directly, or to a second
+jupyter_server started with ``--gateway-url`` in front of it, as JupyterLab is run against a
+gateway; the test starts a kernel with ``POST /api/kernels``,
 runs cells over ``/api/kernels/ID/channels`` as JupyterLab does, crashes the worker with a
 segfault and runs the next cell, checks that an ipywidgets slider came back in the new worker
 and still follows the client's updates, then deletes the kernel.  The kernel runs through the
@@ -11,6 +13,7 @@ and the next cell's result is printed (``-s`` shows it), never asserted against 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -42,6 +45,7 @@ SLIDER_VALUES = ("[x.value for x in __import__('ipywidgets').Widget.widgets.valu
 class Server:
     def __init__(self, port: int, proc: subprocess.Popen[bytes], log: Path):
         self.base, self.proc, self.log = f"http://127.0.0.1:{port}", proc, log
+        self.gateway = self  # the server that runs the kernels
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -52,25 +56,21 @@ class Server:
         return json.loads(text) if text else None
 
 
-@pytest.fixture
-def server(sshd: tuple[int, Path], tmp_path: Path) -> Iterator[Server]:
-    ssh_port, home = sshd
-    spec_dir = write_ssh_spec()
+@contextlib.contextmanager
+def running_server(name: str, tmp_path: Path, env: dict[str, str], *args: str) -> Iterator[Server]:
+    """``python -m jupyter_server ARGS`` on a free port of 127.0.0.1, stopped by pid at the end."""
     port = free_port("127.0.0.1")
-    env = {**kernel_env(), "HOME": str(home), "GP_SSH_PORT": str(ssh_port), "GP_RESPONSE_IP": "127.0.0.1",
-           "GP_RESPONSE_PORT": "31877", "GP_KERNEL_LOG_DIR": str(tmp_path), "KERNEL_USERNAME": "relay-test"}
-    env.pop("GP_REMOTE_PWD", None)
-    log = tmp_path / "server.log"
-    (tmp_path / "root").mkdir()
+    log = tmp_path / f"{name}.log"
+    (tmp_path / name).mkdir()
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "jupyter_server", "--no-browser", f"--port={port}",
                                  "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}",
-                                 f"--ServerApp.root_dir={tmp_path / 'root'}", "--ServerApp.port_retries=0",
-                                 *(["--allow-root"] if os.geteuid() == 0 else [])],
+                                 f"--ServerApp.root_dir={tmp_path / name}", "--ServerApp.port_retries=0",
+                                 *(["--allow-root"] if os.geteuid() == 0 else []), *args],
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: proc.poll() is not None or accepts("127.0.0.1", port), timeout=60,
-                 what="jupyter_server to listen")
+                 what=f"{name} to listen")
         assert proc.poll() is None, log.read_text()[-3000:]
         yield Server(port, proc, log)
     finally:
@@ -80,6 +80,27 @@ def server(sshd: tuple[int, Path], tmp_path: Path) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(params=["direct", "gateway-url"])
+def server(request: pytest.FixtureRequest, sshd: tuple[int, Path], tmp_path: Path) -> Iterator[Server]:
+    """The server the client talks to: the gateway host itself, or a second jupyter_server started
+    with ``--gateway-url`` pointing at it (as JupyterLab is run in front of a gateway)."""
+    ssh_port, home = sshd
+    spec_dir = write_ssh_spec()
+    env = {**kernel_env(), "HOME": str(home), "GP_SSH_PORT": str(ssh_port), "GP_RESPONSE_IP": "127.0.0.1",
+           "GP_RESPONSE_PORT": "31877", "GP_KERNEL_LOG_DIR": str(tmp_path), "KERNEL_USERNAME": "relay-test"}
+    env.pop("GP_REMOTE_PWD", None)
+    try:
+        with running_server("gateway", tmp_path, env) as gateway:
+            if request.param == "direct":
+                yield gateway
+                return
+            with running_server("frontend", tmp_path, kernel_env(), f"--gateway-url={gateway.base}",
+                                f"--GatewayClient.auth_token={TOKEN}") as frontend:
+                frontend.gateway = gateway
+                yield frontend
+    finally:
         shutil.rmtree(spec_dir)
 
 
@@ -138,6 +159,7 @@ class Channels:
 
 def test_jupyter_server_runs_relaykernel_over_ssh_through_a_crash(server: Server) -> None:
     kernel = server.request("POST", "/api/kernels", {"name": SPEC_NAME})
+    assert kernel["id"] in [k["id"] for k in server.gateway.request("GET", "/api/kernels")]
     channels = Channels(server, kernel["id"])
     tree: list[psutil.Process] = []
     try:
@@ -163,7 +185,8 @@ def test_jupyter_server_runs_relaykernel_over_ssh_through_a_crash(server: Server
         result, _ = channels.until(channels.execute("6 * 7"), "execute_result", 60)
         next_result_at = time.monotonic()
         assert result["content"]["data"]["text/plain"] == "42"
-        print(f"\ncrash reply -> next result, seen on jupyter_server's websocket: "
+        route = "the gateway host's" if server.gateway is server else "a --gateway-url server's"
+        print(f"\ncrash reply -> next result, seen on {route} websocket: "
               f"{(next_result_at - crash_reply_at) * 1000:.0f} ms")
         assert server.request("GET", f"/api/kernels/{kernel['id']}")["execution_state"] != "dead"
 
