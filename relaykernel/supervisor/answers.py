@@ -72,7 +72,8 @@ class Answers:
 
     def usage_request(self, msg: Incoming) -> None:
         active = self.pool.active
-        self.out.reply(msg, self.usage.reply(active.pid if active else None))
+        snapshot = active.snapshot if active else None
+        self.out.reply(msg, self.usage.reply(active.pid if active else None, snapshot.pid if snapshot else 0))
 
     def no_debugger(self, msg: Incoming) -> None:
         """kernel_info says ``debugger: false``; a client that asks anyway gets a failed

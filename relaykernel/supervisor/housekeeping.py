@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..heap import release_freed_memory
 from .private_dir import remove_abandoned
-from .resources import GIB, MemoryGuard
+from .resources import GIB, MemoryGuard, snapshot_uss
 
 if TYPE_CHECKING:
+    from .outbox import Outbox
     from .pool import WorkerPool
     from .shell_queue import ShellQueue
     from .sockets import Incoming
+    from .worker_process import Snapshot, WorkerProcess
 
 log = logging.getLogger("relaykernel.supervisor")
 
@@ -66,13 +68,15 @@ class Housekeeping:
     """Memory limits of the active worker, the supervisor's own heap, stale directories."""
 
     def __init__(self, timers: Timers, pool: WorkerPool, queue: ShellQueue, guard: MemoryGuard,
-                 private_dir: str, replace_active: Callable[[str], None]) -> None:
+                 private_dir: str, replace_active: Callable[[str], None], out: Outbox | None = None) -> None:
         self.timers = timers
         self.pool = pool
         self.queue = queue
         self.guard = guard
         self.private_dir = private_dir
         self.replace_active = replace_active
+        self.out = out
+        self._told_snapshot_dropped = False
         self._soft_limit_hit: Incoming | None = None
         self._trim_scheduled = False
         self._last_busy = 0.0
@@ -113,7 +117,10 @@ class Housekeeping:
         worker = self.pool.active_ready()
         if worker is None:
             return
-        level, rss = self.guard.check(worker.pid)
+        snapshot: Snapshot | None = getattr(worker, "snapshot", None)  # fakes in unit tests have none
+        level, rss = self.guard.check(worker.pid, snapshot.pid if snapshot is not None else 0)
+        if level and snapshot is not None:
+            level, rss = self._drop_snapshot_first(worker, snapshot, level, rss)
         if level == "hard":
             limit = self.guard.hard_limit / GIB
             self.replace_active(f"memory limit of {limit:g} GiB exceeded (the worker used "
@@ -126,6 +133,29 @@ class Housekeeping:
                 os.kill(worker.pid, signal.SIGUSR1)  # the worker raises MemoryError in the cell
             except ProcessLookupError:
                 pass
+
+    def _drop_snapshot_first(self, worker: WorkerProcess, snapshot: Snapshot, level: str,
+                             rss: int) -> tuple[str, int]:
+        """The worker with its snapshot reached a limit: if the worker alone stays under
+        it, drop the snapshot (the kernel must not pass a limit for a snapshot's sake)
+        and say so on stderr once.  Returns the level and memory without it."""
+        own = rss - snapshot_uss(snapshot.pid)
+        if self.guard.level(own) == level:
+            return level, rss  # the worker passes it by itself: replaced (rolled back), or interrupted
+        limit = self.guard.hard_limit if level == "hard" else self.guard.soft_limit
+        log.warning("dropping worker %s's snapshot: with it the kernel uses %.2f GiB, over the %s limit",
+                    worker.number, rss / GIB, level)
+        self.pool.drop_snapshot(worker)
+        worker.no_snapshot = (f"it was dropped: with it the kernel would have passed its memory limit of "
+                              f"{limit / GIB:g} GiB")
+        if self.out is not None and not self._told_snapshot_dropped:
+            self._told_snapshot_dropped = True
+            self.out.stream(None, "stderr",
+                            f"relaykernel: the worker's snapshot was dropped: with it the kernel used "
+                            f"{rss / GIB:.2f} GiB, past its memory limit of {limit / GIB:g} GiB (a snapshot's own "
+                            "pages grow as the worker rewrites the memory they share). A new one is taken when the "
+                            "worker is idle; until then a crash loses the variables. (Said once.)\n")
+        return self.guard.level(own), own
 
     # ------------------------------------------------------ stale directories
     def _remove_abandoned_dirs(self) -> None:

@@ -89,7 +89,7 @@ class SupervisorLoop:
         self.recovery = Recovery(self.pool, self.flow, self.comms, self._drain_link,
                                  lambda: self._drain(sockets.shell, "shell"))
         self.chores = Housekeeping(self.timers, self.pool, self.flow.queue, settings.memory_guard,
-                                   private_dir, self.recovery.replace_active)
+                                   private_dir, self.recovery.replace_active, self.out)
         self.answers = Answers(flow=self.flow, comms=self.comms, pool=self.pool, recovery=self.recovery,
                                timers=self.timers, stop=self.stop, interrupt_grace=settings.interrupt_grace,
                                inplace_restart=settings.inplace_restart)

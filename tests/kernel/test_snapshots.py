@@ -358,3 +358,65 @@ def test_a_cuda_context_skips_snapshots_with_a_reason(relay, tmp_path) -> None:
     reply = _crash(h, SEGFAULT, worker)
     text = "\n".join(reply["content"]["traceback"])
     assert "No snapshot to roll back to: the worker kept none: CUDA is initialised" in text, (status, text)
+
+
+#: A worker of ~0.6 GiB, and a memory limit its snapshot's RSS counted again would pass.
+BIG_WORKER = ("--Supervisor.memory_limit=1", "--Supervisor.snapshot_max_memory=0.9")
+BIG = "import numpy as np\na = np.ones(550 * 1024**2 // 8)\nn = 41"
+
+
+def _run_all_iopub(kc: Any, code: str, timeout: float = 30.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run ``code``; its reply and every iopub message until its idle, parentless ones too."""
+    msg_id = kc.execute(code)
+    reply = get_reply(kc, msg_id, timeout=timeout)
+    deadline = Deadline(timeout)
+    msgs = []
+    while True:
+        msg = kc.get_iopub_msg(timeout=deadline.remaining())
+        msgs.append(msg)
+        if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
+                and msg["content"]["execution_state"] == "idle"):
+            return reply, msgs
+
+
+def _usage(kc: Any) -> dict[str, Any]:
+    msg = kc.session.msg("usage_request", {})
+    kc.control_channel.send(msg)
+    return get_reply(kc, msg["header"]["msg_id"], channel="control")["content"]
+
+
+@pytest.mark.slow
+def test_a_snapshot_counts_by_its_private_pages(relay) -> None:
+    """The guard and usage_request count the snapshot of a 0.6 GiB worker by its own
+    pages: the kernel stays under a 1 GiB limit that its RSS, counted again, would pass."""
+    h = relay.start(install_spec("relaykernel-snapshot-big", BIG_WORKER))
+    execute_ok(h.kc, BIG)
+    worker = _fresh_snapshot(h.kc)
+    snapshot = _snapshot_of(h.kc, worker)
+    reply, _ = execute(h.kc, "import time; time.sleep(1.0)")  # the guard samples 5 times meanwhile
+    assert reply["content"]["status"] == "ok", reply["content"]
+    assert _worker_pid(h.kc) == worker and _alive(snapshot)
+    usage = _usage(h.kc)
+    own = psutil.Process(worker).memory_info().rss
+    assert usage["snapshot"]["pid"] == snapshot, usage
+    assert own <= usage["worker"]["memory"] < own + 200 * 1024**2, (own, usage)
+    assert usage["snapshot"]["memory"] < 200 * 1024**2, usage
+
+
+@pytest.mark.slow
+def test_a_snapshot_is_dropped_before_it_passes_the_memory_limit(relay) -> None:
+    """A cell rewrites the 0.6 GiB the worker shares with its snapshot: the copies would
+    pass the 1 GiB limit, so the snapshot goes (said once on stderr), not the worker."""
+    h = relay.start(install_spec("relaykernel-snapshot-big", BIG_WORKER))
+    execute_ok(h.kc, BIG)
+    worker = _fresh_snapshot(h.kc)
+    snapshot = _snapshot_of(h.kc, worker)
+    relay.track(h)
+    reply, iopub = _run_all_iopub(h.kc, "a += 1\nimport time; time.sleep(1.0)")
+    assert reply["content"]["status"] == "ok", reply["content"]
+    said = stream_text(iopub, "stderr")
+    assert "the worker's snapshot was dropped: with it the kernel used" in said, said
+    assert "memory limit of 1 GiB" in said, said
+    assert not _alive(snapshot)
+    assert _worker_pid(h.kc) == worker
+    assert evaluate(h.kc, "(n, float(a[0]))") == "(41, 2.0)"
