@@ -11,7 +11,9 @@ Requirements (the tests skip with a reason when one is missing, or fail if
 
 Everything the server and its kernels read or write lives in a temporary
 directory: JUPYTER_PATH (holding only the relaykernel kernelspec installed with
-``python -m relaykernel install --prefix``), JUPYTER_DATA_DIR, JUPYTER_RUNTIME_DIR,
+``python -m relaykernel install --prefix``, and an ipykernel one, installed with
+``python -m ipykernel install --prefix``, for the tests that also run on
+ipykernel to compare), JUPYTER_DATA_DIR, JUPYTER_RUNTIME_DIR,
 JUPYTER_CONFIG_DIR (with lab user settings that switch off news/update checks),
 IPYTHONDIR and the server's root_dir.  Every wait is bounded.  Teardown shuts the
 server's kernels down over the REST API, then stops the server, then SIGKILLs by
@@ -43,6 +45,9 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts" / "browser"
 
 KERNEL_NAME = "relaykernel"
+#: the stock ipykernel (the one in this venv), for the tests whose behaviour it shares
+IPYKERNEL_NAME = "ipykernel"
+IPYKERNEL_DISPLAY_NAME = "Python 3 (ipykernel)"
 SERVER_START_TIMEOUT = 90.0
 
 CHROMIUM_ARGS = [
@@ -255,16 +260,20 @@ def lab_server(artifacts_dir: Path) -> Iterator[LabServer]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings))
 
-    # The kernelspec, the way a user installs it.
+    # The kernelspecs, the way a user installs them.
     subprocess.run([sys.executable, "-m", "relaykernel", "install", "--prefix", str(prefix)],
+                   env=env, check=True, timeout=60, capture_output=True)
+    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--prefix", str(prefix),
+                    "--name", IPYKERNEL_NAME, "--display-name", IPYKERNEL_DISPLAY_NAME],
                    env=env, check=True, timeout=60, capture_output=True)
     listed = subprocess.run([sys.executable, "-m", "jupyter", "kernelspec", "list", "--json"],
                             env=env, check=True, timeout=60, capture_output=True, text=True)
     specs = json.loads(listed.stdout)["kernelspecs"]
-    assert KERNEL_NAME in specs, f"jupyter kernelspec list does not show relaykernel: {specs}"
-    resource_dir = Path(specs[KERNEL_NAME]["resource_dir"]).resolve()
-    assert resource_dir.is_relative_to(prefix.resolve()), (
-        f"relaykernel kernelspec resolved to {resource_dir}, not the one in {prefix}")
+    for name in (KERNEL_NAME, IPYKERNEL_NAME):
+        assert name in specs, f"jupyter kernelspec list does not show {name}: {specs}"
+        resource_dir = Path(specs[name]["resource_dir"]).resolve()
+        assert resource_dir.is_relative_to(prefix.resolve()), (
+            f"{name} kernelspec resolved to {resource_dir}, not the one in {prefix}")
 
     token = secrets.token_hex(16)
     jupyter = Path(sys.executable).with_name("jupyter")

@@ -7,6 +7,11 @@ The tests share one server, one browser page and one notebook, and run in file
 order (each step builds on the previous one).  Screenshots of every step go to
 tests/artifacts/browser/ (NN-step.png), together with the server's log.
 
+Where ipykernel behaves the same, a test also runs on ipykernel 7.4 in the same
+JupyterLab (parametrized over ``nb``: a second notebook, in its own tab and
+workspace, whose kernel is shut down after the test), so the two kernels are
+compared on what the page shows.  Each test says whether it does and why.
+
 Run:  .venv/bin/python -m pytest tests/browser -m browser
 """
 
@@ -16,12 +21,13 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import KERNEL_NAME, LabServer
+from .conftest import IPYKERNEL_DISPLAY_NAME, IPYKERNEL_NAME, KERNEL_NAME, LabServer
 
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
@@ -59,12 +65,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
         time.sleep(interval)
 
 
-def write_notebook(path: Path) -> None:
+def write_notebook(path: Path, kernel_name: str = KERNEL_NAME,
+                   display_name: str = "Python 3 (relaykernel)") -> None:
     nb = {
         "nbformat": 4,
         "nbformat_minor": 5,
         "metadata": {
-            "kernelspec": {"name": KERNEL_NAME, "display_name": "Python 3 (relaykernel)",
+            "kernelspec": {"name": kernel_name, "display_name": display_name,
                            "language": "python"},
             "language_info": {"name": "python"},
         },
@@ -74,17 +81,20 @@ def write_notebook(path: Path) -> None:
     path.write_text(json.dumps(nb, indent=1))
 
 
-def kernel_idle(server: LabServer) -> list[dict[str, Any]] | None:
-    """The server's kernels if there is exactly one and it is idle (REST view)."""
-    kernels = server.kernels()
+def kernel_idle(server: LabServer, name: str | None = None) -> list[dict[str, Any]] | None:
+    """The server's kernels if there is exactly one and it is idle (REST view).
+
+    With ``name``, only the server's kernels of that kernelspec count."""
+    kernels = [k for k in server.kernels() if name is None or k.get("name") == name]
     if len(kernels) == 1 and kernels[0].get("execution_state") == "idle":
         return kernels
     return None
 
 
-def wait_kernel_idle(page: Any, server: LabServer, timeout: float = 60.0) -> dict[str, Any]:
+def wait_kernel_idle(page: Any, server: LabServer, timeout: float = 60.0,
+                     name: str | None = None) -> dict[str, Any]:
     """Both views agree the kernel is idle: the REST API and the notebook toolbar."""
-    kernels = wait_for(lambda: kernel_idle(server), timeout,
+    kernels = wait_for(lambda: kernel_idle(server, name), timeout,
                        "the server's kernel to be idle (GET /api/kernels)")
     expect(page.locator(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator")
            ).to_have_attribute("data-status", "idle", timeout=UI_TIMEOUT)
@@ -183,7 +193,91 @@ def step(page: Any, artifacts_dir: Path, request: pytest.FixtureRequest) -> Iter
         take(f"FAILED-{request.node.name}")
 
 
+IPYKERNEL_NOTEBOOK = "ipykernel.ipynb"
+
+
+def stop_notebook_kernel(server: LabServer, path: str, name: str, timeout: float = 30.0) -> None:
+    """Shut down the sessions (and so the kernels) of notebook ``path`` over the REST
+    API, and wait until the server lists no kernel of kernelspec ``name``."""
+    server.record_tree()
+    for session in server.api("GET", "/api/sessions"):
+        if session.get("path") == path:
+            server.api("DELETE", f"/api/sessions/{session['id']}", timeout=timeout)
+    wait_for(lambda: not [k for k in server.kernels() if k.get("name") == name], timeout,
+             f"the server's {name} kernels to be shut down")
+
+
+@pytest.fixture
+def ipykernel_page(lab_server: LabServer, browser_context: Any, artifacts_dir: Path,
+                   request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A second tab, in its own workspace (the first tab's layout is not touched),
+    on a notebook running ipykernel, with a slider saved in it like relay.ipynb's.
+
+    Afterwards the tab is closed and its kernel shut down, so that the other tests
+    again see one kernel on the server."""
+    write_notebook(lab_server.root_dir / IPYKERNEL_NOTEBOOK, IPYKERNEL_NAME,
+                   IPYKERNEL_DISPLAY_NAME)
+    pg = browser_context.new_page()
+    pg.on("dialog", lambda d: d.accept())
+    console: list[str] = []
+    pg.on("console", lambda m: console.append(f"[{m.type}] {m.text}"))
+    pg.on("pageerror", lambda e: console.append(f"[pageerror] {e}"))
+    try:
+        pg.goto(f"{lab_server.base_url}/lab/workspaces/ipykernel/tree/{IPYKERNEL_NOTEBOOK}"
+                f"?reset&token={lab_server.token}", timeout=60_000)
+        expect(pg.locator(".jp-NotebookPanel")).to_be_visible(timeout=60_000)
+        kernel = wait_kernel_idle(pg, lab_server, timeout=90, name=IPYKERNEL_NAME)
+        assert kernel["name"] == IPYKERNEL_NAME
+        cell = run_cell(pg, f"import ipywidgets as w; s = w.IntSlider(value={START}); s")
+        wait_cell_done(cell)
+        expect(slider(pg).locator(".widget-readout")).to_have_text(str(START),
+                                                                   timeout=UI_TIMEOUT)
+        pg.keyboard.press("Escape")
+        pg.keyboard.press("Control+s")
+        nb_path = lab_server.root_dir / IPYKERNEL_NOTEBOOK
+        wait_for(lambda: "application/vnd.jupyter.widget-view+json" in nb_path.read_text(), 30,
+                 "the ipykernel notebook to be saved with the widget view output")
+        wait_kernel_idle(pg, lab_server, name=IPYKERNEL_NAME)
+        yield pg
+    finally:
+        rep = getattr(request.node, "rep_call", None)
+        if rep is None or rep.failed:
+            shot(pg, artifacts_dir, f"FAILED-{request.node.name}")
+        (artifacts_dir / "browser-console-ipykernel.log").write_text("\n".join(console) + "\n")
+        pg.close()
+        stop_notebook_kernel(lab_server, IPYKERNEL_NOTEBOOK, IPYKERNEL_NAME)
+
+
+@dataclass
+class Notebook:
+    """The notebook a parametrized test drives: its tab, a screenshot taker, and
+    which of the server's kernels is its own (None: the server's only kernel)."""
+    kernel: str
+    page: Any
+    step: Callable[[str], Path]
+    only: str | None
+
+
+@pytest.fixture
+def nb(request: pytest.FixtureRequest, artifacts_dir: Path) -> Notebook:
+    """``relaykernel``: the shared page and notebook, as the other tests use them;
+    ``ipykernel``: a fresh notebook on ipykernel (see ``ipykernel_page``)."""
+    if request.param == KERNEL_NAME:
+        return Notebook(KERNEL_NAME, request.getfixturevalue("page"),
+                        request.getfixturevalue("step"), None)
+    assert request.param == IPYKERNEL_NAME, request.param
+    pg = request.getfixturevalue("ipykernel_page")
+    return Notebook(IPYKERNEL_NAME, pg,
+                    lambda name: shot(pg, artifacts_dir, f"ipykernel-{name}"), IPYKERNEL_NAME)
+
+
+#: parametrize a test over both kernels (``nb`` fixture)
+BOTH_KERNELS = pytest.mark.parametrize("nb", [KERNEL_NAME, IPYKERNEL_NAME], indirect=True)
+
+
 # ------------------------------------------------------------------- tests
+# relaykernel only: it checks the notebook's kernelspec is relaykernel's (the
+# ipykernel notebook's is checked in ``ipykernel_page``).
 def test_01_notebook_opens_with_relaykernel(page: Any, lab_server: LabServer, step: Callable
                                              ) -> None:
     expect(page.locator(".jp-NotebookPanel")).to_be_visible(timeout=60_000)
@@ -195,6 +289,9 @@ def test_01_notebook_opens_with_relaykernel(page: Any, lab_server: LabServer, st
     step("notebook-open-idle")
 
 
+# relaykernel only, although ipykernel shares the behaviour: it builds the slider
+# the later relaykernel steps use; ``ipykernel_page`` renders one the same way
+# (the sync is not run a second time, to keep the added run time small).
 def test_02_slider_renders_and_syncs(page: Any, lab_server: LabServer, step: Callable) -> None:
     cell = run_cell(page, f"import ipywidgets as w; s = w.IntSlider(value={START}); s")
     wait_cell_done(cell)
@@ -212,6 +309,7 @@ def test_02_slider_renders_and_syncs(page: Any, lab_server: LabServer, step: Cal
     step("value-printed")
 
 
+# relaykernel only: on ipykernel os._exit ends the kernel, and the widget with it.
 def test_03_worker_crash_keeps_widget(page: Any, lab_server: LabServer, step: Callable) -> None:
     kernel_before = wait_kernel_idle(page, lab_server)
     cell = run_cell(page, "import os; os._exit(1)")
@@ -268,6 +366,9 @@ def test_03_worker_crash_keeps_widget(page: Any, lab_server: LabServer, step: Ca
     step("recreated-widget-live")
 
 
+# relaykernel only: it reloads onto the widget test_03's new worker re-created; on
+# ipykernel, a reload restoring a slider from the kernel is checked at the end of
+# test_05[ipykernel].
 def test_04_reload_restores_widget(page: Any, lab_server: LabServer, step: Callable) -> None:
     wait_kernel_idle(page, lab_server)
     expected = slider(page).locator(".widget-readout").inner_text().strip()
@@ -325,13 +426,35 @@ def holds(predicate: Callable[[], bool], seconds: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def test_05_reload_during_a_running_cell_shows_busy(page: Any, lab_server: LabServer,
-                                                     step: Callable) -> None:
+def own_kernel(server: LabServer, nb: Notebook) -> dict[str, Any]:
+    """The REST view of ``nb``'s kernel."""
+    kernels = [k for k in server.kernels() if nb.only is None or k.get("name") == nb.only]
+    assert len(kernels) == 1, kernels
+    return kernels[0]
+
+
+# What the reloaded page shows while the cell runs (status bar, toolbar indicator).
+# ipykernel 7.4 answers the page's kernel_info only after the cell and publishes no
+# status meanwhile, so JupyterLab 4.6 says Unknown; relaykernel's supervisor answers
+# at once and publishes busy for the running request, so it says Busy.
+MID_CELL_STATUS = {KERNEL_NAME: ("Busy", "busy"), IPYKERNEL_NAME: ("Unknown", "unknown")}
+
+
+# Runs on ipykernel too: what it shares is checked the same way on both kernels
+# (Busy before the reload; after it, the same status for the whole cell and never
+# Idle, the server saying busy; Idle once the cell ends), the one difference is
+# pinned in MID_CELL_STATUS, and the widget check follows each kernel's timing.
+
+
+@BOTH_KERNELS
+def test_05_reload_during_a_running_cell_shows_busy(nb: Notebook, lab_server: LabServer) -> None:
     """Issue 24 item 2: the reloaded page asks kernel_info, comm_info and the widget
     states while the cell runs; the supervisor answers them at once, and the
-    status bar (and the server's REST view) must still say Busy."""
-    wait_kernel_idle(page, lab_server)
-    flag = lab_server.root_dir / "release-05"
+    status bar (and the server's REST view) must still say Busy.  (ipykernel
+    answers them after the cell: Unknown, never Idle, meanwhile.)"""
+    page, step = nb.page, nb.step
+    wait_kernel_idle(page, lab_server, name=nb.only)
+    flag = lab_server.root_dir / f"release-05-{nb.kernel}"
     cell = run_cell(page, waiting_cell(flag))
     try:
         expect(cell.locator(".jp-OutputArea-output")).to_have_text("started", timeout=RUN_TIMEOUT)
@@ -340,21 +463,28 @@ def test_05_reload_during_a_running_cell_shows_busy(page: Any, lab_server: LabSe
 
         page.reload(timeout=60_000)
         expect(page.locator(".jp-NotebookPanel")).to_be_visible(timeout=60_000)
-        # the widget manager got its states (request_states, answered mid-cell)
-        expect(slider(page)).to_be_visible(timeout=60_000)
-        expect(kernel_status(page)).to_have_text(re.compile(r"\| Busy$"), timeout=UI_TIMEOUT)
+        if nb.kernel == KERNEL_NAME:
+            # the widget manager got its states (request_states, answered mid-cell);
+            # ipykernel answers after the cell (checked below)
+            expect(slider(page)).to_be_visible(timeout=60_000)
+        text, attr = MID_CELL_STATUS[nb.kernel]
+        expect(kernel_status(page)).to_have_text(re.compile(rf"\| {text}$"), timeout=UI_TIMEOUT)
         indicator = page.locator(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator")
         # what the page learns after the states (the control comm's close) must not turn it idle
-        holds(lambda: (kernel_status(page).inner_text().endswith("| Busy")
-                       and indicator.get_attribute("data-status") == "busy"), 3.0,
-              "Busy in the status bar and the toolbar while the cell runs")
-        assert lab_server.kernels()[0]["execution_state"] == "busy"
+        holds(lambda: (kernel_status(page).inner_text().endswith(f"| {text}")
+                       and indicator.get_attribute("data-status") == attr), 3.0,
+              f"{text} in the status bar and the toolbar while the cell runs")
+        assert own_kernel(lab_server, nb)["execution_state"] == "busy"
         step("reloaded-mid-cell-busy")
     finally:
         flag.touch()
-    wait_kernel_idle(page, lab_server)
+    wait_kernel_idle(page, lab_server, name=nb.only)
     flag.unlink()
     expect(kernel_status(page)).to_have_text(re.compile(r"\| Idle$"), timeout=UI_TIMEOUT)
+    if nb.kernel == IPYKERNEL_NAME:
+        # the reload restored the slider from the kernel's states, once it answered
+        expect(slider(page).locator(".widget-readout")).to_have_text(str(START),
+                                                                     timeout=UI_TIMEOUT)
     step("cell-done-idle")
 
 
@@ -380,6 +510,7 @@ def restart_from_menu(page: Any) -> None:
     expect(dialog).to_have_count(0, timeout=UI_TIMEOUT)
 
 
+# relaykernel only: on ipykernel a restart ends the process that held the widget.
 def test_06_restart_keeps_the_widget_in_the_kernel_and_a_reload_revives_the_view(
         page: Any, lab_server: LabServer, step: Callable) -> None:
     """Issue 24 item 1, pinned: what JupyterLab 4.6 with ipywidgets 8.1 does on
@@ -427,6 +558,8 @@ def test_06_restart_keeps_the_widget_in_the_kernel_and_a_reload_revives_the_view
     step("reloaded-after-restart-live")
 
 
+# relaykernel only: on ipykernel exit() ends the kernel (the server restarts it),
+# and the widget with it.
 def test_07_exit_in_a_cell_restarts_and_keeps_the_views_live(
         page: Any, lab_server: LabServer, step: Callable) -> None:
     """What the README offers instead of Kernel > Restart: ``exit()`` in a cell swaps
