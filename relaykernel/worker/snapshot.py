@@ -61,6 +61,12 @@ MIN_INTERVAL = 0.5
 #: A snapshot waits this long with no request waiting (seconds): a cell run
 #: right after the previous one (Run All, nbclient) does not wait for a fork.
 IDLE_DELAY = 0.05
+#: What the worker pays per byte of a snapshot's memory it rewrites (a copy-on-write
+#: page fault and copy per 4 KiB: ~1 ms per MB, `a += 1` on 1 GiB measured on a
+#: 2-core VM, benchmarks/README.md), and the share of the worker's time that may go
+#: to it: the next snapshot waits until the last one's copies are that small a part.
+COW_SECONDS_PER_BYTE = 1e-3 / (1 << 20)
+COW_SHARE = 0.025
 #: Threads of the worker itself, and of IPython, which are no user's.
 _OUR_THREADS = ("relaykernel-", "IPythonHistorySavingThread")
 
@@ -91,6 +97,10 @@ class Snapshots:
         self._why = ""
         #: the user turned snapshots off with %snapshot off
         self._user_off = False
+        #: seconds between two snapshots, at least MIN_INTERVAL: longer when the cells
+        #: after the last one rewrote much of its memory (see _back_off)
+        self.interval = MIN_INTERVAL
+        self._copied = 0
         #: bytes: no snapshot of a worker whose resident memory is larger (0: no limit)
         self.max_memory = 0
         #: the supervisor's pidfd, in a snapshot's child
@@ -113,7 +123,7 @@ class Snapshots:
         """Seconds of quiet before the next snapshot, or None if none is due."""
         if not (self.enabled and self._dirty):
             return None
-        return max(IDLE_DELAY, self._last + MIN_INTERVAL - time.monotonic())
+        return max(IDLE_DELAY, self._last + self.interval - time.monotonic())
 
     def restored(self) -> None:
         """In a woken snapshot, once it is a worker again: its plumbing is new."""
@@ -199,8 +209,13 @@ class Snapshots:
             return "Snapshots are off (Supervisor.snapshots = False); `%snapshot on` turns them on for this session."
         if self._child and _alive(self._child):
             age = time.monotonic() - self._last
-            return (f"Snapshots are on. The latest holds the state before cell [{self._count}], taken "
+            text = (f"Snapshots are on. The latest holds the state before cell [{self._count}], taken "
                     f"{age:.1f} s ago: a crash rolls back to it. `%snapshot off` turns them off.")
+            if self.interval > MIN_INTERVAL:  # see _back_off
+                text += (f"\nThe next is taken {self.interval:.0f} s after it at the soonest: the cells after "
+                         f"the one before rewrote {self._copied / (1 << 20):.0f} MB it shared with the worker "
+                         f"(copy-on-write, ~{self._copied * COW_SECONDS_PER_BYTE:.1f} s of their time).")
+            return text
         if self._why:
             return (f"Snapshots are on, but none is kept: {self._why}. "
                     "If the worker crashes now, its variables are lost.")
@@ -217,6 +232,7 @@ class Snapshots:
             self._skip(why)
             return None
         self.kernel.flush_streams()  # pending text is the worker's to send, not the child's
+        self._back_off()
         self.drop()
         fifo = os.path.join(self._dir, f"snapshot-{os.getpid()}-{time.monotonic_ns()}")
         try:
@@ -240,6 +256,16 @@ class Snapshots:
         self.kernel.link.send(wire.SNAPSHOT, {"pid": pid, "execution_count": int(shell.execution_count),
                                               "wake": fifo, "names": _user_names(shell)})
         return None
+
+    def _back_off(self) -> None:
+        """Before the snapshot is replaced: the pages it holds alone are those the worker
+        copied since it was taken (each write to a shared page copies it).  Space the
+        snapshots so that these copies cost at most COW_SHARE of the time: a cell that
+        rewrites a 1 GiB array pays ~1 s once per snapshot, so the next comes ~40 s later."""
+        if not self._child:
+            return
+        self._copied = _private_bytes(self._child)
+        self.interval = max(MIN_INTERVAL, self._copied * COW_SECONDS_PER_BYTE / COW_SHARE)
 
     def drop(self) -> None:
         """End the snapshot, if there is one (a newer one comes, or the worker exits)."""
@@ -353,6 +379,19 @@ def _cuda_loaded() -> bool:
             return b"/libcuda.so" in f.read()
     except OSError:
         return False
+
+
+def _private_bytes(pid: int) -> int:
+    """Pages only this process holds (USS), from /proc/PID/smaps_rollup; 0 if unknown."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith((b"Private_Clean:", b"Private_Dirty:")):
+                    total += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
 
 
 def _alive(pid: int) -> bool:
