@@ -49,7 +49,7 @@ IMPORT = "from .._timeline import mark, dump\n"
 
 #: (file, exact text, the text with a timestamp added); each must match once.
 EDITS: list[tuple[str, str, str]] = [
-    ("supervisor/loop.py", "from .. import wire\n", "from .. import wire\n" + IMPORT),
+    ("supervisor/loop.py", "from .. import pipes, wire\n", "from .. import pipes, wire\n" + IMPORT),
     ("supervisor/loop.py",
      "        events = dict(self.poller.poll(wait))\n",
      "        events = dict(self.poller.poll(wait))\n        mark('supervisor woke')\n"),
@@ -77,15 +77,15 @@ EDITS: list[tuple[str, str, str]] = [
       "        wire.send_frames(self.sockets.iopub, lm.payload)\n"
       "        mark('supervisor published the echo')\n")),
     ("supervisor/flow.py",
-     '        self.out.status("idle", request)\n        if (lm.meta.get("status")',
+     '        self.out.status("idle", request)\n        if (meta.get("status")',
      ('        self.out.status("idle", request)\n        mark("supervisor published idle")\n'
-      '        if (lm.meta.get("status")')),
+      '        if (meta.get("status")')),
     ("supervisor/loop.py", "    def _close(self) -> None:\n",
      "    def _close(self) -> None:\n        dump('supervisor')\n"),
-    ("worker/link.py", "from .. import wire\n", "from .. import wire\n" + IMPORT),
+    ("worker/link.py", "from .. import pipes, wire\n", "from .. import pipes, wire\n" + IMPORT),
     ("worker/link.py",
-     "                    readable, _, _ = select.select((*fds, self._signal_r), [], [])\n",
-     ("                    readable, _, _ = select.select((*fds, self._signal_r), [], [])\n"
+     "                    readable, _, _ = select.select((*fds, self._signal_r), [], [], timeout)\n",
+     ("                    readable, _, _ = select.select((*fds, self._signal_r), [], [], timeout)\n"
       "                    mark('worker woke')\n")),
     ("worker/link.py",
      "            wire.send_frames(self._pair, frames)\n",

@@ -219,9 +219,13 @@ def bind(sock: zmq.Socket, transport: str, ip: str, port: int) -> int:
     return port
 
 
-#: Messages iopub queues for one subscriber that does not read: ~70 MB of print
-#: output (the worker sends it in batches of at most 64 KiB characters).
-IOPUB_QUEUE_LIMIT = 1000
+#: Messages iopub queues for one subscriber that does not read.  Past it that
+#: subscriber misses messages, so the limit must stay far above what a client
+#: that reads, but lags under load, can have in flight: 1,000 lost pipelined comm
+#: echoes and output lines on a busy 2-core host.  Print output leaves the worker
+#: in batches of at most 64 KiB, so a frozen subscriber costs at most ~640 MB
+#: of heavy output (small messages: a few MB); lower it on the command line.
+IOPUB_QUEUE_LIMIT = 10_000
 #: Largest inbound frame (bytes): a 50 MB comm buffer passes, a 200 MB frame
 #: closes its connection before it is buffered.
 MAX_MESSAGE_SIZE = 128 << 20

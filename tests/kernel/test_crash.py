@@ -37,7 +37,6 @@ from tests.kernel.crash_helpers import (
     supervisor_pid,
 )
 from tests.kernel.helpers import (
-    KERNEL_NAME,
     Deadline,
     evaluate,
     execute,
@@ -103,10 +102,21 @@ CAUSES = {
 SITUATIONS = ("idle", "executing", "comm_callback")
 
 
+#: These tests cover a crash with no snapshot to roll back to (a fresh worker, an
+#: empty namespace): snapshots are off in their kernels, so whether one was taken
+#: before the crash cannot depend on timing.  tests/kernel/test_snapshots.py
+#: covers the rollback.
+NO_SNAPSHOTS = ("--Supervisor.snapshots=False",)
+
+
+def _fresh_worker_spec() -> str:
+    return install_spec("relaykernel-crash", NO_SNAPSHOTS)
+
+
 def _spec_for(cause: Cause) -> str:
     if not cause.spec_args:
-        return KERNEL_NAME
-    return install_spec("relaykernel-crash-memory", cause.spec_args)
+        return _fresh_worker_spec()
+    return install_spec("relaykernel-crash-memory", cause.spec_args + NO_SNAPSHOTS)
 
 
 def _died_report(msg: dict[str, Any]) -> bool:
@@ -246,7 +256,7 @@ def test_crash_matrix(relay, cause_name: str, situation: str) -> None:
 
 def test_stack_overflow_is_a_real_crash(relay) -> None:
     """The stack-overflow trigger really overflows (SIGSEGV), not a RecursionError."""
-    h = relay.start(KERNEL_NAME)
+    h = relay.start(_fresh_worker_spec())
     reply, iopub = execute(h.kc, "import functools, sys\n" + STACK_OVERFLOW, timeout=40)
     assert reply["content"]["ename"] == "WorkerDied", reply["content"]
     assert "SIGSEGV" in reply["content"]["evalue"]
@@ -258,7 +268,7 @@ def test_stack_overflow_is_a_real_crash(relay) -> None:
 # ------------------------------------------------------------- queued requests
 @pytest.mark.parametrize("stop_on_error", [True, False])
 def test_requests_queued_behind_a_crash(relay, stop_on_error: bool) -> None:
-    h = relay.start(KERNEL_NAME)
+    h = relay.start(_fresh_worker_spec())
     kc = h.kc
     rec = Recorder(kc)
     execute_ok(kc, "a = 'old worker'")
@@ -300,7 +310,7 @@ SLIDER_VALUES = ("[x.value for x in __import__('ipywidgets').Widget.widgets.valu
 
 def test_widget_survives_a_crash(relay) -> None:
     pytest.importorskip("ipywidgets", minversion="8")
-    h = relay.start(KERNEL_NAME)
+    h = relay.start(_fresh_worker_spec())
     kc = h.kc
     rec = Recorder(kc)
     _, iopub = execute_ok(kc, "import ipywidgets\ns = ipywidgets.IntSlider(value=3)\n")
@@ -351,7 +361,7 @@ def test_widget_survives_a_crash(relay) -> None:
 
 
 def test_frontend_comm_is_replayed_when_its_target_returns(relay) -> None:
-    h = relay.start(KERNEL_NAME)
+    h = relay.start(_fresh_worker_spec())
     kc = h.kc
     execute_ok(kc, ECHO_TARGET)
     cid = new_comm_id()

@@ -240,10 +240,28 @@ def _stalled_subscriber(ctx: zmq.Context, info: dict) -> zmq.Socket:
 
 @relaykernel_only  # ipykernel's print batches have no size limit: 1,000 of them are unbounded
 @pytest.mark.timeout(240)
-def test_a_stalled_subscriber_costs_the_supervisor_a_bounded_amount(kernel, ctx):
-    """1M lines of 150 characters (~150 MB) while a subscriber never reads: the
-    supervisor queues at most Supervisor.iopub_queue_limit (1,000) messages of at
-    most 64 KiB for it, ~70 MB (README), and a client that reads gets every line."""
+def test_a_stalled_subscriber_costs_the_supervisor_a_bounded_amount(ctx):
+    """1M lines of 150 characters (~150 MB) while a subscriber never reads: with
+    --Supervisor.iopub_queue_limit=1000 the supervisor queues at most 1,000 messages
+    of at most 64 KiB for it, ~70 MB (README), and a client that reads gets every line."""
+    kernel = _start_with(["--Supervisor.iopub_queue_limit=1000"])
+    try:
+        _stalled_subscriber_run(kernel, ctx)
+    finally:
+        stop_kernel(kernel)
+
+
+def _start_with(extra: list[str]) -> KernelHandle:
+    km = KernelManager(kernel_name=KERNEL_NAME)
+    km.shutdown_wait_time = 5.0
+    km.start_kernel(env=kernel_env(), extra_arguments=extra)
+    handle = KernelHandle(km=km, kc=km.client(), pid=_kernel_pid(km))
+    handle.kc.start_channels()
+    handle.kc.wait_for_ready(timeout=60)
+    return handle
+
+
+def _stalled_subscriber_run(kernel: KernelHandle, ctx: zmq.Context) -> None:
     kc = kernel.kc
     info = kernel.km.get_connection_info()
     execute_ok(kc, "pad = 'x' * 142")
@@ -293,15 +311,9 @@ def test_an_oversized_frame_is_refused_before_it_is_buffered(kernel, ctx, channe
 def test_the_limits_are_set_on_the_kernels_command_line(ctx):
     """Both limits bind with the sockets, before config files are read: the kernelspec's
     argv sets them (here 50 messages, ~3 MB of print output, and 1 MB frames)."""
-    km = KernelManager(kernel_name=KERNEL_NAME)
-    km.shutdown_wait_time = 5.0
-    km.start_kernel(env=kernel_env(), extra_arguments=[
-        "--Supervisor.iopub_queue_limit=50", "--Supervisor.max_message_size=1000000"])
-    handle = KernelHandle(km=km, kc=km.client(), pid=_kernel_pid(km))
+    handle = _start_with(["--Supervisor.iopub_queue_limit=50", "--Supervisor.max_message_size=1000000"])
     try:
-        handle.kc.start_channels()
-        handle.kc.wait_for_ready(timeout=60)
-        info = km.get_connection_info()
+        info = handle.km.get_connection_info()
         sender = ctx.socket(zmq.DEALER)
         sender.linger = 0
         monitor = sender.get_monitor_socket(zmq.EVENT_DISCONNECTED)
