@@ -101,6 +101,7 @@ class Snapshots:
         #: after the last one rewrote much of its memory (see _back_off)
         self.interval = MIN_INTERVAL
         self._copied = 0
+        self._rss_at = 0  # the worker's resident bytes when it took the snapshot
         #: bytes: no snapshot of a worker whose resident memory is larger (0: no limit)
         self.max_memory = 0
         #: the supervisor's pidfd, in a snapshot's child
@@ -212,9 +213,10 @@ class Snapshots:
             text = (f"Snapshots are on. The latest holds the state before cell [{self._count}], taken "
                     f"{age:.1f} s ago: a crash rolls back to it. `%snapshot off` turns them off.")
             if self.interval > MIN_INTERVAL:  # see _back_off
-                text += (f"\nThe next is taken {self.interval:.0f} s after it at the soonest: the cells after "
-                         f"the one before rewrote {self._copied / (1 << 20):.0f} MB it shared with the worker "
-                         f"(copy-on-write, ~{self._copied * COW_SECONDS_PER_BYTE:.1f} s of their time).")
+                text += (f"\nThe next is taken {self.interval:.0f} s after it at the soonest: the cells since "
+                         f"rewrote {self._copied / (1 << 20):.0f} MB it shared with the worker (copy-on-write, "
+                         f"~{self._copied * COW_SECONDS_PER_BYTE:.1f} s of their time), which a new snapshot "
+                         "would make the next cells pay again.")
             return text
         if self._why:
             return (f"Snapshots are on, but none is kept: {self._why}. "
@@ -232,7 +234,8 @@ class Snapshots:
             self._skip(why)
             return None
         self.kernel.flush_streams()  # pending text is the worker's to send, not the child's
-        self._back_off()
+        if self._back_off():
+            return None
         self.drop()
         fifo = os.path.join(self._dir, f"snapshot-{os.getpid()}-{time.monotonic_ns()}")
         try:
@@ -251,21 +254,30 @@ class Snapshots:
         os.close(wake_fd)
         os.close(supervisor_fd)
         self._child, self._fifo, self._last = pid, fifo, time.monotonic()
+        self._rss_at = _resident()
         shell = self.kernel.shell
         self._count = int(shell.execution_count)
         self.kernel.link.send(wire.SNAPSHOT, {"pid": pid, "execution_count": int(shell.execution_count),
                                               "wake": fifo, "names": _user_names(shell)})
         return None
 
-    def _back_off(self) -> None:
-        """Before the snapshot is replaced: the pages it holds alone are those the worker
-        copied since it was taken (each write to a shared page copies it).  Space the
+    def _back_off(self) -> bool:
+        """Before the snapshot is replaced: the pages it holds alone are mostly those the
+        worker copied since it was taken (each write to a shared page copies it; pages
+        the worker freed count too, so its drop in RSS is taken off).  Space the
         snapshots so that these copies cost at most COW_SHARE of the time: a cell that
-        rewrites a 1 GiB array pays ~1 s once per snapshot, so the next comes ~40 s later."""
+        rewrites a 1 GiB array pays ~1 s, then the snapshot it copied from stays for
+        ~40 s, and the next cells rewriting the array copy nothing.  True if the
+        snapshot must stay for now (the worker tries again when the interval is over)."""
         if not self._child:
-            return
-        self._copied = _private_bytes(self._child)
+            return False
+        freed = max(0, self._rss_at - _resident())
+        self._copied = max(0, _private_bytes(self._child) - freed)
         self.interval = max(MIN_INTERVAL, self._copied * COW_SECONDS_PER_BYTE / COW_SHARE)
+        if time.monotonic() < self._last + self.interval:
+            self._dirty = True
+            return True
+        return False
 
     def drop(self) -> None:
         """End the snapshot, if there is one (a newer one comes, or the worker exits)."""
