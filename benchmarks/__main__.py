@@ -6,6 +6,7 @@ Usage::
     python -m benchmarks --quick               # smoke run (< 60 s), for CI
     python -m benchmarks --kernels python3,python3 --quick   # validate the harness
     python -m benchmarks --only exec,comm --out benchmarks/results/run.md
+    python -m benchmarks --only snapshots      # issue 18: crash with the state kept, overheads
 
 The first kernel is the subject, the second the baseline; ``ipykernel`` /
 ``python3`` and ``relaykernel`` use kernelspecs the harness writes itself
@@ -25,6 +26,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from . import measures as M
 from .harness import (
+    RELAY_NO_SNAPSHOTS,
     BenchError,
     Kernel,
     kernelspec_exists,
@@ -36,7 +38,7 @@ from .harness import (
 from .report import floor_notes, machine_header, process_table, table
 from .stats import Cell, Row
 
-MEASUREMENTS = ("floor", "startup", "memory", "exec", "output", "comm", "restart", "crash")
+MEASUREMENTS = ("floor", "startup", "memory", "exec", "output", "comm", "restart", "crash", "snapshots")
 DEFAULT_KERNELS = "relaykernel,ipykernel"
 
 
@@ -179,6 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for k in kernels.values():
             stop_kernel(k)
+    snapshot_rows: list[Row] = []
+    snapshot_labels = {labels[0]: specs[labels[0]], f"{labels[0]}, snapshots off": RELAY_NO_SNAPSHOTS,
+                       labels[1]: specs[labels[1]]}
+    try:
+        if "snapshots" in a.only_set and specs[labels[0]] == "relaykernel":
+            log("snapshots: relaykernel with and without, and the baseline, kernels of their own")
+            snapshot_rows = M.snapshots(ctx, cfg, snapshot_labels)
+    finally:
         ctx.destroy(linger=0)
 
     header = machine_header(specs, {lb: describe_spec(n) for lb, n in specs.items()})
@@ -193,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             table(rows, labels),
             "",
             *([process_table(M.PROCESS_READINGS), ""] if M.PROCESS_READINGS else []),
+            *([("Snapshots (issue 18): relaykernel with them (the default), without "
+               "(`--Supervisor.snapshots=False`), and the baseline:"), "",
+               table(snapshot_rows, list(snapshot_labels)), ""] if snapshot_rows else []),
             (
                 "Medians and p99 over interleaved runs (A B A B ...); every figure was validated "
                 "before it was recorded, n/a cells say why one could not be."

@@ -34,6 +34,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: venv's ipykernel, whatever else is installed on the Jupyter path.
 IPYKERNEL_ALIASES = ("ipykernel", "python3")
 RELAY_ALIASES = ("relaykernel",)
+#: relaykernel with Supervisor.snapshots off (the snapshot measurements' second column)
+RELAY_NO_SNAPSHOTS = "relaykernel-nosnap"
 RELAY_PROVISIONER = "relaykernel-provisioner"
 
 #: Client sockets retry a refused connect every RECONNECT_IVL ms.  The zmq
@@ -80,7 +82,9 @@ def write_kernelspecs() -> tempfile.TemporaryDirectory:
     }
     if relay_provisioner_available():
         relay["metadata"]["kernel_provisioner"] = {"provisioner_name": RELAY_PROVISIONER}
-    specs = [(IPYKERNEL_ALIASES, ipy), (RELAY_ALIASES, relay)]
+    specs = [(IPYKERNEL_ALIASES, ipy), (RELAY_ALIASES, relay),
+             ((RELAY_NO_SNAPSHOTS,), {**relay, "display_name": "relaykernel, no snapshots (bench)",
+                                      "argv": [*relay["argv"], "--Supervisor.snapshots=False"]})]
     if importlib.util.find_spec("xpython_launcher") is not None:  # xeus-python, in this venv
         specs.append((("xpython",), {
             "argv": [sys.executable, "-m", "xpython_launcher", "-f", "{connection_file}"],

@@ -727,3 +727,178 @@ def floor(n: int, timeout: float) -> Cell:
         s.close()
         ctx.term()
         _reap(proc)
+
+
+# ---------------------------------------------------------------- 9 snapshots
+#: Live heap sizes for crash → next result with the state restored (4 GiB: full runs
+#: with room only, see snapshot_sizes).
+SNAPSHOT_SIZES = (100 << 20, 1 << 30)
+BIG_SNAPSHOT = 4 << 30
+#: Seconds of quiet that let the worker take a snapshot between two timed cells
+#: (IDLE_DELAY 0.05 s, at most one per MIN_INTERVAL 0.5 s: relaykernel/worker/snapshot.py).
+SNAPSHOT_PAUSE = 0.6
+#: Seconds to wait for a snapshot to appear.
+SNAPSHOT_WAIT = 20.0
+
+
+def snapshot_sizes(cfg: Config) -> tuple[int, ...]:
+    if cfg.crashes >= 5 and psutil.virtual_memory().available > 3 * BIG_SNAPSHOT:
+        return (*SNAPSHOT_SIZES, BIG_SNAPSHOT)
+    return SNAPSHOT_SIZES
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {c.pid for c in psutil.Process(pid).children() if c.status() != psutil.STATUS_ZOMBIE}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def _wait_snapshot(worker: int, before: set[int], timeout: float) -> int:
+    """A new child of the worker (its snapshot) not in ``before``; its pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = _children(worker) - before
+        if new:
+            return new.pop()
+        time.sleep(0.01)
+    raise BenchError(f"no snapshot within {timeout:g} s")
+
+
+def _ok(k: Kernel, code: str, timeout: float) -> float:
+    r = k.waiter.execute(code, timeout, alive=k.alive)
+    if r.reply.get("status") != "ok":
+        raise BenchError(f"{code[:40]!r} replied {r.reply.get('status')}: {r.reply.get('evalue', '')}")
+    return max(r.t_reply, r.t_idle or 0.0)
+
+
+def _define(k: Kernel, size: int, snapshots: bool, timeout: float) -> int:
+    """Give the kernel ``size`` bytes of live heap (``a``, written) and ``n = 41``; with
+    snapshots, return once the worker holds a snapshot of that state (else 0).  One
+    cell: a snapshot taken between a cell and this one would hold the old ``a``, which
+    the worker frees here, and keep it (snapshot.py counts it as copies)."""
+    r = k.waiter.execute(f"import os, numpy as np\na = None\na = np.ones({size // 8})\nn = 41\nos.getpid()",
+                         timeout, want_result=True, alive=k.alive)
+    if r.reply.get("status") != "ok" or not (r.result or "").isdigit():
+        raise BenchError(f"defining a {size_label(size)} heap failed: {r.reply.get('evalue', r.result)}")
+    if not snapshots:
+        return 0
+    worker = int(r.result or 0)
+    _wait_snapshot_newer(worker)  # a snapshot taken after the cell: due ≤ 0.55 s after it
+    return next(iter(_children(worker)))
+
+
+def snapshots(ctx: zmq.Context, cfg: Config, labels: dict[str, str]) -> list[Row]:
+    """Issue 18: relaykernel with snapshots, without, and the baseline, side by side.
+
+    ``labels`` maps column label → kernelspec: snapshots on first, then off, then the
+    baseline.  Kernels of their own (a crash kills the baseline)."""
+    from .harness import start_kernel
+
+    kernels: dict[str, Kernel] = {}
+    try:
+        for lb, name in labels.items():
+            kernels[lb] = start_kernel(lb, name, ctx, cfg.timeout)
+        return _snapshot_rows(kernels, cfg)
+    finally:
+        for k in kernels.values():
+            stop_kernel(k)
+
+
+def _snapshot_rows(kernels: dict[str, Kernel], cfg: Config) -> list[Row]:
+    order = list(kernels)
+    on = order[0]
+    t = cfg.timeout
+    rows = []
+
+    def pass_rt(lb: str, i: int) -> float:
+        return _ok(kernels[lb], "pass", t)
+
+    for lb in order:
+        _ok(kernels[lb], "pass", t)  # warm-up
+    rows.append(Row(f"execute rt `pass`, back to back (n={cfg.exec_n})", "ms",
+                    interleave(order, cfg.exec_n, pass_rt), "≤ 0.5x ipykernel", 1e3))
+
+    def pass_after_pause(lb: str, i: int) -> float:
+        time.sleep(SNAPSHOT_PAUSE)  # relaykernel forks its snapshot meanwhile
+        return _ok(kernels[lb], "pass", t)
+
+    idle_n = max(3, cfg.crashes * 2)
+    rows.append(Row(f"execute rt `pass` {SNAPSHOT_PAUSE:g} s after the previous (n={idle_n})", "ms",
+                    interleave(order, idle_n, pass_after_pause), "", 1e3))
+
+    # crash → next result with the state restored, per size of live heap
+    for size in snapshot_sizes(cfg):
+        reps = cfg.crashes if size < (1 << 30) else max(2, cfg.crashes // 2 + 1) if size == (1 << 30) else 2
+
+        def restored(lb: str, i: int, size: int = size) -> float:
+            k = kernels[lb]
+            if not k.alive():
+                raise BenchError("n/a (kernel died)")
+            _define(k, size, lb == on, t)
+            try:
+                r = k.waiter.execute("import os; os._exit(1)", t, alive=k.alive, wait_idle=False)
+            except (KernelDied, BenchError):
+                raise BenchError("n/a (kernel died)") from None
+            t0 = r.t_sent + r.t_reply
+            nxt = k.waiter.execute("float(a[0]) + n", t, alive=k.alive)  # its result comes before idle
+            if nxt.result != "42.0":
+                raise BenchError(f"n/a (state lost: {nxt.reply.get('ename', nxt.result)})")
+            return time.perf_counter() - t0
+
+        rows.append(Row(f"crash reply → next result with the state restored, {size_label(size)} heap (n={reps})",
+                        "ms", interleave(order, reps, restored), "< 300 ms abs at 1 GB" if size == 1 << 30 else "",
+                        1e3))
+
+    # copy-on-write: a cell that rewrites 1 GiB right after a snapshot of it, then the
+    # same cell again (after the crash rows: freeing a large `a` the snapshot shares would
+    # make the worker keep that snapshot a while, see relaykernel/worker/snapshot.py)
+    first: dict[str, Cell] = {lb: Cell(single=True) for lb in order}
+    cow_uss: dict[str, Cell] = {lb: Cell(note="— (no snapshot)") for lb in order}
+    cow_uss[on] = Cell(single=True)
+    for lb in order:
+        k = kernels[lb]
+        if not k.alive():
+            first[lb].note = "n/a (kernel died in the crash rows)"
+            continue
+        try:
+            worker = _cell_pid(k, t)
+            _ok(k, f"import numpy as np\nc = np.ones({(1 << 30) // 8})", t)
+            if lb == on:
+                _wait_snapshot_newer(worker)  # of `c`
+            else:
+                time.sleep(SNAPSHOT_PAUSE)
+            first[lb].samples.append(_ok(k, "c += 1", t))
+            if lb == on:  # read before anything replaces it
+                for snap in _children(worker):
+                    with contextlib.suppress(psutil.Error):
+                        cow_uss[on].samples.append(psutil.Process(snap).memory_full_info().uss)
+        except BenchError as e:
+            first[lb].note = str(e)
+    rows.append(Row("`c += 1` on a 1 GiB array, right after a snapshot of it", "ms", first, "", 1e3))
+    rows.append(Row("the snapshot's own memory (USS) after that rewrite", "MB", cow_uss, "", 1e-6))
+
+    def again(lb: str, i: int) -> float:
+        if first[lb].note:
+            raise BenchError(first[lb].note)
+        time.sleep(SNAPSHOT_PAUSE)  # time for a snapshot, if the policy takes one
+        return _ok(kernels[lb], "c += 1", t)
+
+    rows.append(Row(f"`c += 1` again, {SNAPSHOT_PAUSE:g} s after the previous (n=4)", "ms",
+                    interleave(order, 4, again), "", 1e3))
+    return rows
+
+
+def _wait_snapshot_newer(worker: int) -> None:
+    """Until the worker holds a snapshot taken after its last cell: its children
+    (the snapshot) have not changed for longer than a snapshot's interval."""
+    deadline = time.monotonic() + SNAPSHOT_WAIT
+    seen, since = _children(worker), time.monotonic()
+    while time.monotonic() < deadline:
+        now = _children(worker)
+        if now != seen:
+            seen, since = now, time.monotonic()
+        elif seen and time.monotonic() - since > SNAPSHOT_PAUSE:
+            return
+        time.sleep(0.01)
+    raise BenchError("the worker's snapshot never settled")
