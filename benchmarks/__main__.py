@@ -200,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             header,
             "",
-            table(rows, labels),
-            "",
+            *([table(rows, labels), ""] if rows else []),
             *([process_table(M.PROCESS_READINGS), ""] if M.PROCESS_READINGS else []),
             *([("Snapshots (issue 18): relaykernel with them (the default), without "
                "(`--Supervisor.snapshots=False`), and the baseline:"), "",
