@@ -218,6 +218,10 @@ class Snapshots:
                          f"~{self._copied * COW_SECONDS_PER_BYTE:.1f} s of their time), which a new snapshot "
                          "would make the next cells pay again.")
             return text
+        if self._child:
+            return ("Snapshots are on, but the latest has ended (the supervisor drops one that would "
+                    "push the kernel past its memory limit); a new one is taken once the worker is idle "
+                    "after a cell.")
         if self._why:
             return (f"Snapshots are on, but none is kept: {self._why}. "
                     "If the worker crashes now, its variables are lost.")
