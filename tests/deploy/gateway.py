@@ -143,3 +143,35 @@ def start_launcher(log: str, *args: str, env: dict[str, str] | None = None) -> L
                                 env={**kernel_env(), **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     return Launch(proc, log)
+
+
+def exercise_remote_kernel(kc: Any, km: Any, also_ready: Any = None) -> None:
+    """What every remote-launch test asks of the kernel: code runs, a segfaulting cell
+    gets WorkerDied and the next cell still runs, and KernelManager.interrupt_kernel
+    (provisioner -> the launcher's listener) interrupts a sleeping cell.
+    ``also_ready``: a further condition for the sleeping cell to count as started."""
+    from tests.kernel.helpers import execute, execute_ok, get_reply, stream_text, wait_for
+
+    _, iopub = execute_ok(kc, "print(6 * 7)")
+    assert stream_text(iopub) == "42\n"
+    reply, _ = execute(kc, "import ctypes; ctypes.string_at(0)", timeout=60)
+    assert reply["content"]["ename"] == "WorkerDied", reply["content"]
+    _, iopub = execute_ok(kc, "print('still here')", timeout=60)
+    assert stream_text(iopub) == "still here\n"
+
+    msg_id = kc.execute("import time; time.sleep(60)")
+    wait_for(lambda: (also_ready is None or also_ready()) and _started(kc, msg_id), timeout=30,
+             what="the cell to start")
+    km.interrupt_kernel()
+    reply = get_reply(kc, msg_id, timeout=30)
+    assert reply["content"]["ename"] == "KeyboardInterrupt", reply["content"]
+
+
+def _started(kc: Any, msg_id: str) -> bool:
+    from queue import Empty
+
+    try:
+        msg = kc.get_iopub_msg(timeout=0.2)
+    except Empty:
+        return False
+    return bool(msg["msg_type"] == "execute_input" and msg["parent_header"].get("msg_id") == msg_id)

@@ -20,16 +20,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.deploy.gateway import exercise_remote_kernel
 from tests.kernel.helpers import (
     KernelHandle,
-    execute,
-    execute_ok,
-    get_reply,
     relaykernel_only,
     start_kernel,
     stop_kernel,
-    stream_text,
-    wait_for,
 )
 
 pytestmark = relaykernel_only
@@ -71,21 +67,7 @@ def test_distributed_provisioner_runs_relaykernel_through_the_launcher(
         assert (handle.km.curve_publickey is not None) == bool(encryption)
         launcher = psutil.Process(handle.pid)
         assert "relaykernel.launch" in launcher.cmdline()
-        kc = handle.kc
-
-        _, iopub = execute_ok(kc, "print(6 * 7)")
-        assert stream_text(iopub) == "42\n"
-        reply, _ = execute(kc, "import ctypes; ctypes.string_at(0)", timeout=60)
-        assert reply["content"]["ename"] == "WorkerDied", reply["content"]
-        _, iopub = execute_ok(kc, "print('still here')", timeout=60)
-        assert stream_text(iopub) == "still here\n"
-
-        # KernelManager.interrupt_kernel -> provisioner.send_signal -> the launcher's listener
-        msg_id = kc.execute("import time; time.sleep(60)")
-        wait_for(lambda: handle.km.is_alive() and _busy(kc, msg_id), timeout=30, what="the cell to start")
-        handle.km.interrupt_kernel()
-        reply = get_reply(kc, msg_id, timeout=30)
-        assert reply["content"]["ename"] == "KeyboardInterrupt", reply["content"]
+        exercise_remote_kernel(handle.kc, handle.km, also_ready=handle.km.is_alive)
         tree = [launcher, *launcher.children(recursive=True)]
         assert len(tree) >= 3
     finally:
@@ -93,12 +75,3 @@ def test_distributed_provisioner_runs_relaykernel_through_the_launcher(
     assert killed == []  # the gateway's shutdown ended every process itself
     assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
-
-def _busy(kc: object, msg_id: str) -> bool:
-    from queue import Empty
-
-    try:
-        msg = kc.get_iopub_msg(timeout=0.2)  # type: ignore[attr-defined]
-    except Empty:
-        return False
-    return bool(msg["msg_type"] == "execute_input" and msg["parent_header"].get("msg_id") == msg_id)

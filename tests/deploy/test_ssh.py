@@ -24,14 +24,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.deploy.gateway import exercise_remote_kernel
 from tests.kernel.helpers import (
-    execute,
-    execute_ok,
-    get_reply,
     relaykernel_only,
     start_kernel,
     stop_kernel,
-    stream_text,
     wait_for,
 )
 
@@ -134,19 +131,7 @@ def test_distributed_provisioner_over_ssh(ssh_spec: None, tmp_path: Path) -> Non
         assert provisioner.assigned_ip == HOST
         launcher = psutil.Process(handle.pid)  # the pid the remote shell echoed
         assert "relaykernel.launch" in launcher.cmdline()
-        kc = handle.kc
-        _, iopub = execute_ok(kc, "print(6 * 7)")
-        assert stream_text(iopub) == "42\n"
-        reply, _ = execute(kc, "import ctypes; ctypes.string_at(0)", timeout=60)
-        assert reply["content"]["ename"] == "WorkerDied", reply["content"]
-        _, iopub = execute_ok(kc, "print('still here')", timeout=60)
-        assert stream_text(iopub) == "still here\n"
-
-        msg_id = kc.execute("import time; time.sleep(60)")
-        wait_for(lambda: _started(kc, msg_id), timeout=30, what="the cell to start")
-        handle.km.interrupt_kernel()
-        reply = get_reply(kc, msg_id, timeout=30)
-        assert reply["content"]["ename"] == "KeyboardInterrupt", reply["content"]
+        exercise_remote_kernel(handle.kc, handle.km)
         tree = [launcher, *launcher.children(recursive=True)]
         assert len(tree) >= 3
     finally:
@@ -155,12 +140,3 @@ def test_distributed_provisioner_over_ssh(ssh_spec: None, tmp_path: Path) -> Non
     assert "Accepted publickey" in (tmp_path / "sshd" / "sshd.log").read_text()
     assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
-
-def _started(kc: object, msg_id: str) -> bool:
-    from queue import Empty
-
-    try:
-        msg = kc.get_iopub_msg(timeout=0.2)  # type: ignore[attr-defined]
-    except Empty:
-        return False
-    return bool(msg["msg_type"] == "execute_input" and msg["parent_header"].get("msg_id") == msg_id)
