@@ -119,14 +119,17 @@ class Housekeeping:
             return
         snapshot: Snapshot | None = getattr(worker, "snapshot", None)  # fakes in unit tests have none
         level, rss = self.guard.check(worker.pid, snapshot.pid if snapshot is not None else 0)
+        kept = 0  # bytes of rss that are the snapshot's own pages
         if level and snapshot is not None:
-            level, rss = self._drop_snapshot_first(worker, snapshot, level, rss)
+            level, rss, kept = self._snapshot_or_worker(worker, snapshot, level, rss)
         if level == "hard":
             limit = self.guard.hard_limit / GIB
-            self.replace_active(f"memory limit of {limit:g} GiB exceeded (the worker used "
-                                f"{rss / GIB:.2f} GiB), so the worker was replaced")
-        elif (level == "soft" and (request := self.queue.current) is not None and request.started
-              and self._soft_limit_hit is not request):
+            used = f"{(rss - kept) / GIB:.2f} GiB"
+            if kept:
+                used += f", and its snapshot {kept / GIB:.2f} GiB of its own"
+            self.replace_active(f"memory limit of {limit:g} GiB exceeded (the worker used {used}), "
+                                "so the worker was replaced")
+        elif level == "soft" and (request := self._running()) is not None and self._soft_limit_hit is not request:
             self._soft_limit_hit = request
             log.warning("worker %s passed the soft memory limit (%.2f GiB)", worker.number, rss / GIB)
             try:
@@ -134,14 +137,31 @@ class Housekeeping:
             except ProcessLookupError:
                 pass
 
-    def _drop_snapshot_first(self, worker: WorkerProcess, snapshot: Snapshot, level: str,
-                             rss: int) -> tuple[str, int]:
-        """The worker with its snapshot reached a limit: if the worker alone stays under
-        it, drop the snapshot (the kernel must not pass a limit for a snapshot's sake)
-        and say so on stderr once.  Returns the level and memory without it."""
-        own = rss - snapshot_uss(snapshot.pid)
+    def _running(self) -> Incoming | None:
+        """The request the active worker is running, once it began."""
+        request = self.queue.current
+        return request if request is not None and request.started else None
+
+    def _snapshot_or_worker(self, worker: WorkerProcess, snapshot: Snapshot, level: str,
+                            rss: int) -> tuple[str, int, int]:
+        """The worker with its snapshot reached a limit: which of them gives way.
+
+        The worker does when it passes the limit by itself, and also when a running
+        cell brought it there while the snapshot holds no more than its share of the
+        limit (resources.SNAPSHOT_SHARE): that cell is about to pass it alone, and
+        dropping the snapshot now would leave nothing to roll back to when it does.
+        Otherwise (the worker is idle, or the snapshot grew past its share because
+        the cells rewrote the memory they share) the snapshot is dropped, said once
+        on stderr: the kernel must not pass a limit for a snapshot's sake.  Returns
+        the level and memory that stand, and how much of it is the snapshot's."""
+        uss = snapshot_uss(snapshot.pid)
+        own = rss - uss
         if self.guard.level(own) == level:
-            return level, rss  # the worker passes it by itself: replaced (rolled back), or interrupted
+            return level, rss, uss  # the worker passes it by itself: replaced (rolled back), or interrupted
+        if self._running() is not None and uss <= self.guard.snapshot_share(level):
+            log.warning("worker %s with its snapshot (%.2f GiB of its own) reached the %s memory limit",
+                        worker.number, uss / GIB, level)
+            return level, rss, uss
         limit = self.guard.hard_limit if level == "hard" else self.guard.soft_limit
         log.warning("dropping worker %s's snapshot: with it the kernel uses %.2f GiB, over the %s limit",
                     worker.number, rss / GIB, level)
@@ -155,7 +175,7 @@ class Housekeeping:
                             f"{rss / GIB:.2f} GiB, past its memory limit of {limit / GIB:g} GiB (a snapshot's own "
                             "pages grow as the worker rewrites the memory they share). A new one is taken when the "
                             "worker is idle; until then a crash loses the variables. (Said once.)\n")
-        return self.guard.level(own), own
+        return self.guard.level(own), own, 0
 
     # ------------------------------------------------------ stale directories
     def _remove_abandoned_dirs(self) -> None:

@@ -5,8 +5,11 @@ memory (with its children) a few times a second: past the soft limit the
 running cell is interrupted with a MemoryError that says why (the worker keeps
 its variables); past the hard limit the worker is replaced with a clear
 report, before the system's OOM killer takes the whole kernel silently.  The
-worker's snapshot counts by its private pages; when it alone would push the kernel
-past a limit, it is dropped first (housekeeping.py).
+worker's snapshot counts by its private pages, and has a share of each limit
+(SNAPSHOT_SHARE): while its own pages stay within that share, a cell that brings
+the kernel to a limit is the one stopped (past the hard limit the snapshot takes
+over), so a worker about to pass the limit does not lose the snapshot first; a
+snapshot that grew past its share is dropped first (housekeeping.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,14 @@ if TYPE_CHECKING:
     import psutil
 
 GIB = 1024**3
+#: The share of a memory limit kept for the worker's snapshot (its private pages:
+#: a few MB after a cell, more when the cells after it rewrite what they share).
+#: While the snapshot stays within it, the worker's own budget is the limit less
+#: the snapshot, and a running cell that uses it up meets the limit as if it had
+#: passed it alone: with the hard limit the worker is replaced and the snapshot
+#: takes over, rather than the snapshot being dropped right before the worker passes
+#: the limit by itself and the crash finds nothing to roll back to.
+SNAPSHOT_SHARE = 0.1
 
 
 def tree_rss(pid: int, snapshot_pid: int = 0) -> int:
@@ -68,6 +79,10 @@ class MemoryGuard:
         private pages included: see tree_rss)."""
         rss = tree_rss(pid, snapshot_pid)
         return self.level(rss), rss
+
+    def snapshot_share(self, level: str) -> int:
+        """Bytes of the ``level`` limit that the worker's snapshot may hold (SNAPSHOT_SHARE)."""
+        return int(SNAPSHOT_SHARE * (self.hard_limit if level == "hard" else self.soft_limit))
 
     def level(self, rss: int) -> str:
         """'hard', 'soft' or '': the limit this many bytes reach."""

@@ -31,7 +31,11 @@ worker would not be their parent), a CUDA context (libcuda mapped: a fork cannot
 use the GPU's state) and resident memory above Supervisor.snapshot_max_memory
 (the copy-on-write pages of the cells after it could double the worker).  The
 previous snapshot is then dropped too: rolling back past such a state would
-silently undo more than the user can see.
+silently undo more than the user can see.  Except past snapshot_max_memory: the
+worker keeps the snapshot it has (taken while it was smaller, and counted by its
+own pages against the memory limit, supervisor/resources.py), because a worker
+that large is the one a memory-limit crash is likely to hit next, and a rollback
+to an older state, whose report names the cells it undoes, beats an empty one.
 
 Must not import zmq or IPython.
 """
@@ -217,6 +221,8 @@ class Snapshots:
                          f"rewrote {self._copied / (1 << 20):.0f} MB it shared with the worker (copy-on-write, "
                          f"~{self._copied * COW_SECONDS_PER_BYTE:.1f} s of their time), which a new snapshot "
                          "would make the next cells pay again.")
+            if self._why:  # see _keep
+                text += f"\nNo newer one is taken: {self._why}."
             return text
         if self._child:
             return ("Snapshots are on, but the latest has ended (the supervisor drops one that would "
@@ -234,6 +240,14 @@ class Snapshots:
         self._dirty = False
         why = self._unsafe()
         self._why = why
+        if why:
+            self._skip(why)
+            return None
+        why = self._too_large()
+        self._why = why
+        if why and self._child and _alive(self._child):
+            self._keep(why)
+            return None
         if why:
             self._skip(why)
             return None
@@ -339,17 +353,32 @@ class Snapshots:
                    if t is not threading.main_thread() and t.is_alive() and not t.name.startswith(_OUR_THREADS)]
         if threads:
             return f"threads the user started are running ({', '.join(sorted(threads)[:5])})"
+        if self.kernel.subshells.busy():
+            return "a subshell is running a request"
         children = [pid for pid in _children() if pid != self._child]
         if children:
             return f"child processes are alive (pids {', '.join(map(str, children[:5]))})"
-        if self.max_memory and (rss := _resident()) > self.max_memory:
-            return (f"resident memory is {rss / 1024**3:.2f} GiB, above Supervisor.snapshot_max_memory "
-                    f"({self.max_memory / 1024**3:g} GiB): the cells after a snapshot could make its "
-                    "copy-on-write pages double that")
         if _cuda_loaded():
             return ("CUDA is initialised in the worker (libcuda is loaded): a forked copy cannot use the "
                     "GPU context, so a restored worker would hold broken device objects")
         return ""
+
+    def _too_large(self) -> str:
+        """Why the worker is too large for a new snapshot ('' if it is not)."""
+        if self.max_memory and (rss := _resident()) > self.max_memory:
+            return (f"resident memory is {rss / 1024**3:.2f} GiB, above Supervisor.snapshot_max_memory "
+                    f"({self.max_memory / 1024**3:g} GiB): the cells after a snapshot could make its "
+                    "copy-on-write pages double that")
+        return ""
+
+    def _keep(self, why: str) -> None:
+        """No new snapshot, but the one the worker has stays (the supervisor holds it
+        still: nothing to tell it)."""
+        if "keep" not in self._told:
+            self._told.add("keep")
+            self.kernel.stderr.write(f"relaykernel: no new snapshot of the worker is taken: {why}. The one "
+                                     f"before cell [{self._count}] is kept: a crash rolls back to it. (Said once.)\n")
+            self.kernel.flush_streams()
 
     def _skip(self, why: str) -> None:
         self.drop()

@@ -330,18 +330,82 @@ def _status_says(kc: Any, words: str, timeout: float = 10.0) -> str:
     return said[0]
 
 
+def _stderr_says(kc: Any, words: str, timeout: float = 10.0) -> str:
+    """Wait for a stderr stream message saying ``words`` (whatever its parent: the
+    worker says it once idle after a cell); its text."""
+    deadline = Deadline(timeout)
+    while True:
+        msg = kc.get_iopub_msg(timeout=deadline.remaining())
+        if msg["msg_type"] == "stream" and words in msg["content"]["text"]:
+            return str(msg["content"]["text"])
+
+
 def test_a_large_worker_skips_snapshots_with_a_reason(relay) -> None:
     h = relay.start(install_spec("relaykernel-snapshot-max", ("--Supervisor.snapshot_max_memory=0.25",)))
-    worker = _define_and_snapshot(h)
-    execute_ok(h.kc, "big = b'x' * (300 * 1024**2)")
+    execute_ok(h.kc, "n = 41\nbig = b'x' * (300 * 1024**2)")  # the first cell: no snapshot before it
     status = _status_says(h.kc, "none is kept: resident memory is")
     assert "above Supervisor.snapshot_max_memory (0.25 GiB)" in status, status
     relay.track(h)
-    reply = _crash(h, SEGFAULT, worker)
+    reply = _crash(h, SEGFAULT, 0)
     text = "\n".join(reply["content"]["traceback"])
     assert "No snapshot to roll back to: the worker kept none: resident memory is" in text, text
     reply, _ = execute(h.kc, "n")
     assert reply["content"]["ename"] == "NameError"
+
+
+@pytest.mark.slow
+def test_a_worker_grown_too_large_for_a_snapshot_keeps_its_older_one(relay) -> None:
+    """Past snapshot_max_memory (half the memory limit) no new snapshot is taken, but the
+    one from before is kept, so the memory-limit crash that a worker that large is near
+    rolls back to it (before the cells since) rather than to nothing."""
+    h = relay.start(install_spec("relaykernel-snapshot-keep", ("--Supervisor.memory_limit=0.8",)))
+    _define_and_snapshot(h)
+    execute_ok(h.kc, "big = b'x' * (400 * 1024**2)")
+    said = _stderr_says(h.kc, "no new snapshot of the worker is taken: resident memory is")
+    assert "The one before cell [2] is kept: a crash rolls back to it." in said, said
+    status = _status_says(h.kc, "No newer one is taken: resident memory is")
+    assert "The latest holds the state before cell [2]" in status, status
+    assert "above Supervisor.snapshot_max_memory (0.4 GiB)" in status, status
+    execute_ok(h.kc, "n = 7")
+    relay.track(h)
+    reply, _ = execute(h.kc, "more = b'y' * (500 * 1024**2)\nimport time; time.sleep(30)\n")
+    text = "\n".join(reply["content"]["traceback"])
+    assert reply["content"]["ename"] == "WorkerDied" and "memory limit of 0.8 GiB exceeded" in text, text
+    assert "Rolled back to the state before cells [2.." in text, text  # through this cell
+    assert evaluate(h.kc, CHECK) == EXPECTED
+    assert evaluate(h.kc, "'big' in dir()") == "False"
+
+
+#: A cell that rewrites 64 MiB the worker shares with its snapshot (the snapshot's own
+#: pages grow by as much: within its share of the limit, resources.SNAPSHOT_SHARE),
+#: then grows the worker to 24 MiB under the 1 GiB limit by itself: with its snapshot,
+#: the kernel passes the limit.
+NEAR_THE_LIMIT = """\
+n = 1000
+a += 1
+_rss = int(open('/proc/self/statm').read().split()[1]) * __import__('os').sysconf('SC_PAGE_SIZE')
+_fill = np.ones((1024**3 - 24 * 1024**2 - _rss) // 8)
+import time; time.sleep(5)
+"""
+
+
+@pytest.mark.slow
+def test_a_cell_near_the_limit_rolls_back_rather_than_drop_the_snapshot(relay) -> None:
+    """The worker alone stays under the memory limit, and its snapshot's own pages push the
+    kernel past it: the snapshot, within its share of the limit, is kept, and the cell is
+    stopped as if it had passed the limit (the snapshot takes over).  Dropped instead, it
+    would be gone right before the cell passed the limit by itself."""
+    h = relay.start(install_spec("relaykernel-snapshot-near", BIG_WORKER))
+    execute_ok(h.kc, "import numpy as np\na = np.ones(64 * 1024**2 // 8)\nn = 41")
+    _fresh_snapshot(h.kc)
+    relay.track(h)
+    reply, iopub = _run_all_iopub(h.kc, NEAR_THE_LIMIT)
+    text = "\n".join(reply["content"]["traceback"])
+    assert reply["content"]["ename"] == "WorkerDied", reply["content"]
+    assert "memory limit of 1 GiB exceeded" in text and "and its snapshot 0.0" in text, text
+    assert "Rolled back to the state before cell [2]" in text, text
+    assert "snapshot was dropped" not in stream_text(iopub, "stderr")
+    assert evaluate(h.kc, "(n, float(a[0]))") == "(41, 1.0)"
 
 
 def test_a_cuda_context_skips_snapshots_with_a_reason(relay, tmp_path) -> None:
