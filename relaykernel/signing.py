@@ -27,7 +27,7 @@ from typing import Any
 
 #: The ``<IDS|MSG>`` delimiter between routing identities and the message.
 DELIM = b"<IDS|MSG>"
-JUPYTER_PROTOCOL_VERSION = "5.4"
+JUPYTER_PROTOCOL_VERSION = "5.5"
 
 
 def new_uuid() -> str:

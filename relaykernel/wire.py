@@ -30,6 +30,14 @@ Data flow::
     frontend --shell/control/stdin--> supervisor --REQUEST/INPUT_REPLY--> worker
     frontend <--iopub/shell/stdin---- supervisor <--IOPUB/COMM/DONE/STDIN-- worker
 
+Each worker also has a *side* PAIR socket (the link's endpoint plus
+:data:`SIDE_SUFFIX`), supervisor -> worker only, which a thread of its own
+reads in the worker: what must reach the worker while its main thread runs a
+cell, waits in ``input()`` or is stopped at a breakpoint -- requests for
+subshells (REQUEST with a ``subshell_id``), their INPUT_REPLYs, SUBSHELLS.
+Replies and outputs always come back on the link, so a DONE never overtakes
+the outputs of its request.
+
 This module imports neither IPython nor anything of the supervisor, so both
 processes can use it.
 """
@@ -45,13 +53,14 @@ import zmq
 
 #: Bumped whenever a kind or meta field changes meaning.  The worker announces
 #: it in READY and the supervisor refuses a worker that speaks another version.
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 
 # worker -> supervisor ------------------------------------------------------
 #: The worker has imported IPython and waits for ACTIVATE. meta: ReadyMeta.
 READY: Final = b"ready"
 #: Signed iopub frames (topic first) to publish as they are. meta: empty, or
-#: {"started": true} on an execute_input (the worker began running the cell).
+#: {"started": true} on an execute_input (the worker began running the cell),
+#: with "subshell_id" when the cell runs in a subshell.
 IOPUB: Final = b"iopub"
 #: Signed iopub frames of a comm_open/comm_msg/comm_close sent by the worker.
 #: The supervisor reads the content to keep its comm registry, then publishes.
@@ -61,6 +70,7 @@ COMM: Final = b"comm"
 #: request type has no reply (comm_msg, comm_open, comm_close).
 DONE: Final = b"done"
 #: A signed input_request to send on stdin to the requesting frontend.
+#: meta: empty, or {"subshell_id": id} when a subshell's request asks.
 STDIN: Final = b"stdin"
 #: ACTIVATE is done (imports made, targets announced): send requests now.
 ACTIVATED: Final = b"activated"
@@ -83,6 +93,21 @@ INPUT_REPLY: Final = b"input_reply"
 ADOPT: Final = b"adopt"
 #: Exit cleanly. meta: empty.
 SHUTDOWN: Final = b"shutdown"
+#: On the side socket: the subshells that exist now (JEP 91), for %subshell.
+#: meta: {"ids": [str, ...]}.  A worker starts a subshell's thread when its
+#: first request comes; the supervisor owns the ids (they outlive workers).
+SUBSHELLS: Final = b"subshells"
+
+#: On the side socket: interrupt the subshells running user code (a SIGINT
+#: reaches only the main thread).  meta: empty.
+INTERRUPT: Final = b"interrupt"
+#: The subshell id of the lane that runs the main shell's comm messages while a
+#: cell of the main shell runs: as tasks of the main thread's event loop, as soon
+#: as the cell awaits (worker/subshells.py).  Never a frontend's subshell id.
+BESIDE_CELL: Final = "relaykernel:beside-cell"
+
+#: The side socket's endpoint is the link's plus this.
+SIDE_SUFFIX: Final = "-side"
 
 
 #: Jupyter message types of comm traffic (either direction).
@@ -319,8 +344,16 @@ class WakeMeta(TypedDict):
     crash_log: str
 
 
+class RequestMeta(TypedDict, total=False):
+    """REQUEST's and INPUT_REPLY's meta (empty for a shell request of the parent subshell)."""
+
+    channel: str  # "control": it came on control (the worker's get_parent('control'))
+    subshell_id: str  # it belongs to this subshell: sent on the side socket
+
+
 class DoneMeta(TypedDict, total=False):
     status: str  # "ok" | "error" | "aborted"
+    subshell_id: str  # the request ran in this subshell (absent: the parent subshell)
     execution_count: int  # set by execute requests that stored history
     exit: bool  # exit() in the cell: the supervisor replaces the worker
 

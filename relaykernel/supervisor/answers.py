@@ -31,7 +31,8 @@ log = logging.getLogger("relaykernel.supervisor")
 
 
 class Answers:
-    """Handlers of the supervisor's own requests, by message type (``shell`` and ``control``)."""
+    """Handlers of the supervisor's own requests, by message type (``shell`` and ``control``;
+    the loop adds subshells.py's)."""
 
     def __init__(self, *, flow: RequestFlow, comms: CommRelay, pool: WorkerPool, recovery: Recovery,
                  timers: Timers, stop: Callable[[], None], interrupt_grace: float,
@@ -99,14 +100,17 @@ class Answers:
     def interrupt(self) -> None:
         """SIGINT the running cell; replace the worker if it has not stopped after the grace period.
         Before a worker is ready to run requests, the execute waiting is interrupted instead."""
-        worker, request = self.pool.active_ready(), self.flow.queue.current
+        worker = self.pool.active_ready()
         if worker is None:  # none active yet, or still ACTIVATING: nothing runs
             self.interrupt_waiting()
             return
         worker.signal(signal.SIGINT)
-        if request is not None and self.interrupt_grace > 0:
+        running = self.flow.requests_running()
+        if any(queue is not self.flow.queue for queue, _ in running):  # kernel-wide: subshells too
+            worker.send(wire.encode(wire.INTERRUPT), side=True)
+        if running and self.interrupt_grace > 0:
             def hard_interrupt() -> None:
-                if self.pool.active is worker and self.flow.queue.current is request:
+                if self.pool.active is worker and any(queue.current is r for queue, r in running):
                     log.warning("worker ignored SIGINT for %.1fs; replacing it", self.interrupt_grace)
                     self.recovery.replace_active(
                         f"the cell did not stop within {self.interrupt_grace:g} s of the interrupt,"

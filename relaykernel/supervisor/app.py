@@ -53,6 +53,10 @@ class Supervisor(Application):
                               "Each costs the memory of an idle IPython (~60 MB).")
     interrupt_grace = Float(5.0, config=True, help="Seconds a cell may ignore an interrupt "
                             "(native code that does not check signals) before the worker is replaced.")
+    subshell_overlap_after = Float(1.0, config=True, help="Seconds a request must have run before a "
+                                   "request of another subshell starts beside it (shorter ones never "
+                                   "overlap: pyplot and other global state stay consistent); 0: always "
+                                   "at once, as ipykernel; negative: never beside another.")
     memory_limit = Float(0.0, config=True, help="Hard memory limit of the worker (with its "
                          "children) in GiB; past it the worker is replaced with a clear error. 0: off.")
     memory_soft_limit = Float(0.0, config=True, help="Soft memory limit in GiB; past it the running "
@@ -194,6 +198,7 @@ class Supervisor(Application):
                 settings=Settings(
                     standby_workers=self.standby_workers, interrupt_grace=self.interrupt_grace,
                     inplace_restart=self.inplace_restart, log_level=self._level(),
+                    subshell_overlap_after=self.subshell_overlap_after,
                     memory_guard=MemoryGuard(int(self.memory_soft_limit * GIB), int(self.memory_limit * GIB))))
             if early.interrupted_after:  # a SIGINT came while the early step held requests
                 covered = (held or [])[: early.interrupted_after]

@@ -43,6 +43,6 @@ def kernel_info_content() -> dict[str, Any]:
             {"text": "Jupyter messaging", "url": "https://jupyter-client.readthedocs.io/en/stable/messaging.html"},
         ],
         "debugger": False,
-        # protocol 5.4: the optional features this kernel has (no debugger, no subshells)
-        "supported_features": [],
+        # the optional features this kernel has (protocol 5.4; subshells: 5.5, JEP 91)
+        "supported_features": ["kernel subshells"],
     }

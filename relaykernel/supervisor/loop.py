@@ -8,6 +8,7 @@ whatever the worker is doing.  The loop only routes; each room does one job:
 
 * flow.py: a request's busy, reply and idle, and the shell queue;
 * answers.py: the requests the supervisor answers itself;
+* subshells.py: create/delete/list of subshells (their lanes are flow.py's);
 * stdin_relay.py: input() prompts and replies;
 * comm_relay.py: the registry of open comms;
 * pool.py: the active worker and its spares;
@@ -38,8 +39,10 @@ from .outbox import Outbox
 from .pool import StartWorker, WorkerPool
 from .recovery import Recovery
 from .resources import MemoryGuard
+from .shell_queue import ShellQueue
 from .sockets import Incoming, KernelSockets, Verifier
 from .stdin_relay import StdinRelay
+from .subshells import Subshells
 from .worker_process import WorkerProcess, WorkerState
 
 log = logging.getLogger("relaykernel.supervisor")
@@ -54,6 +57,8 @@ class Settings:
     memory_guard: MemoryGuard = field(default_factory=MemoryGuard)
     inplace_restart: bool = True
     log_level: int = logging.WARNING
+    #: seconds another lane's request must have run before a request starts beside it (flow.py)
+    subshell_overlap_after: float = 1.0
 
 
 class SupervisorLoop:
@@ -81,7 +86,8 @@ class SupervisorLoop:
         self.poller.register(self._wake_r, zmq.POLLIN)
         self.timers = Timers()
         self.comms = CommRelay()
-        self.flow = RequestFlow(self.out, self.comms)
+        self.flow = RequestFlow(self.out, self.comms, settings.subshell_overlap_after, later=self.timers.after)
+        self.flow.redispatch = self._dispatch
         self.pool = WorkerPool(ctx=ctx, private_dir=private_dir, config=worker_config, poller=self.poller,
                                timers=self.timers, standby=settings.standby_workers,
                                first_worker=first_worker, start=start_worker, launcher=launcher)
@@ -93,7 +99,11 @@ class SupervisorLoop:
         self.answers = Answers(flow=self.flow, comms=self.comms, pool=self.pool, recovery=self.recovery,
                                timers=self.timers, stop=self.stop, interrupt_grace=settings.interrupt_grace,
                                inplace_restart=settings.inplace_restart)
-        self.stdin = StdinRelay(sockets.stdin, self.pool, self.flow.queue)
+        self.subshells = Subshells(self.flow, self.pool)
+        self.answers.control.update({"create_subshell_request": self.subshells.create,
+                                     "delete_subshell_request": self.subshells.delete,
+                                     "list_subshell_request": self.subshells.list})
+        self.stdin = StdinRelay(sockets.stdin, self.pool, self.flow)
         self.link_handlers: dict[bytes, Callable[[WorkerProcess, wire.LinkMessage], None]] = {
             wire.READY: self._on_ready,
             wire.IOPUB: self._on_iopub,
@@ -179,10 +189,31 @@ class SupervisorLoop:
         elif self.comms.is_widget_control(msg):
             self._answer_here(msg, self._widget_control)
         else:
+            queue = self._lane_of(msg)
+            if queue is None:
+                self._answer_here(msg, self.subshells.unknown)
+                return
             self.comms.from_frontend(msg)
             self.chores.after_large(msg.buffers)
-            self.flow.queue.push(msg)
+            queue.push(msg)
             self._dispatch()
+
+    def _lane_of(self, msg: Incoming) -> ShellQueue | None:
+        """The lane a shell message waits in: its subshell's, the one beside the main
+        shell's running cell for comm messages, or the main shell's.  None: a
+        request for a subshell that does not exist (a comm message for one runs in
+        the main shell: it has no reply to carry an error, and nothing is lost)."""
+        subshell_id = msg.header.get("subshell_id")
+        if subshell_id is not None:
+            queue = self.flow.lanes.get(subshell_id) if isinstance(subshell_id, str) else None
+            if queue is not None:
+                return queue
+            if msg.msg_type.endswith("_request"):
+                return None
+            log.warning("%s for unknown subshell %r runs in the main shell", msg.msg_type, subshell_id)
+        if msg.msg_type in wire.COMM_TYPES and self.flow.cell_running():
+            return self.flow.beside
+        return self.flow.queue
 
     def _answer_here(self, msg: Incoming, handler: Callable[[Incoming], None]) -> None:
         """Busy, the handler's reply, idle; then busy again if a request is still
@@ -248,12 +279,16 @@ class SupervisorLoop:
 
     def _on_activated(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
         if self.pool.activated(worker):
+            if self.flow.lanes:  # they outlived the last worker
+                self.subshells.tell_worker()
             self._dispatch()
 
     def _on_iopub(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
         if worker is self.pool.active:
-            if lm.meta and self.flow.queue.current is not None:  # the worker began the cell
-                self.flow.queue.current.started = True
+            if lm.meta:  # the worker began a cell
+                queue = self.flow.lane(lm.meta.get("subshell_id"))
+                if queue is not None and queue.current is not None:
+                    queue.current.started = True
             wire.send_frames(self.sockets.iopub, lm.payload)
 
     def _on_worker_comm(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:

@@ -19,7 +19,7 @@ import zmq
 
 from .. import wire
 from .crash_report import WORKER_DIED, Death, Rollback, read_crash_log
-from .shell_queue import stops_on_error
+from .shell_queue import ShellQueue, stops_on_error
 from .worker_process import WorkerProcess, WorkerState
 
 if TYPE_CHECKING:
@@ -136,14 +136,27 @@ class Recovery:
         request = queue.finish() if running > 0 else None
         queue.requeue_sent()  # never started: run on the next worker
         queue.requeue(again)
-        if request is None:
+        # Subshells and the lane beside the cell: each ran its oldest request sent
+        # (their DONEs come on the link, drained already); the rest never began.
+        others = []
+        for _, lane in list(self.flow.all_lanes())[1:]:
+            running_there = lane.finish()
+            lane.requeue_sent()
+            if running_there is not None:
+                others.append((lane, running_there))
+        if request is None and not others:
             self._last_output(None, death)
             if not death.restart:  # a restart of an idle kernel needs no words
                 self.out.stream(None, "stderr", death.report(len(self.comms)))
             return
-        self._fail_running(request, death)
+        if request is not None:
+            self._fail_running(request, death)
+        for i, (lane, running_there) in enumerate(others):
+            self._fail_running(running_there, death, lane, last_output=request is None and i == 0)
+        self.flow.forget_finished_lanes()
 
-    def _fail_running(self, request: Incoming, death: Death) -> None:
+    def _fail_running(self, request: Incoming, death: Death, queue: ShellQueue | None = None,
+                      last_output: bool = True) -> None:
         """The death's error for the request the worker was running, with what it printed last."""
         self.flow.announce(request)
         is_execute = request.msg_type == "execute_request"
@@ -151,7 +164,8 @@ class Recovery:
             # the worker died before its execute_input left: the cell must still show up
             self.out.publish(request, "execute_input", {"code": request.content.get("code", ""),
                                                        "execution_count": self.flow.execution_count})
-        self._last_output(request, death)
+        if last_output:
+            self._last_output(request, death)
         if is_execute:  # its error output says it all; no second copy
             if last_words := death.last_words():
                 self.out.stream(request, "stderr", last_words)
@@ -166,7 +180,7 @@ class Recovery:
         self.out.reply(request, error if request.msg_type.endswith("_request") else None)
         self.out.status("idle", request)
         if is_execute and stops_on_error(request):
-            self.flow.abort(self.flow.queue.take_executes())
+            self.flow.abort((queue or self.flow.queue).take_executes())
 
     def _last_output(self, request: Incoming | None, death: Death) -> None:
         """What the dead worker wrote last and could not forward, shown before the report:
@@ -182,7 +196,7 @@ class Recovery:
             WORKER_DIED, f"{death.evalue}, right after it finished this {request.msg_type}; its reply was lost"))
 
     def _fail_queued(self, death: Death) -> None:
-        for request in self.flow.queue.take_pending():
+        for request in [r for _, lane in self.flow.all_lanes() for r in lane.take_pending()]:
             self.flow.announce(request)
             self.out.stream(request, "stderr", "relaykernel: no worker could start: "
                                                 f"{death.exit.describe()}\n{death.crash_log}")

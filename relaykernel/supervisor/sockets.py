@@ -64,6 +64,7 @@ class Incoming:
 
     __slots__ = (
         "announced",
+        "began_at",
         "channel",
         "content",
         "frames",
@@ -92,6 +93,8 @@ class Incoming:
         self.announced = False
         #: the worker announced it began running this request (execute_input)
         self.started = False
+        #: time.monotonic() when it became its lane's running request (flow.py)
+        self.began_at = 0.0
         #: msg_id of this request's input_request that awaits its input_reply
         self.prompt_id: str | None = None
 

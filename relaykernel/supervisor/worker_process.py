@@ -94,6 +94,12 @@ class WorkerProcess:
         self.endpoint = f"ipc://{private_dir}/worker-{number}"
         self.link.bind(self.endpoint)
         os.chmod(self.endpoint[len("ipc://") :], 0o600)  # private even if the directory's mode changes
+        #: what must reach the worker while its main thread is busy (wire.SIDE_SUFFIX)
+        self.side = ctx.socket(zmq.PAIR)
+        self.side.setsockopt(zmq.LINGER, 0)
+        self.side.setsockopt(zmq.SNDTIMEO, 0)
+        self.side.bind(self.endpoint + wire.SIDE_SUFFIX)
+        os.chmod(self.endpoint[len("ipc://") :] + wire.SIDE_SUFFIX, 0o600)
         self.progress_file = f"{private_dir}/worker-{number}.started"
         progress.create(self.progress_file)
         #: DONEs received: with progress.read, tells which sent request was running
@@ -140,13 +146,14 @@ class WorkerProcess:
                 unread[name] = tail.decode("utf-8", "replace")
         return unread
 
-    def send(self, frames: list[Any]) -> bool:
-        """Send a link message without ever blocking.  A worker that cannot take it
-        now (dead, never connected, or its queue full) is killed instead, so its
-        sentinel brings it to recovery; False then, and nothing was sent (only a
-        message's first frame can fail: zmq queues the rest with it)."""
+    def send(self, frames: list[Any], side: bool = False) -> bool:
+        """Send a link message without ever blocking (``side``: on the side socket).
+        A worker that cannot take it now (dead, never connected, or its queue
+        full) is killed instead, so its sentinel brings it to recovery; False
+        then, and nothing was sent (only a message's first frame can fail: zmq
+        queues the rest with it)."""
         try:
-            wire.send_frames(self.link, frames)
+            wire.send_frames(self.side if side else self.link, frames)
         except zmq.Again:
             log.warning("worker %s cannot take a link message; killing it", self.number)
             self.kill()
@@ -209,10 +216,12 @@ class WorkerProcess:
             except (ProcessLookupError, PermissionError):
                 pass
         self.link.close(linger=0)
+        self.side.close(linger=0)
         for fd in self._output_pipes.values():
             os.close(fd)
         self._output_pipes.clear()
-        for path in (self.endpoint[len("ipc://") :], self.progress_file):
+        link_path = self.endpoint[len("ipc://") :]
+        for path in (link_path, link_path + wire.SIDE_SUFFIX, self.progress_file):
             try:
                 os.unlink(path)
             except OSError:

@@ -11,14 +11,19 @@ Inside user code SIGINT is Python's own ``default_int_handler``, as in
 ipykernel: the KeyboardInterrupt's traceback shows the user's line and no
 frame of ours, and ``signal.getsignal`` returns what libraries expect.
 
-Runs in the worker's main thread (Python runs signal handlers there).
+Runs in the worker's main thread (Python runs signal handlers there).  User
+code on other threads -- subshells (subshells.py) -- registers here too: an
+interrupt is kernel-wide, and the supervisor sends subshells theirs on the side
+socket (wire.INTERRUPT), since a signal reaches the main thread only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 
 
@@ -29,6 +34,9 @@ class InterruptGate:
         self._pending = False
         self._on_interrupt: Callable[[], None] | None = None
         self.memory_error = memory_error  # set when a soft memory limit is configured
+        #: threads other than the main one in user code -> what interrupts them
+        #: (None: a KeyboardInterrupt raised in the thread)
+        self._threads: dict[int, Callable[[], None] | None] = {}
 
     def install(self) -> None:
         signal.signal(signal.SIGINT, self._on_sigint)
@@ -48,7 +56,16 @@ class InterruptGate:
         """Signals raise inside this block (and a pending interrupt fires at once).
 
         ``on_interrupt``: call this instead of raising (a cell awaiting in the
-        event loop, where an exception would leave the loop, not the cell)."""
+        event loop, where an exception would leave the loop, not the cell).
+        Inside a block that is open already (a comm message handled while the
+        cell awaits) the outer block's rules stay."""
+        if threading.current_thread() is not threading.main_thread():
+            with self._thread_user_code(on_interrupt):
+                yield
+            return
+        if self._open:
+            yield
+            return
         self._open = True
         self._on_interrupt = on_interrupt
         if on_interrupt is None:
@@ -64,6 +81,31 @@ class InterruptGate:
             signal.signal(signal.SIGINT, self._on_sigint)
             self._open = False
             self._on_interrupt = None
+
+    @contextlib.contextmanager
+    def _thread_user_code(self, on_interrupt: Callable[[], None] | None) -> Iterator[None]:
+        ident = threading.get_ident()
+        outer = ident in self._threads
+        if not outer:
+            self._threads[ident] = on_interrupt
+        try:
+            yield
+        finally:
+            if not outer:
+                self._threads.pop(ident, None)
+
+    def interrupt_threads(self) -> None:
+        """Every other thread in user code gets a KeyboardInterrupt at its next bytecode
+        (an awaiting cell: its task is cancelled).  One blocked in a C call (sleep,
+        a lock) sees it when the call returns."""
+        for ident, on_interrupt in list(self._threads.items()):
+            if on_interrupt is not None:
+                on_interrupt()
+            else:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
+
+    def busy_threads(self) -> bool:
+        return bool(self._threads)
 
     def _on_sigint(self, signum: int, frame: object) -> None:
         if self._open:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import contextvars
 import datetime
 import getpass
 import importlib
@@ -33,8 +34,17 @@ from .link import Link
 from .messages import Messenger
 from .session_compat import IOPubRelay, make_session
 from .streams import FdCapture, OutStream
+from .subshells import Subshells
+from .subshells import current as current_subshell
 
 log = logging.getLogger("relaykernel.worker")
+
+#: Per request, so that requests of subshells (threads) and comm messages handled
+#: while a cell awaits (tasks) keep their own: the reply's metadata (execute's
+#: timing), and whether the request allows input().
+_reply_metadata: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "relaykernel_reply_metadata", default=None)
+_allow_stdin: contextvars.ContextVar[bool] = contextvars.ContextVar("relaykernel_allow_stdin", default=False)
 
 Outcome = tuple["dict[str, Any] | None", wire.DoneMeta]  # the reply's content (or None), the DONE meta
 Handler = Callable[[dict[str, Any]], "Outcome | Awaitable[Outcome]"]
@@ -55,12 +65,11 @@ class WorkerKernel:
         #: the latest request that came on each channel, for get_parent(channel)
         self._control_parent: dict[str, Any] = {}
         self._shell_parent: dict[str, Any] = {}
-        #: metadata of the reply being built (execute_request's timing), else None
-        self._reply_metadata: dict[str, Any] | None = None
         #: names this worker in execute_reply metadata, as ipykernel's engine id does
         self.engine_id = str(uuid.uuid4())
         self.gate = InterruptGate()
-        self._allow_stdin = False
+        #: subshells (JEP 91) and the lane beside the main shell's cell
+        self.subshells = Subshells(self.handle)
         #: for code written against ipykernel: kernel.session.send(kernel.iopub_socket, ...)
         self.iopub_socket = IOPubRelay(self)
         self._session: Any = None
@@ -181,16 +190,18 @@ class WorkerKernel:
                 log.warning("could not adopt comm %s: %s", content.get("comm_id"), e)
         self.flush_streams()
 
-    async def handle(self, frames: list[Any], channel: str = "shell") -> None:
+    async def handle(self, frames: list[Any], channel: str = "shell", subshell_id: str | None = None) -> None:
         """Run one request and send its DONE, even if the handler raises or is interrupted.
 
-        ``channel``: where the request came from (``shell`` or ``control``).
-        Streams (and fd pipes) are flushed once, here, right before the DONE."""
+        ``channel``: where the request came from (``shell`` or ``control``);
+        ``subshell_id``: the subshell (thread, or the lane beside the cell) it runs
+        in, None for the main shell.  Streams (and fd pipes) are flushed once,
+        here, right before the DONE."""
         reply: dict[str, Any] | None = None
         meta: wire.DoneMeta = {"status": "ok"}
         msg_type = ""
         parent = None  # the reply answers the request even if user code set another parent
-        self._reply_metadata = None
+        _reply_metadata.set(None)
         try:
             # the supervisor checked every part, so this fails only on a broken link
             msg = _parse(frames)
@@ -199,7 +210,8 @@ class WorkerKernel:
                 self._control_parent = msg
             else:
                 self._shell_parent = msg
-            parent = self.messenger.set_parent(msg, wire.as_bytes(frames[wire.VERIFIED.header]), channel)
+            parent = self.messenger.set_parent(msg, wire.as_bytes(frames[wire.VERIFIED.header]), channel,
+                                               latest=subshell_id is None)
             self._restore_lost_streams()
             handler = self.handlers.get(msg_type)
             if handler is None:
@@ -218,7 +230,9 @@ class WorkerKernel:
         finally:
             self.flush_streams()
             reply_type = msg_type[: -len("request")] + "reply" if msg_type.endswith("_request") else None
-            self.messenger.done(reply_type if reply is not None else None, reply, meta, self._reply_metadata,
+            if subshell_id is not None:
+                meta["subshell_id"] = subshell_id
+            self.messenger.done(reply_type if reply is not None else None, reply, meta, _reply_metadata.get(),
                                 parent)
 
     def _restore_lost_streams(self) -> None:
@@ -239,12 +253,13 @@ class WorkerKernel:
         code = content.get("code", "")
         silent = bool(content.get("silent", False))
         store_history = bool(content.get("store_history", not silent))
-        self._allow_stdin = bool(content.get("allow_stdin", False))
+        _allow_stdin.set(bool(content.get("allow_stdin", False)))
         shell = self.shell
         count = shell.execution_count
         if not silent:
+            subshell = current_subshell()
             self.messenger.publish("execute_input", {"code": code, "execution_count": count},
-                                   started=True)
+                                   started=True, subshell_id=subshell.id if subshell else None)
         self.last_error = None
         shell.displayhook_failed = False
         # JupyterLab's cell id; run_cell hands both to pre_run_cell handlers, as under ipykernel
@@ -262,10 +277,10 @@ class WorkerKernel:
             reply["user_expressions"] = {}
         reply["payload"] = shell.payload_manager.read_payload()
         shell.payload_manager.clear_payload()
-        self._allow_stdin = False
+        _allow_stdin.set(False)
         # what ipykernel puts there; JupyterLab's "record timing" reads "started"
-        self._reply_metadata = {"started": started, "dependencies_met": True, "engine": self.engine_id,
-                                "status": reply["status"]}
+        _reply_metadata.set({"started": started, "dependencies_met": True, "engine": self.engine_id,
+                             "status": reply["status"]})
         meta: wire.DoneMeta = {"status": reply["status"], "execution_count": shell.execution_count}
         if shell.exit_now:  # exit() / quit: under ipykernel the kernel ends and is restarted
             shell.exit_now = False
@@ -407,14 +422,21 @@ class WorkerKernel:
         return self._input(str(prompt), password=True)
 
     def _input(self, prompt: str, password: bool) -> str:
-        if not self._allow_stdin:
+        if not _allow_stdin.get():
             raise StdinNotImplementedError(
                 "input() was called, but this frontend does not support input requests "
                 "(allow_stdin is false).")
         self.flush_streams()
-        self.link.discard_kept(wire.INPUT_REPLY)  # replies to an older prompt
-        self.messenger.input_request(prompt, password)
-        reply = self.link.receive({wire.INPUT_REPLY})
+        subshell = current_subshell()
+        if subshell is not None:  # its reply comes on the side socket
+            while not subshell.input_replies.empty():  # replies to an older prompt
+                subshell.input_replies.get_nowait()
+            self.messenger.input_request(prompt, password, subshell.id)
+            reply = subshell.read_input()
+        else:
+            self.link.discard_kept(wire.INPUT_REPLY)  # replies to an older prompt
+            self.messenger.input_request(prompt, password)
+            reply = self.link.receive({wire.INPUT_REPLY})
         value = json.loads(wire.as_bytes(reply.payload[wire.VERIFIED.content])).get("value", "")
         return str(value)
 

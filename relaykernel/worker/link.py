@@ -117,6 +117,11 @@ class Link:
         self._stopped = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="relaykernel-flush", daemon=True)
 
+    @property
+    def context(self) -> zmq.Context:
+        """The zmq context of the link's socket (the side socket shares it)."""
+        return self._ctx
+
     def start(self) -> None:
         """Start the ticker thread."""
         self._ticker.start()

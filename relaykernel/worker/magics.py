@@ -1,9 +1,9 @@
 """IPython magics a Jupyter kernel offers beyond IPython's own.
 
 The ones ipykernel users rely on: ``%connect_info``, ``%clear``, ``%less``,
-``%more``, ``%man``, ``%qtconsole`` and ``%autosave`` (which asks the notebook
-frontend, in JavaScript, to change its autosave interval); and relaykernel's own
-``%snapshot`` (snapshot.py).
+``%more``, ``%man``, ``%qtconsole``, ``%autosave`` (which asks the notebook
+frontend, in JavaScript, to change its autosave interval) and ``%subshell``; and
+relaykernel's own ``%snapshot`` (snapshot.py).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import warnings
 from typing import Any
 
@@ -136,6 +137,24 @@ class RelayMagics(Magics):
             raise UsageError(f"%snapshot takes 'on', 'off' or nothing, not {arg_s.strip()!r}")
         else:
             print(snapshots.status())
+
+    @line_magic
+    def subshell(self, arg_s: str = "") -> None:
+        """Show the subshell this code runs in and the kernel's subshells (JEP 91), as
+        ipykernel's ``%subshell`` does; the main shell's id is None.
+
+        Usage: ``%subshell``
+        """
+        from .subshells import current
+
+        kernel = getattr(self.shell, "kernel", None)
+        running = current()
+        print(f"subshell id: {running.id if running is not None else None}")
+        print(f"thread id: {threading.get_ident()}")
+        print(f"main thread id: {threading.main_thread().ident}")
+        print(f"pid: {os.getpid()}")
+        print(f"thread count: {threading.active_count()}")
+        print(f"subshell list: {list(kernel.subshells.ids) if kernel is not None else []}")
 
 
 def _page_file(shell: Any, path: str) -> None:

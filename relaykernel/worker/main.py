@@ -28,6 +28,7 @@ from ..signing import Signer
 from ..spawn import WorkerConfig
 from .link import Link
 from .messages import Messenger, record_thread_parents
+from .side import SideChannel
 from .snapshot import Snapshots, become_worker
 from .streams import FdCapture, OutputOrder, OutStream, after_fork_in_child, order_child_output
 
@@ -96,6 +97,7 @@ def serve(config: WorkerConfig) -> None:
     record_thread_parents(messenger)  # after our own threads started: they follow the latest request
     kernel = WorkerKernel(link, messenger, (stdout, stderr), capture)
     kernel.gate.install()
+    side = _open_side(kernel, ctx, config.endpoint)
     _install_comm_hooks(kernel)
     app = ShellApp.configured(config.ipython_args, log)  # profile, config files, command line
     shell = app.make_shell(kernel)
@@ -103,6 +105,7 @@ def serve(config: WorkerConfig) -> None:
     kernel.shell = shell
     app.start_shell()  # extensions, startup files, exec_lines, as ipykernel before it is ready
     os._exit = _exit_after_flushing(kernel, link, _REAL_EXIT)  # type: ignore[assignment]
+    side.start()  # with the main thread's signals blocked: its thread inherits that
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _MAIN_THREAD_SIGNALS)
     ready: wire.ReadyMeta = {"version": wire.PROTOCOL_VERSION, "pid": os.getpid(),
                              "output_pipes": capture.read_ends()}
@@ -110,19 +113,30 @@ def serve(config: WorkerConfig) -> None:
     snapshots = Snapshots(kernel, os.path.dirname(config.crash_log), config.supervisor_pid, config.snapshots)
     counter = progress.Counter(config.progress_file) if config.progress_file else None
     while (wake := _serve_forever(kernel, link, counter, snapshots)) is not None:
-        counter = _restored(kernel, link, wake, snapshots.supervisor_fd)
+        counter = _restored(kernel, link, side, wake, snapshots.supervisor_fd)
         snapshots.restored()
     snapshots.drop()
     os._exit(0)  # after flushing, as for user code
 
 
-def _restored(kernel: WorkerKernel, link: Link, wake: wire.WakeMeta, supervisor_fd: int) -> progress.Counter:
+def _open_side(kernel: WorkerKernel, ctx: zmq.Context, endpoint: str) -> SideChannel:
+    """The side socket (side.py), its messages handed to the subshells and the interrupt gate."""
+    side = SideChannel(ctx, endpoint)
+    kernel.subshells.install(side.handlers)
+    side.handlers[wire.INTERRUPT] = lambda lm: kernel.gate.interrupt_threads()
+    return side
+
+
+def _restored(kernel: WorkerKernel, link: Link, side: SideChannel, wake: wire.WakeMeta,
+              supervisor_fd: int) -> progress.Counter:
     """In a snapshot's child, woken by the supervisor after the worker died: become a
     worker again (snapshot.py), with the user's state as it was, and say READY."""
     signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)  # for the threads started here
     # started outside any request, as the worker's were: they follow the latest request
     no_parent = kernel.messenger.set_thread_parent({})
     link.reopen(wake["endpoint"])
+    kernel.subshells.forget()
+    side.reopen(link.context, wake["endpoint"])
     become_worker(kernel, wake, supervisor_fd)
     kernel.messenger.reset_thread_parent(no_parent)
     os._exit = _exit_after_flushing(kernel, link, _REAL_EXIT)  # type: ignore[assignment]
@@ -212,6 +226,7 @@ def _serve_forever(kernel: WorkerKernel, link: Link, counter: progress.Counter |
     loop (the old one's selector is the dead worker's)."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    kernel.subshells.main_loop = loop
     try:
         while loop.run_until_complete(_serve(kernel, link, counter, snapshots)):
             wake = snapshots.take()

@@ -74,12 +74,15 @@ class Messenger:
         parent = getattr(threading.current_thread(), "_relaykernel_parent", None)
         return parent if parent is not None else self._latest
 
-    def set_parent(self, msg: dict[str, Any], raw: bytes | None = None, channel: str = "shell") -> Parent:
+    def set_parent(self, msg: dict[str, Any], raw: bytes | None = None, channel: str = "shell",
+                   latest: bool = True) -> Parent:
         """Outputs of this context (and of the tasks and threads it starts) answer
-        ``msg`` (a message or a header); ``raw`` is its header as received."""
+        ``msg`` (a message or a header); ``raw`` is its header as received.
+        ``latest=False``: threads without a parent do not follow it (a subshell's)."""
         parent = Parent(msg, raw, channel)
         self._context_parent.set(parent)
-        self._latest = parent
+        if latest:
+            self._latest = parent
         return parent
 
     def set_thread_parent(self, msg: dict[str, Any]) -> contextvars.Token[Parent]:
@@ -98,13 +101,16 @@ class Messenger:
 
     def publish(self, msg_type: str, content: dict[str, Any], metadata: dict[str, Any] | None = None,
                 buffers: list[Any] | None = None, kind: bytes = wire.IOPUB, started: bool = False,
-                parent: Parent | None = None) -> None:
+                parent: Parent | None = None, subshell_id: str | None = None) -> None:
         """Send an iopub message (signed, topic first) for the supervisor to publish.
 
-        ``started`` marks the execute_input: the supervisor learns the cell began.
-        ``parent``: the request it answers, if not the calling context's."""
+        ``started`` marks the execute_input: the supervisor learns the cell (of
+        ``subshell_id``'s lane) began.  ``parent``: the request it answers, if not
+        the calling context's."""
         frames: list[Any] = [f"kernel.{msg_type}".encode(), *self.frames(msg_type, content, metadata, parent)]
-        meta: dict[str, Any] | None = {"started": True} if started else None
+        meta: dict[str, Any] | None = None
+        if started:
+            meta = {"started": True, "subshell_id": subshell_id} if subshell_id else {"started": True}
         if kind == wire.COMM:
             meta = {"msg_type": msg_type, "comm_id": content.get("comm_id")}
         if buffers:
@@ -121,8 +127,9 @@ class Messenger:
         payload = self.frames(reply_type, content or {}, metadata, parent) if reply_type else []
         self.link.send(wire.DONE, meta, payload)
 
-    def input_request(self, prompt: str, password: bool) -> None:
-        self.link.send(wire.STDIN, None, self.frames("input_request", {"prompt": prompt, "password": password}))
+    def input_request(self, prompt: str, password: bool, subshell_id: str | None = None) -> None:
+        self.link.send(wire.STDIN, {"subshell_id": subshell_id} if subshell_id else None,
+                       self.frames("input_request", {"prompt": prompt, "password": password}))
 
 
 def record_thread_parents(messenger: Messenger) -> None:

@@ -12,7 +12,7 @@ from queue import Empty
 import jupyter_kernel_test as jkt
 from jupyter_kernel_test.msgspec_v5 import validate_message
 
-from tests.kernel.helpers import KERNEL_NAME, Deadline
+from tests.kernel.helpers import IS_IPYKERNEL, KERNEL_NAME, Deadline
 
 
 class RelayKernelConformanceTests(jkt.KernelTests):
@@ -113,3 +113,52 @@ class RelayKernelConformanceTests(jkt.KernelTests):
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 break
         self.assertIn("got: hello stdin", text)
+
+    def test_subshell_messages(self) -> None:
+        """Protocol 5.5 (JEP 91): create/list/delete on control, and a request sent to a
+        subshell answered with schema-valid messages that carry its parent header."""
+        self.flush_channels()
+        create = self.kc.session.msg("create_subshell_request", {})
+        self.kc.control_channel.send(create)
+        reply = self.kc.get_control_msg(timeout=jkt.TIMEOUT)
+        self.assertEqual(reply["parent_header"]["msg_id"], create["header"]["msg_id"])
+        self.assertEqual(reply["header"]["msg_type"], "create_subshell_reply")
+        if not IS_IPYKERNEL:  # ipykernel 7.4 has subshells, and says 5.4 in its headers
+            self.assertEqual(reply["header"]["version"], "5.5")
+        subshell_id = reply["content"]["subshell_id"]
+        self.assertIsInstance(subshell_id, str)
+
+        request = self.kc.session.msg("execute_request", {"code": "1+2+3", "silent": False,
+                                                          "store_history": True, "user_expressions": {},
+                                                          "allow_stdin": False})
+        request["header"]["subshell_id"] = subshell_id
+        self.kc.shell_channel.send(request)
+        msg_id = request["header"]["msg_id"]
+        reply = self.get_non_kernel_info_reply(timeout=jkt.TIMEOUT)
+        assert reply is not None
+        validate_message(reply, "execute_reply", msg_id)
+        self.assertEqual(reply["parent_header"]["subshell_id"], subshell_id)
+        deadline = Deadline(jkt.TIMEOUT)
+        seen = []
+        while not deadline.expired():
+            try:
+                msg = self.kc.get_iopub_msg(timeout=min(1.0, deadline.remaining()))
+            except Empty:
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:  # the control requests' status
+                continue
+            validate_message(msg, msg["msg_type"], msg_id)
+            seen.append(msg["msg_type"])
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        self.assertIn("execute_result", seen)
+
+        for msg_type, content in (("list_subshell_request", {}),
+                                  ("delete_subshell_request", {"subshell_id": subshell_id})):
+            msg = self.kc.session.msg(msg_type, content)
+            self.kc.control_channel.send(msg)
+            reply = self.kc.get_control_msg(timeout=jkt.TIMEOUT)
+            self.assertEqual(reply["header"]["msg_type"], msg_type.replace("_request", "_reply"))
+            self.assertEqual(reply["content"]["status"], "ok")
+            if msg_type == "list_subshell_request":
+                self.assertIn(subshell_id, reply["content"]["subshell_id"])

@@ -43,7 +43,7 @@ def test_session_accepts_what_we_sign(scheme: str) -> None:
     assert msg["header"]["msg_type"] == "execute_result"
     assert msg["header"]["session"] == "abc"
     assert msg["header"]["username"] == "kernel"
-    assert msg["header"]["version"] == "5.4"
+    assert msg["header"]["version"] == "5.5"
     assert msg["header"]["date"].tzinfo is not None
     assert msg["parent_header"]["msg_id"] == parent["msg_id"]
     assert msg["metadata"] == {"m": True}

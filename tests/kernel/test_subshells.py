@@ -1,0 +1,329 @@
+"""Kernel subshells (JEP 91, protocol 5.5): requests that run while a cell runs.
+
+The protocol tests run against ipykernel 7 too (RELAYKERNEL_TEST_KERNEL=ipykernel);
+those about the overlap policy, crashes and restarts are relaykernel's own.
+Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from jupyter_client.blocking.client import BlockingKernelClient
+
+from tests.kernel import crash_helpers
+from tests.kernel.comm_helpers import PRELUDE, new_comm_id
+from tests.kernel.crash_helpers import install_spec
+from tests.kernel.helpers import (
+    IS_IPYKERNEL,
+    Deadline,
+    collect_iopub_until_idle,
+    evaluate,
+    execute_ok,
+    get_reply,
+    parent_id,
+    relaykernel_only,
+    stream_text,
+)
+
+relay = crash_helpers.relay
+
+
+def control(kc: BlockingKernelClient, msg_type: str, content: dict[str, Any] | None = None) -> dict[str, Any]:
+    msg = kc.session.msg(msg_type, content or {})
+    kc.control_channel.send(msg)
+    return get_reply(kc, msg["header"]["msg_id"], channel="control")["content"]
+
+
+def create(kc: BlockingKernelClient) -> str:
+    reply = control(kc, "create_subshell_request")
+    assert reply["status"] == "ok", reply
+    return str(reply["subshell_id"])
+
+
+def send(kc: BlockingKernelClient, msg_type: str, content: dict[str, Any], subshell_id: str | None) -> str:
+    msg = kc.session.msg(msg_type, content)
+    if subshell_id is not None:
+        msg["header"]["subshell_id"] = subshell_id
+    kc.shell_channel.send(msg)
+    return str(msg["header"]["msg_id"])
+
+
+def run(kc: BlockingKernelClient, code: str, subshell_id: str | None, **content: Any) -> str:
+    return send(kc, "execute_request", {"code": code, "silent": False, "store_history": True,
+                                        "user_expressions": {}, "allow_stdin": False, **content}, subshell_id)
+
+
+def replies(kc: BlockingKernelClient, msg_ids: list[str], timeout: float = 30.0) -> dict[str, dict[str, Any]]:
+    """The shell replies to ``msg_ids``, whatever order they come in, each with its arrival time."""
+    deadline = Deadline(timeout)
+    got: dict[str, dict[str, Any]] = {}
+    while set(msg_ids) - set(got):
+        msg = kc.get_shell_msg(timeout=max(0.05, deadline.remaining()))
+        if parent_id(msg) in msg_ids:
+            msg["arrived"] = time.monotonic()
+            got[parent_id(msg)] = msg
+        assert not deadline.expired(), f"no reply to {set(msg_ids) - set(got)}"
+    return got
+
+
+def iopub_of(kc: BlockingKernelClient, msg_ids: list[str], timeout: float = 30.0) -> dict[str, list[dict[str, Any]]]:
+    """Iopub messages of each of ``msg_ids``, up to the idle of every one (the last idle:
+    a request's busy may be said again after another's idle)."""
+    deadline = Deadline(timeout)
+    got: dict[str, list[dict[str, Any]]] = {m: [] for m in msg_ids}
+    idle: set[str] = set()
+    while idle != set(msg_ids):
+        msg = kc.get_iopub_msg(timeout=max(0.05, deadline.remaining()))
+        owner = parent_id(msg)
+        if owner in got:
+            got[owner].append(msg)
+            if msg["msg_type"] == "status":
+                (idle.add if msg["content"]["execution_state"] == "idle" else idle.discard)(owner)
+        assert not deadline.expired(), f"no idle for {set(msg_ids) - idle}"
+    return got
+
+
+def test_create_list_delete_round_trip(kernel):
+    kc = kernel.kc
+    info = kc.kernel_info(reply=True, timeout=10)["content"]
+    assert "kernel subshells" in info["supported_features"]
+    if not IS_IPYKERNEL:  # ipykernel 7.4 has subshells but still says 5.3
+        assert tuple(int(p) for p in info["protocol_version"].split(".")[:2]) >= (5, 5)
+    before = control(kc, "list_subshell_request")["subshell_id"]
+    a, b = create(kc), create(kc)
+    assert a != b
+    assert set(control(kc, "list_subshell_request")["subshell_id"]) == {*before, a, b}
+    assert control(kc, "delete_subshell_request", {"subshell_id": a})["status"] == "ok"
+    assert set(control(kc, "list_subshell_request")["subshell_id"]) == {*before, b}
+    assert control(kc, "delete_subshell_request", {"subshell_id": a})["status"] == "error"
+
+
+def test_a_request_for_an_unknown_subshell_gets_an_error_reply(kernel):
+    kc = kernel.kc
+    msg_id = run(kc, "1", "no-such-subshell")
+    reply = get_reply(kc, msg_id, timeout=10)["content"]
+    assert reply["status"] == "error"
+    assert "no-such-subshell" in reply["evalue"]
+    execute_ok(kc, "x = 1")  # and the kernel goes on
+
+
+def test_a_subshell_runs_while_the_main_cell_runs(kernel):
+    kc = kernel.kc
+    sub = create(kc)
+    execute_ok(kc, "import threading, time\nrelease = threading.Event()")
+    main = run(kc, "print('main'); release.wait(30); print('main done')", None)
+    side = run(kc, "print('sub'); release.set(); 6 * 7", sub)
+    got = replies(kc, [main, side])
+    assert got[main]["content"]["status"] == got[side]["content"]["status"] == "ok"
+    assert got[side]["arrived"] <= got[main]["arrived"]
+    iopub = iopub_of(kc, [main, side])
+    assert stream_text(iopub[main]) == "main\nmain done\n"  # only what the main cell printed
+    sub_iopub = iopub[side]
+    assert stream_text(sub_iopub) == "sub\n"
+    results = [m for m in sub_iopub if m["msg_type"] == "execute_result"]
+    assert results and results[0]["content"]["data"]["text/plain"] == "42"
+    assert results[0]["parent_header"].get("subshell_id") == sub
+
+
+def test_input_in_a_subshell_asks_the_client_that_sent_it(kernel):
+    kc = kernel.kc
+    sub = create(kc)
+    execute_ok(kc, "import threading\nrelease = threading.Event()")
+    main = run(kc, "release.wait(30)", None)
+    side = run(kc, "answer = input('name? '); release.set(); print('got', answer)", sub, allow_stdin=True)
+    prompt = kc.get_stdin_msg(timeout=20)
+    assert prompt["msg_type"] == "input_request"
+    assert prompt["content"]["prompt"] == "name? "
+    assert parent_id(prompt) == side
+    kc.input("ada")
+    got = replies(kc, [main, side])
+    assert got[side]["content"]["status"] == "ok", got[side]["content"]
+    assert "got ada" in stream_text(collect_iopub_until_idle(kc, side))
+
+
+def test_stop_on_error_aborts_only_the_failing_subshells_queue(kernel):
+    kc = kernel.kc
+    sub = create(kc)
+    execute_ok(kc, "import threading\nrelease = threading.Event()")
+    main = run(kc, "release.wait(30)", None)
+    fail = run(kc, "1/0", sub)
+    after_fail = run(kc, "print('never')", sub)
+    main_next = run(kc, "print('main goes on')", None)
+    release = run(kc, "release.set()", create(kc))
+    got = replies(kc, [main, fail, after_fail, main_next, release])
+    assert got[fail]["content"]["status"] == "error"
+    assert got[after_fail]["content"]["status"] == "aborted"
+    assert got[main_next]["content"]["status"] == "ok"
+
+
+@relaykernel_only  # ipykernel 7.4's delete_subshell_reply waits for the busy subshell's cell to end
+def test_deleting_a_busy_subshell_lets_its_cell_finish(kernel):
+    kc = kernel.kc
+    sub = create(kc)
+    execute_ok(kc, "import threading\nrelease = threading.Event()\nstarted = threading.Event()")
+    busy = run(kc, "started.set(); release.wait(30); 'finished'", sub)
+    assert evaluate(kc, "started.wait(20)") == "True"
+    assert control(kc, "delete_subshell_request", {"subshell_id": sub})["status"] == "ok"
+    assert sub not in control(kc, "list_subshell_request")["subshell_id"]
+    execute_ok(kc, "release.set()")
+    assert replies(kc, [busy])[busy]["content"]["status"] == "ok"
+    late = run(kc, "1", sub)
+    assert replies(kc, [late])[late]["content"]["status"] == "error"
+
+
+COMM_STOPS_LOOP = PRELUDE + """
+import time
+stop = False
+def _stop_target(comm, open_msg):
+    def _on_msg(msg):
+        global stop
+        stop = True
+    comm.on_msg(_on_msg)
+comm_manager.register_target('stopper', _stop_target)
+"""
+
+
+def test_a_comm_message_on_a_subshell_stops_a_running_loop(kernel):
+    """The widget "stop" button: the cell's reply comes within a second of the handler."""
+    kc = kernel.kc
+    execute_ok(kc, COMM_STOPS_LOOP)
+    comm_id = new_comm_id()
+    opened = send(kc, "comm_open", {"comm_id": comm_id, "target_name": "stopper", "data": {}}, None)
+    collect_iopub_until_idle(kc, opened)
+    sub = create(kc)
+    loop = run(kc, "t0 = time.monotonic()\nwhile not stop and time.monotonic() - t0 < 30:\n"
+                   "    time.sleep(0.01)\nprint('stopped after', round(time.monotonic() - t0))", None)
+    execute_input = Deadline(20)
+    while True:  # the loop runs
+        msg = kc.get_iopub_msg(timeout=execute_input.remaining())
+        if msg["msg_type"] == "execute_input" and parent_id(msg) == loop:
+            break
+    sent_at = time.monotonic()
+    stop_msg = send(kc, "comm_msg", {"comm_id": comm_id, "data": {"stop": True}}, sub)
+    handled_at = None
+    deadline = Deadline(30)
+    while handled_at is None:
+        msg = kc.get_iopub_msg(timeout=deadline.remaining())
+        if (msg["msg_type"] == "status" and parent_id(msg) == stop_msg
+                and msg["content"]["execution_state"] == "idle"):
+            handled_at = time.monotonic()
+    reply = replies(kc, [loop])[loop]
+    assert reply["content"]["status"] == "ok"
+    assert reply["arrived"] - handled_at < 1.0
+    assert handled_at - sent_at < 25  # not at the loop's own 30 s end
+
+
+AWAIT_COMM = PRELUDE + """
+import asyncio
+answers = []
+def _ask_target(comm, open_msg):
+    global asker
+    asker = comm
+    comm.on_msg(lambda msg: answers.append(msg['content']['data']))
+comm_manager.register_target('ask', _ask_target)
+"""
+
+
+def test_a_cell_awaiting_a_comm_reply_gets_it(kernel):
+    """ipykernel 7 handles the main shell's comm messages while a cell awaits (issue 17, item 5)."""
+    kc = kernel.kc
+    execute_ok(kc, AWAIT_COMM)
+    comm_id = new_comm_id()
+    opened = send(kc, "comm_open", {"comm_id": comm_id, "target_name": "ask", "data": {}}, None)
+    collect_iopub_until_idle(kc, opened)
+    cell = run(kc, "asker.send({'question': 1})\n"
+                   "for _ in range(200):\n"
+                   "    if answers:\n        break\n"
+                   "    await asyncio.sleep(0.05)\n"
+                   "print('answer', answers)", None)
+    deadline = Deadline(20)
+    while True:  # the kernel's question
+        msg = kc.get_iopub_msg(timeout=deadline.remaining())
+        if msg["msg_type"] == "comm_msg" and msg["content"]["data"] == {"question": 1}:
+            break
+    send(kc, "comm_msg", {"comm_id": comm_id, "data": {"answer": 42}}, None)
+    reply = replies(kc, [cell])[cell]
+    assert reply["content"]["status"] == "ok"
+    assert "answer [{'answer': 42}]" in stream_text(collect_iopub_until_idle(kc, cell))
+
+
+def test_percent_subshell_shows_the_id_and_the_list(kernel):
+    kc = kernel.kc
+    sub = create(kc)
+    msg_id = run(kc, "%subshell", sub)
+    assert replies(kc, [msg_id])[msg_id]["content"]["status"] == "ok"
+    text = stream_text(collect_iopub_until_idle(kc, msg_id))
+    assert f"subshell id: {sub}" in text
+    assert sub in text.split("subshell list:")[1]
+    _, iopub = execute_ok(kc, "%subshell")
+    assert "subshell id: None" in stream_text(iopub)
+
+
+# ---------------------------------------------------------------- relaykernel only
+@relaykernel_only
+def test_short_requests_of_two_subshells_do_not_overlap(kernel):
+    """A subshell's cell sent while a short main cell runs waits for it (flow.py's
+    overlap_after), so the two never interleave on shared state."""
+    kc = kernel.kc
+    sub = create(kc)
+    execute_ok(kc, "import time\nsteps = []")
+    main = run(kc, "for i in range(5):\n    steps.append('main'); time.sleep(0.05)", None)
+    side = run(kc, "for i in range(5):\n    steps.append('sub'); time.sleep(0.01)", sub)
+    replies(kc, [main, side])
+    assert evaluate(kc, "steps") == repr(["main"] * 5 + ["sub"] * 5)
+
+
+@relaykernel_only
+def test_a_subshell_starts_beside_a_long_cell_after_overlap_after(kernel):
+    kc = kernel.kc
+    sub = create(kc)
+    execute_ok(kc, "import threading\nrelease = threading.Event()")
+    main = run(kc, "release.wait(30)", None)
+    started = time.monotonic()
+    side = run(kc, "release.set()", sub)
+    got = replies(kc, [main, side])
+    assert got[side]["content"]["status"] == "ok"
+    # it waited for the main cell to reach 1 s (Supervisor.subshell_overlap_after), not 30 s
+    assert 0.5 < got[side]["arrived"] - started < 15
+
+
+@relaykernel_only
+def test_an_interrupt_reaches_a_subshell_cell(kernel):
+    kc = kernel.kc
+    sub = create(kc)
+    side = run(kc, "import time\nwhile True:\n    sum(range(1000))", sub)
+    deadline = Deadline(20)
+    while True:
+        msg = kc.get_iopub_msg(timeout=deadline.remaining())
+        if msg["msg_type"] == "execute_input" and parent_id(msg) == side:
+            break
+    assert control(kc, "interrupt_request")["status"] == "ok"
+    reply = replies(kc, [side])[side]["content"]
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
+    execute_ok(kc, "x = 1")
+
+
+@relaykernel_only
+def test_subshell_ids_survive_a_crash_and_a_restart(relay):
+    h = relay.start(install_spec("relaykernel-provisioned"))
+    kc = h.kc
+    sub = create(kc)
+    execute_ok(kc, "x = 6")
+    # a crash while the subshell holds a queued request: it runs on the next worker
+    crash = run(kc, "import time; time.sleep(0.3); import os; os._exit(3)", None)
+    queued = run(kc, "print('sub ran')", sub)
+    got = replies(kc, [crash, queued])
+    assert got[crash]["content"]["ename"] == "WorkerDied"
+    assert got[queued]["content"]["status"] == "ok", got[queued]["content"]
+    assert sub in control(kc, "list_subshell_request")["subshell_id"]
+    relay.track(h)
+
+    h.km.restart_kernel()
+    kc.wait_for_ready(timeout=30)
+    assert sub in control(kc, "list_subshell_request")["subshell_id"]
+    after = run(kc, "%subshell", sub)
+    assert replies(kc, [after])[after]["content"]["status"] == "ok"
+    assert f"subshell id: {sub}" in stream_text(collect_iopub_until_idle(kc, after))
+    relay.track(h)
