@@ -49,6 +49,7 @@ import logging
 import os
 import select
 import signal
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -266,8 +267,10 @@ class Snapshots:
             self._why = f"it could not be prepared ({e})"
             self._skip(self._why)
             return None
+        random_state = _random_state()
         pid = os.fork()
         if pid == 0:
+            _restore_random(random_state)
             return self._sleep(wake_fd, supervisor_fd)
         os.close(wake_fd)
         os.close(supervisor_fd)
@@ -394,6 +397,23 @@ class Snapshots:
 def _user_names(shell: Any) -> int:
     hidden = getattr(shell, "user_ns_hidden", {})
     return sum(1 for name in shell.user_ns if not name.startswith("_") and name not in hidden)
+
+
+def _random_state() -> Any:
+    """The random module's state, if it is imported (None if not)."""
+    module = sys.modules.get("random")
+    return module.getstate() if module is not None else None
+
+
+def _restore_random(state: Any) -> None:
+    """In the snapshot's child: random.py reseeds its generator in every forked child
+    (os.register_at_fork), so a seeded sequence would not go on where the cells left
+    it; the state the worker had at the fork comes back, as every other object's does.
+    (numpy's generators are not reseeded at fork: they need nothing.)"""
+    module = sys.modules.get("random")
+    if state is not None and module is not None:
+        with contextlib.suppress(Exception):
+            module.setstate(state)
 
 
 def _plumbing() -> set[int]:

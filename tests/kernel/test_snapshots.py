@@ -507,3 +507,14 @@ def test_rewriting_a_snapshots_memory_spaces_the_next_ones(relay) -> None:
 
 def _children(pid: int) -> set[int]:
     return {c.pid for c in psutil.Process(pid).children() if c.status() != psutil.STATUS_ZOMBIE}
+
+
+def test_the_random_module_goes_on_where_the_snapshot_was(relay) -> None:
+    """random.py reseeds its generator in a forked child: a restored worker must give
+    the sequence the seeded state would have given, as before the crashed cell."""
+    h = relay.start(KERNEL_NAME)
+    execute_ok(h.kc, "import random\nrandom.seed(7)\nfirst = [random.random() for _ in range(3)]\nrandom.seed(7)")
+    worker = _fresh_snapshot(h.kc)
+    relay.track(h)
+    _crash(h, "[random.random() for _ in range(5)]\n" + SEGFAULT, worker)
+    assert evaluate(h.kc, "[random.random() for _ in range(3)] == first") == "True"
