@@ -17,6 +17,12 @@ One spec per gateway_provisioners 0.5 provisioner, in the shape of the specs its
   ``python -m relaykernel.launch`` reads them.  Supervisor options travel in the
   spec's env as RELAYKERNEL_ARGS, which those launchers copy into the container.
 
+``--gateway enterprise-gateway`` writes the ``distributed`` spec for Enterprise Gateway 3.x
+instead: EG runs on jupyter_client 6, which has no provisioners, and reads
+``metadata.process_proxy`` (its DistributedProcessProxy, ``remote_hosts`` one comma-separated
+string); argv carries EG's ``--RemoteProcessProxy.*`` spelling and no
+``{transport_encryption}``, a placeholder EG does not fill.
+
 Runs where the gateway runs; imports nothing of relaykernel's kernel.
 """
 
@@ -45,6 +51,16 @@ PROVISIONERS = {
     "docker-swarm": "docker-swarm-provisioner",
 }
 
+#: Enterprise Gateway 3.x fills these four placeholders only (RemoteKernelManager.format_kernel_cmd).
+EG_ARGS = ["--RemoteProcessProxy.kernel-id", "{kernel_id}", "--RemoteProcessProxy.port-range", "{port_range}",
+           "--RemoteProcessProxy.response-address", "{response_address}",
+           "--RemoteProcessProxy.public-key", "{public_key}"]
+
+#: The process proxy Enterprise Gateway runs a distributed (SSH) kernel with.
+EG_DISTRIBUTED = "enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy"
+
+GATEWAYS = ("gateway_provisioners", "enterprise-gateway")
+
 #: The gateway's container launcher per provisioner (kernel-launchers/<dir>/scripts/<script>).
 CONTAINER_LAUNCHERS = {"kubernetes": ("kubernetes", "launch_kubernetes.py"),
                        "docker": ("docker", "launch_docker.py"),
@@ -53,9 +69,15 @@ CONTAINER_LAUNCHERS = {"kubernetes": ("kubernetes", "launch_kubernetes.py"),
 
 def kernel_spec(provisioner: str, *, display_name: str, install_dir: str, python: str = "python",
                 kernel_args: list[str] | None = None, remote_hosts: list[str] | None = None,
-                image: str | None = None, launch_timeout: int | None = None) -> dict[str, Any]:
-    """The kernel.json for ``provisioner`` (a key of PROVISIONERS)."""
+                image: str | None = None, launch_timeout: int | None = None,
+                gateway: str = "gateway_provisioners") -> dict[str, Any]:
+    """The kernel.json for ``provisioner`` (a key of PROVISIONERS) on ``gateway`` (one of GATEWAYS)."""
     kernel_args = kernel_args or []
+    if gateway == "enterprise-gateway":
+        if launch_timeout:
+            raise ValueError("Enterprise Gateway takes its launch timeout from EG_KERNEL_LAUNCH_TIMEOUT, not the spec")
+        return _enterprise_gateway_spec(provisioner, display_name=display_name, python=python,
+                                        kernel_args=kernel_args, remote_hosts=remote_hosts)
     config: dict[str, Any] = {}
     env: dict[str, str] = {}
     if provisioner == "distributed":
@@ -87,6 +109,24 @@ def kernel_spec(provisioner: str, *, display_name: str, install_dir: str, python
             "debugger": False,
             "kernel_provisioner": {"provisioner_name": PROVISIONERS[provisioner], "config": config},
         },
+    }
+
+
+def _enterprise_gateway_spec(provisioner: str, *, display_name: str, python: str, kernel_args: list[str],
+                             remote_hosts: list[str] | None) -> dict[str, Any]:
+    if provisioner != "distributed":
+        raise ValueError("for Enterprise Gateway only the distributed spec is generated (its container "
+                         "process proxies need EG's own launch scripts, which its package does not ship)")
+    if any(" " in a or not a for a in kernel_args):
+        raise ValueError("DistributedProcessProxy runs argv as an unquoted shell line: no spaces in arguments")
+    config = {"remote_hosts": ",".join(remote_hosts)} if remote_hosts else {}
+    return {
+        "argv": [python, "-m", "relaykernel.launch", *EG_ARGS, *kernel_args],
+        "display_name": display_name,
+        "language": "python",
+        "interrupt_mode": "signal",  # EG sends it through the launcher's listener
+        "env": {},
+        "metadata": {"debugger": False, "process_proxy": {"class_name": EG_DISTRIBUTED, "config": config}},
     }
 
 
@@ -126,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Write a kernelspec that runs relaykernel through gateway_provisioners / Enterprise Gateway. "
                     "Arguments after -- go to the kernel (e.g. -- --Supervisor.memory_limit=4).")
     p.add_argument("--provisioner", required=True, choices=sorted(PROVISIONERS))
+    p.add_argument("--gateway", choices=GATEWAYS, default=GATEWAYS[0],
+                   help="the spec's reader: jupyter_server with gateway_provisioners 0.5, or Enterprise "
+                        "Gateway 3.x (distributed only) (default: %(default)s)")
     p.add_argument("--out", required=True, help="the kernelspec directory to write (its name is the kernel's)")
     p.add_argument("--install-dir", help="kubernetes/docker: where the spec will be installed, as the gateway "
                                          "sees it (default: --out)")
@@ -133,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python", default="python", help="the interpreter, on the remote host or in the gateway "
                                                       "(default: %(default)s)")
     p.add_argument("--remote-hosts", help="distributed: comma-separated hosts (default: the gateway's "
-                                          "GP_REMOTE_HOSTS)")
+                                          "GP_REMOTE_HOSTS, or EG_REMOTE_HOSTS)")
     p.add_argument("--image", help="kubernetes/docker: the kernel image (deploy/kernel-image/Dockerfile)")
     p.add_argument("--launch-timeout", type=int, help="seconds the gateway waits for the connection info")
     p.add_argument("--gateway-launchers", help="gateway_provisioners' kernel-launchers directory "
@@ -149,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = kernel_spec(args.provisioner, display_name=name, install_dir=install_dir, python=args.python,
                            kernel_args=kernel_args,
                            remote_hosts=args.remote_hosts.split(",") if args.remote_hosts else None,
-                           image=args.image, launch_timeout=args.launch_timeout)
+                           image=args.image, launch_timeout=args.launch_timeout, gateway=args.gateway)
         files = write_spec(args.out, spec, args.provisioner, args.gateway_launchers or gateway_launchers_dir())
     except ValueError as exc:
         print(f"relaykernel.launch.specs: error: {exc}", file=sys.stderr)

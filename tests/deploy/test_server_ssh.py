@@ -145,7 +145,14 @@ class Channels:
         seen: list[dict[str, Any]] = []
         while not deadline.expired():
             self.ws.settimeout(max(0.1, deadline.remaining()))
-            msg = json.loads(self.ws.recv())
+            # control frames too: recv() alone answers the server's pings and reads on, each read
+            # with a fresh timeout, so a server that pings would keep it waiting past the deadline
+            opcode, frame = self.ws.recv_data_frame(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                raise AssertionError(f"the server closed the kernel's websocket waiting for {msg_type}")
+            if opcode not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+                continue
+            msg = json.loads(frame.data)
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             if msg["msg_type"] == msg_type:

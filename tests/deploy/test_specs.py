@@ -99,3 +99,32 @@ def test_the_kernel_image_entry_is_the_launcher() -> None:
     assert entry[entry.index("python"):] == ["python", "-m", "relaykernel.launch"]
     assert not [line for line in dockerfile.splitlines() if line.startswith("CMD")]  # no arguments: the env
     assert re.search(r'pip install .*"/src\[gateway\]"', dockerfile)
+
+
+def test_the_enterprise_gateway_spec_names_its_process_proxy_and_its_placeholders(tmp_path: Path) -> None:
+    spec = generate(tmp_path / "eg", "--gateway", "enterprise-gateway", "--provisioner", "distributed",
+                    "--remote-hosts", "node1,node2", "--python", "/opt/conda/bin/python",
+                    "--", "--Supervisor.memory_limit=3.5")
+    argv = spec["argv"]
+    assert isinstance(argv, list)
+    assert argv[:3] == ["/opt/conda/bin/python", "-m", "relaykernel.launch"]
+    # EG 3.3's RemoteKernelManager.format_kernel_cmd fills these four, and no {transport_encryption}
+    assert placeholders(argv) == GATEWAY_FILLS - {"transport_encryption"}
+    assert spec["metadata"] == {"debugger": False, "process_proxy": {
+        "class_name": "enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy",
+        "config": {"remote_hosts": "node1,node2"}}}  # one string: EG splits it on commas
+    filled = {"kernel_id": "k-1", "port_range": "0..0", "response_address": "10.0.0.1:8877", "public_key": "QUJD"}
+    line = " ".join(re.sub(r"{(\w+)}", lambda m: filled[m.group(1)], a) for a in argv[3:])
+    args, kernel_args = build_parser().parse_known_args(shlex.split(line))
+    assert (args.kernel_id, args.port_range, args.response_address, args.public_key) == (
+        "k-1", "0..0", "10.0.0.1:8877", "QUJD")
+    assert kernel_args == ["--Supervisor.memory_limit=3.5"]
+
+
+def test_enterprise_gateway_specs_are_distributed_only(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "relaykernel.launch.specs", "--gateway", "enterprise-gateway",
+                             "--provisioner", "kubernetes", "--image", "example.org/relaykernel:0.1",
+                             "--out", str(tmp_path / "k8s")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "only the distributed spec" in result.stderr
+    assert not (tmp_path / "k8s").exists()
