@@ -21,7 +21,10 @@ One spec per gateway_provisioners 0.5 provisioner, in the shape of the specs its
 instead: EG runs on jupyter_client 6, which has no provisioners, and reads
 ``metadata.process_proxy`` (its DistributedProcessProxy, ``remote_hosts`` one comma-separated
 string); argv carries EG's ``--RemoteProcessProxy.*`` spelling and no
-``{transport_encryption}``, a placeholder EG does not fill.
+``{transport_encryption}``, a placeholder EG does not fill.  With ``--inplace-restart`` the
+process proxy is relaykernel's own subclass of it (eg_proxy.py, which needs relaykernel
+installed in EG's environment, ``pip install --no-deps relaykernel``), and the spec's env
+tells the supervisor to swap its worker on a restart: comms and widgets survive restarts.
 
 Runs where the gateway runs; imports nothing of relaykernel's kernel.
 """
@@ -56,8 +59,12 @@ EG_ARGS = ["--RemoteProcessProxy.kernel-id", "{kernel_id}", "--RemoteProcessProx
            "--RemoteProcessProxy.response-address", "{response_address}",
            "--RemoteProcessProxy.public-key", "{public_key}"]
 
-#: The process proxy Enterprise Gateway runs a distributed (SSH) kernel with.
+#: The process proxy Enterprise Gateway runs a distributed (SSH) kernel with; and relaykernel's
+#: subclass of it, whose restarts keep the supervisor (eg_proxy.py).
 EG_DISTRIBUTED = "enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy"
+EG_INPLACE = "relaykernel.launch.eg_proxy.RelayDistributedProcessProxy"
+#: What tells the supervisor to swap its worker on shutdown_request(restart) (supervisor/app.py).
+INPLACE_ENV = "RELAYKERNEL_INPLACE_RESTART"
 
 GATEWAYS = ("gateway_provisioners", "enterprise-gateway")
 
@@ -70,14 +77,17 @@ CONTAINER_LAUNCHERS = {"kubernetes": ("kubernetes", "launch_kubernetes.py"),
 def kernel_spec(provisioner: str, *, display_name: str, install_dir: str, python: str = "python",
                 kernel_args: list[str] | None = None, remote_hosts: list[str] | None = None,
                 image: str | None = None, launch_timeout: int | None = None,
-                gateway: str = "gateway_provisioners") -> dict[str, Any]:
+                gateway: str = "gateway_provisioners", inplace_restart: bool = False) -> dict[str, Any]:
     """The kernel.json for ``provisioner`` (a key of PROVISIONERS) on ``gateway`` (one of GATEWAYS)."""
     kernel_args = kernel_args or []
     if gateway == "enterprise-gateway":
         if launch_timeout:
             raise ValueError("Enterprise Gateway takes its launch timeout from EG_KERNEL_LAUNCH_TIMEOUT, not the spec")
         return _enterprise_gateway_spec(provisioner, display_name=display_name, python=python,
-                                        kernel_args=kernel_args, remote_hosts=remote_hosts)
+                                        kernel_args=kernel_args, remote_hosts=remote_hosts,
+                                        inplace_restart=inplace_restart)
+    if inplace_restart:
+        raise ValueError("--inplace-restart is for Enterprise Gateway (--gateway enterprise-gateway)")
     config: dict[str, Any] = {}
     env: dict[str, str] = {}
     if provisioner == "distributed":
@@ -113,7 +123,7 @@ def kernel_spec(provisioner: str, *, display_name: str, install_dir: str, python
 
 
 def _enterprise_gateway_spec(provisioner: str, *, display_name: str, python: str, kernel_args: list[str],
-                             remote_hosts: list[str] | None) -> dict[str, Any]:
+                             remote_hosts: list[str] | None, inplace_restart: bool) -> dict[str, Any]:
     if provisioner != "distributed":
         raise ValueError("for Enterprise Gateway only the distributed spec is generated (its container "
                          "process proxies need EG's own launch scripts, which its package does not ship)")
@@ -125,8 +135,9 @@ def _enterprise_gateway_spec(provisioner: str, *, display_name: str, python: str
         "display_name": display_name,
         "language": "python",
         "interrupt_mode": "signal",  # EG sends it through the launcher's listener
-        "env": {},
-        "metadata": {"debugger": False, "process_proxy": {"class_name": EG_DISTRIBUTED, "config": config}},
+        "env": {INPLACE_ENV: "1"} if inplace_restart else {},
+        "metadata": {"debugger": False, "process_proxy": {
+            "class_name": EG_INPLACE if inplace_restart else EG_DISTRIBUTED, "config": config}},
     }
 
 
@@ -169,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gateway", choices=GATEWAYS, default=GATEWAYS[0],
                    help="the spec's reader: jupyter_server with gateway_provisioners 0.5, or Enterprise "
                         "Gateway 3.x (distributed only) (default: %(default)s)")
+    p.add_argument("--inplace-restart", action="store_true",
+                   help="enterprise-gateway: restarts swap the worker and keep comms and widgets (needs "
+                        "relaykernel installed in EG's environment: pip install --no-deps relaykernel)")
     p.add_argument("--out", required=True, help="the kernelspec directory to write (its name is the kernel's)")
     p.add_argument("--install-dir", help="kubernetes/docker: where the spec will be installed, as the gateway "
                                          "sees it (default: --out)")
@@ -192,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = kernel_spec(args.provisioner, display_name=name, install_dir=install_dir, python=args.python,
                            kernel_args=kernel_args,
                            remote_hosts=args.remote_hosts.split(",") if args.remote_hosts else None,
-                           image=args.image, launch_timeout=args.launch_timeout, gateway=args.gateway)
+                           image=args.image, launch_timeout=args.launch_timeout, gateway=args.gateway,
+                           inplace_restart=args.inplace_restart)
         files = write_spec(args.out, spec, args.provisioner, args.gateway_launchers or gateway_launchers_dir())
     except ValueError as exc:
         print(f"relaykernel.launch.specs: error: {exc}", file=sys.stderr)

@@ -37,6 +37,8 @@ __all__ = ["sshd"]  # the fixture, imported for this module's tests
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC_NAME = "relaykernel_eg"
+#: The same, with relaykernel's process proxy: restarts swap the worker (relaykernel/launch/eg_proxy.py)
+INPLACE_SPEC_NAME = "relaykernel_eg_inplace"
 #: Enterprise Gateway refuses to start kernels for root (its unauthorized_users)
 KERNEL_USER = "relay-test"
 
@@ -54,20 +56,21 @@ def install_enterprise_gateway() -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-def write_eg_spec(share: Path) -> None:
-    out = share / "kernels" / SPEC_NAME
+def write_eg_spec(share: Path, name: str, *args: str) -> None:
+    out = share / "kernels" / name
     result = subprocess.run([sys.executable, "-m", "relaykernel.launch.specs", "--gateway", "enterprise-gateway",
                              "--provisioner", "distributed", "--out", str(out), "--python", sys.executable,
-                             "--remote-hosts", HOST, "--", "--Supervisor.interrupt_grace=20"],
+                             "--remote-hosts", HOST, *args, "--", "--Supervisor.interrupt_grace=20"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
 
 @contextlib.contextmanager
 def running_gateway(script: str, tmp_path: Path, ssh_port: int, home: Path) -> Iterator[Server]:
-    """Enterprise Gateway on a free port of 127.0.0.1, knowing only the generated spec; stopped by pid."""
+    """Enterprise Gateway on a free port of 127.0.0.1, knowing only the generated specs; stopped by pid."""
     share = tmp_path / "eg-share"
-    write_eg_spec(share)
+    write_eg_spec(share, SPEC_NAME)
+    write_eg_spec(share, INPLACE_SPEC_NAME, "--inplace-restart")
     port = free_port("127.0.0.1")
     env = {**kernel_env(), "JUPYTER_PATH": str(share), "HOME": str(home), "EG_SSH_PORT": str(ssh_port),
            "EG_RESPONSE_IP": "127.0.0.1", "EG_RESPONSE_PORT": str(free_port("127.0.0.1")),
@@ -179,3 +182,65 @@ def test_enterprise_gateway_serves_relaykernel_through_a_crash(frontend: Server,
     assert naming(kernel["id"]) == []
     assert gateway.request("GET", "/api/kernels") == []
     assert "Accepted publickey" in (tmp_path / "sshd" / "sshd.log").read_text()
+
+
+def restart(frontend: Server, kernel_id: str, channels: Channels, what: str) -> Channels:
+    """``POST /api/kernels/ID/restart`` (Kernel > Restart), then a new websocket and a first cell;
+    prints how long the POST took and when the first result came (measured, never asserted)."""
+    channels.close()
+    started = time.monotonic()
+    frontend.request("POST", f"/api/kernels/{kernel_id}/restart")
+    posted = time.monotonic()
+    channels = Channels(frontend, kernel_id)
+    assert channels.evaluate("6 * 7") == "42"
+    print(f"\n{what} through Enterprise Gateway: POST {(posted - started) * 1000:.0f} ms, "
+          f"first result {(time.monotonic() - started) * 1000:.0f} ms after it began")
+    return channels
+
+
+def test_restart_through_enterprise_gateway_keeps_the_supervisor_and_its_comms(frontend: Server) -> None:
+    gateway = frontend.gateway
+    kernel = frontend.request("POST", "/api/kernels", {"name": INPLACE_SPEC_NAME})
+    channels = Channels(frontend, kernel["id"])
+    tree: list[psutil.Process] = []
+    try:
+        launcher, tree = kernel_tree(channels, gateway)
+        worker = int(channels.evaluate("os.getpid()"))
+        slider = open_slider(channels, 7)
+        channels = restart(frontend, kernel["id"], channels, "restart in place")
+        # the same launcher and supervisor, a new worker: variables gone, the widget kept
+        assert kernel_tree(channels, gateway)[0].pid == launcher.pid
+        assert int(channels.evaluate("os.getpid()")) != worker
+        assert channels.evaluate("'s' in dir()") == "False"
+        assert channels.evaluate(SLIDER_VALUES) == "[7]"
+        move_slider(channels, slider, 9)
+        assert channels.evaluate(SLIDER_VALUES) == "[9]"
+        assert "restarted in place" in gateway.log.read_text()
+    finally:
+        channels.close()
+        frontend.request("DELETE", f"/api/kernels/{kernel['id']}")
+    wait_for(lambda: gone(tree), timeout=30, what="the kernel's processes to end after DELETE")
+    assert naming(kernel["id"]) == []
+
+
+def test_restart_through_enterprise_gateways_own_proxy_relaunches_the_kernel(frontend: Server) -> None:
+    gateway = frontend.gateway
+    kernel = frontend.request("POST", "/api/kernels", {"name": SPEC_NAME})
+    channels = Channels(frontend, kernel["id"])
+    trees: list[psutil.Process] = []
+    try:
+        launcher, tree = kernel_tree(channels, gateway)
+        trees += tree
+        open_slider(channels, 7)
+        channels = restart(frontend, kernel["id"], channels, "restart (relaunch)")
+        new_launcher, tree = kernel_tree(channels, gateway)
+        trees += tree
+        assert new_launcher.pid != launcher.pid
+        assert channels.evaluate(SLIDER_VALUES) == "[]"  # a new kernel: EG's proxy keeps nothing
+        wait_for(lambda: not launcher.is_running() or launcher.status() == psutil.STATUS_ZOMBIE, timeout=30,
+                 what="the restarted kernel's launcher to end")
+    finally:
+        channels.close()
+        frontend.request("DELETE", f"/api/kernels/{kernel['id']}")
+    wait_for(lambda: gone(trees), timeout=30, what="the kernel's processes to end after DELETE")
+    assert naming(kernel["id"]) == []

@@ -128,3 +128,17 @@ def test_enterprise_gateway_specs_are_distributed_only(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "only the distributed spec" in result.stderr
     assert not (tmp_path / "k8s").exists()
+
+
+def test_the_inplace_enterprise_gateway_spec_names_relaykernels_proxy_and_tells_the_supervisor(
+        tmp_path: Path) -> None:
+    spec = generate(tmp_path / "eg", "--gateway", "enterprise-gateway", "--inplace-restart",
+                    "--provisioner", "distributed")
+    proxy = spec["metadata"]["process_proxy"]  # type: ignore[index]
+    assert proxy == {"class_name": "relaykernel.launch.eg_proxy.RelayDistributedProcessProxy", "config": {}}
+    assert spec["env"] == {"RELAYKERNEL_INPLACE_RESTART": "1"}  # read by supervisor/app.py
+    result = subprocess.run([sys.executable, "-m", "relaykernel.launch.specs", "--inplace-restart",
+                             "--provisioner", "distributed", "--out", str(tmp_path / "gp")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--inplace-restart is for Enterprise Gateway" in result.stderr
