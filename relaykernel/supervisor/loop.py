@@ -301,7 +301,8 @@ class SupervisorLoop:
     def _on_done(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
         if worker is not self.pool.active:
             return
-        worker.requests_done += 1
+        if "subshell_id" not in lm.meta:  # progress.py counts the main shell's requests only
+            worker.requests_done += 1
         request = self.flow.finished(lm)
         if request is None:
             return

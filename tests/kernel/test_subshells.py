@@ -26,6 +26,7 @@ from tests.kernel.helpers import (
     relaykernel_only,
     stream_text,
 )
+from tests.kernel.test_snapshots import _fresh_snapshot
 
 relay = crash_helpers.relay
 
@@ -326,4 +327,23 @@ def test_subshell_ids_survive_a_crash_and_a_restart(relay):
     after = run(kc, "%subshell", sub)
     assert replies(kc, [after])[after]["content"]["status"] == "ok"
     assert f"subshell id: {sub}" in stream_text(collect_iopub_until_idle(kc, after))
+    relay.track(h)
+
+
+@relaykernel_only
+def test_a_crash_after_subshell_requests_fails_only_the_crashed_cell(relay):
+    """Subshell requests are not the main shell's: counting their DONEs as the main
+    shell's once made recovery think the crashed cell had not started, and run it again
+    on the snapshot, which crashed too."""
+    h = relay.start(install_spec("relaykernel-provisioned"))
+    kc = h.kc
+    sub = create(kc)
+    ids = [run(kc, f"y = {i}", sub) for i in range(3)]
+    assert all(r["content"]["status"] == "ok" for r in replies(kc, ids).values())
+    execute_ok(kc, "marker = 'kept'")
+    _fresh_snapshot(kc)
+    crash = run(kc, "import os; os._exit(1)", None)
+    reply = replies(kc, [crash])[crash]["content"]
+    assert reply["ename"] == "WorkerDied" and "exit code 1" in reply["evalue"], reply
+    assert evaluate(kc, "marker") == "'kept'"  # rolled back to the snapshot, which runs on
     relay.track(h)

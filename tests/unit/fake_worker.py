@@ -77,6 +77,10 @@ class FakeWorker:
         self.link.setsockopt(zmq.SNDTIMEO, 0)
         self.endpoint = f"inproc://fake-worker-{next(_endpoints)}"
         self.link.bind(self.endpoint)
+        self.side = ctx.socket(zmq.PAIR)
+        self.side.setsockopt(zmq.LINGER, 0)
+        self.side.setsockopt(zmq.SNDTIMEO, 0)
+        self.side.bind(self.endpoint + wire.SIDE_SUFFIX)
         self.sentinel, self._alive_w = os.pipe()
         self.state = WorkerState.STARTING
         self.orphans: set[str] = set()
@@ -88,9 +92,9 @@ class FakeWorker:
         self.signals: list[int] = []
 
     # the supervisor's side of WorkerProcess
-    def send(self, frames: list[Any]) -> bool:
+    def send(self, frames: list[Any], side: bool = False) -> bool:
         try:
-            wire.send_frames(self.link, frames)
+            wire.send_frames(self.side if side else self.link, frames)
         except zmq.Again:
             self.kill()
             return False
@@ -123,6 +127,7 @@ class FakeWorker:
     def close(self) -> None:
         self.state = WorkerState.GONE
         self.link.close(linger=0)
+        self.side.close(linger=0)
         self.die(0)
         os.close(self.sentinel)  # as a real one's, when its Process is collected: the number is reused
 
@@ -143,6 +148,9 @@ class WorkerEnd:
         self.sock = ctx.socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(worker.endpoint)
+        self.side = ctx.socket(zmq.PAIR)
+        self.side.setsockopt(zmq.LINGER, 0)
+        self.side.connect(worker.endpoint + wire.SIDE_SUFFIX)
 
     def send(self, kind: bytes, meta: dict[str, Any] | None = None, payload: list[Any] | None = None) -> None:
         wire.send_frames(self.sock, wire.encode(kind, meta, payload or []))
@@ -150,10 +158,12 @@ class WorkerEnd:
     def ready(self) -> None:
         self.send(wire.READY, {"version": wire.PROTOCOL_VERSION, "pid": self.worker.pid})
 
-    def receive(self, timeout_ms: int = 0) -> wire.LinkMessage | None:
-        if not self.sock.poll(timeout_ms):
+    def receive(self, timeout_ms: int = 0, side: bool = False) -> wire.LinkMessage | None:
+        """The next message the supervisor sent on the link (``side``: on the side socket)."""
+        sock = self.side if side else self.sock
+        if not sock.poll(timeout_ms):
             return None
-        return wire.decode(self.sock.recv_multipart(copy=False))
+        return wire.decode(sock.recv_multipart(copy=False))
 
     def done(self, request: wire.LinkMessage, content: dict[str, Any] | None, **meta: Any) -> None:
         """DONE for a REQUEST: the signed reply (none for comm messages)."""
@@ -168,7 +178,7 @@ class WorkerEnd:
 class Harness:
     """A SupervisorLoop with fake workers and a frontend client, stepped by the test."""
 
-    def __init__(self, standby: int = 1, interrupt_grace: float = 5.0) -> None:
+    def __init__(self, standby: int = 1, interrupt_grace: float = 5.0, overlap_after: float = 1.0) -> None:
         self.ctx = zmq.Context()
         self.signer = Signer(KEY, "hmac-sha256", "kernel-session")
         self.sockets = KernelSockets.bind_all(self.ctx, "tcp", "127.0.0.1", {})
@@ -180,7 +190,8 @@ class Harness:
         self.loop = SupervisorLoop(
             ctx=self.ctx, signer=self.signer, verifier=Verifier(self.signer), sockets=self.sockets,
             private_dir="/nonexistent", worker_config=config,
-            settings=Settings(standby_workers=standby, interrupt_grace=interrupt_grace),
+            settings=Settings(standby_workers=standby, interrupt_grace=interrupt_grace,
+                              subshell_overlap_after=overlap_after),
             start_worker=self._start, launcher=self.launcher)  # type: ignore[arg-type]
         self.session = Session(key=KEY, signature_scheme="hmac-sha256")
         self.shell = self._client(zmq.DEALER, "shell")
@@ -244,9 +255,13 @@ class Harness:
         return self.ends[active.number]
 
     # ------------------------------------------------------------- frontend
-    def request(self, msg_type: str, content: dict[str, Any] | None = None, channel: str = "shell") -> str:
+    def request(self, msg_type: str, content: dict[str, Any] | None = None, channel: str = "shell",
+                subshell_id: str | None = None) -> str:
         sock = self.shell if channel == "shell" else self.control
-        msg = self.session.send(sock, msg_type, content or {})
+        msg = self.session.msg(msg_type, content or {})
+        if subshell_id is not None:
+            msg["header"]["subshell_id"] = subshell_id
+        self.session.send(sock, msg)
         return str(msg["header"]["msg_id"])
 
     def reply(self, msg_id: str, channel: str = "shell") -> dict[str, Any]:
@@ -285,6 +300,7 @@ class Harness:
         self.loop.sockets.close()
         for end in self.ends.values():
             end.sock.close(linger=0)
+            end.side.close(linger=0)
         for s in (self.shell, self.control, self.iopub):
             s.close(linger=0)
         self.ctx.term()

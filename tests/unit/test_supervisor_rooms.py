@@ -10,6 +10,7 @@ while the worker is busy.  No process is started; each test takes milliseconds.
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
 
 import pytest
@@ -37,8 +38,8 @@ def started(h: Harness) -> tuple[WorkerEnd, WorkerEnd]:
     return active, spare
 
 
-def received(h: Harness, end: WorkerEnd, kind: bytes = wire.REQUEST) -> wire.LinkMessage:
-    lm = h.until(lambda: end.receive(), f"{kind!r} at worker {end.worker.number}")
+def received(h: Harness, end: WorkerEnd, kind: bytes = wire.REQUEST, side: bool = False) -> wire.LinkMessage:
+    lm = h.until(lambda: end.receive(side=side), f"{kind!r} at worker {end.worker.number}")
     assert lm.kind == kind, lm.kind
     return lm
 
@@ -229,3 +230,129 @@ def test_an_undecodable_link_message_is_told_to_the_user(h):
     assert any("could not be read" in m["content"]["text"] for m in streams)
 
 
+
+
+# ------------------------------------------------------------------ subshells
+def create_subshell(h: Harness, end: WorkerEnd) -> str:
+    """A new subshell; the worker is told the list (SUBSHELLS, on the side socket)."""
+    msg_id = h.request("create_subshell_request", channel="control")
+    subshell_id = str(h.reply(msg_id, channel="control")["content"]["subshell_id"])
+    listed = received(h, end, wire.SUBSHELLS, side=True)
+    assert subshell_id in listed.meta["ids"]
+    return subshell_id
+
+
+@pytest.fixture
+def h0():
+    """Subshells overlap at once (Supervisor.subshell_overlap_after = 0)."""
+    harness = Harness(overlap_after=0)
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+@pytest.fixture
+def h_short():
+    """Subshells overlap after 0.3 s."""
+    harness = Harness(overlap_after=0.3)
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+def nothing_on_side(h: Harness, end: WorkerEnd, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        h.step()
+        if end.side.poll(0):
+            return False
+    return True
+
+
+def test_a_subshell_request_waits_until_the_main_cell_has_run_overlap_after(h_short):
+    h = h_short
+    end, _ = started(h)
+    sub = create_subshell(h, end)
+    h.request("execute_request", {"code": "long", "silent": False})
+    received(h, end)
+    began = time.monotonic()
+    h.request("execute_request", {"code": "beside", "silent": False}, subshell_id=sub)
+    assert nothing_on_side(h, end, 0.15)  # the main cell is young: the subshell waits
+    lm = received(h, end, side=True)
+    assert time.monotonic() - began >= 0.29
+    assert lm.meta == {"subshell_id": sub}
+
+
+def test_a_subshell_request_starts_when_a_short_main_request_ends(h):
+    end, _ = started(h)
+    sub = create_subshell(h, end)
+    h.request("execute_request", {"code": "short", "silent": False})
+    main = received(h, end)
+    side_id = h.request("comm_msg", {"comm_id": "c", "data": {}}, subshell_id=sub)
+    assert nothing_on_side(h, end, 0.1)
+    end.done(main, {"status": "ok", "execution_count": 1})
+    lm = h.until(lambda: end.receive(side=True), "the subshell's comm_msg")
+    assert lm.meta == {"subshell_id": sub}
+    end.done(lm, None, subshell_id=sub)
+    h.until(lambda: "idle" in statuses(h.iopub_messages(), side_id), "the comm_msg's idle")
+
+
+def test_dones_are_matched_to_their_lane_and_the_kernel_stays_busy(h0):
+    h = h0
+    end, _ = started(h)
+    sub = create_subshell(h, end)
+    main_id = h.request("execute_request", {"code": "main", "silent": False})
+    main = received(h, end)
+    side_id = h.request("execute_request", {"code": "side", "silent": False}, subshell_id=sub)
+    side = received(h, end, side=True)
+    end.done(side, {"status": "ok", "execution_count": 2}, subshell_id=sub)
+    assert h.reply(side_id)["content"]["status"] == "ok"
+    seen = h.iopub_messages()
+    assert statuses(seen, side_id) == ["busy", "idle"]
+    assert statuses(seen, main_id)[-1:] == ["busy"]  # said again after the subshell's idle
+    end.done(main, {"status": "ok", "execution_count": 3})
+    assert h.reply(main_id)["content"]["status"] == "ok"
+
+
+def test_a_death_answers_every_lane_and_keeps_the_subshells(h0):
+    h = h0
+    end, spare = started(h)
+    sub = create_subshell(h, end)
+    main_id = h.request("execute_request", {"code": "main", "silent": False})
+    received(h, end)
+    running_id = h.request("complete_request", {"code": "a", "cursor_pos": 1}, subshell_id=sub)
+    received(h, end, side=True)
+    # (behind an execute it would be aborted: stop_on_error holds in each lane)
+    queued_id = h.request("execute_request", {"code": "b", "silent": False}, subshell_id=sub)
+    h.workers[0].begun = 1
+    h.workers[0].die(-signal.SIGSEGV)
+    assert h.reply(main_id)["content"]["ename"] == "WorkerDied"
+    assert h.reply(running_id)["content"]["ename"] == "WorkerDied"
+    # the spare takes over: it learns which subshells exist, and runs their queued requests
+    h.until(lambda: h.loop.pool.active is h.workers[1], "the spare to take over")
+    assert received(h, spare, wire.ACTIVATE).kind == wire.ACTIVATE
+    spare.send(wire.ACTIVATED)
+    listed = received(h, spare, wire.SUBSHELLS, side=True)
+    assert listed.meta == {"ids": [sub]}
+    lm = received(h, spare, side=True)
+    assert b'"b"' in wire.as_bytes(lm.payload[wire.VERIFIED.content])
+    spare.done(lm, {"status": "ok", "execution_count": 2}, subshell_id=sub)
+    assert h.reply(queued_id)["content"]["status"] == "ok"
+
+
+def test_a_request_for_an_unknown_subshell_is_answered_with_an_error(h):
+    started(h)
+    msg_id = h.request("execute_request", {"code": "1", "silent": False}, subshell_id="nope")
+    reply = h.reply(msg_id)["content"]
+    assert reply["status"] == "error" and "nope" in reply["evalue"]
+
+
+def test_comm_messages_during_a_cell_run_beside_it(h):
+    end, _ = started(h)
+    h.request("execute_request", {"code": "await answer", "silent": False})
+    received(h, end)
+    h.request("comm_msg", {"comm_id": "c", "data": {}})
+    lm = received(h, end, side=True)
+    assert lm.meta == {"subshell_id": wire.BESIDE_CELL}
