@@ -347,3 +347,50 @@ def test_a_crash_after_subshell_requests_fails_only_the_crashed_cell(relay):
     assert reply["ename"] == "WorkerDied" and "exit code 1" in reply["evalue"], reply
     assert evaluate(kc, "marker") == "'kept'"  # rolled back to the snapshot, which runs on
     relay.track(h)
+
+
+LORENZ_LIKE = """
+%matplotlib inline
+import matplotlib.pyplot as plt
+import numpy as np
+from ipywidgets import interactive
+
+def plot(seed=0):
+    fig = plt.figure(figsize=(3, 3))
+    ax = fig.add_subplot()
+    rng = np.random.RandomState(seed)
+    for i in range(40):
+        ax.plot(rng.randn(300).cumsum())
+    plt.show()
+"""
+
+
+def _png(iopub: list[dict[str, Any]]) -> list[str]:
+    return [m["content"]["data"]["image/png"] for m in iopub
+            if m["msg_type"] == "display_data" and "image/png" in m["content"]["data"]]
+
+
+@relaykernel_only
+def test_an_interactive_plot_renders_the_same_while_the_main_shell_plots(kernel):
+    """JupyterLab issue 19719: a widget callback on a subshell drawing with pyplot while
+    a cell of the main shell draws too corrupts both figures under ipykernel 7.  Here a
+    short main cell runs first and the callback after it (flow.py's overlap_after), so
+    both figures come out as they do alone."""
+    kc = kernel.kc
+    execute_ok(kc, LORENZ_LIKE)
+    _, alone_main = execute_ok(kc, "plot(3)")
+    _, alone_widget = execute_ok(kc, "plot(5)")
+    reference_main, reference_widget = _png(alone_main), _png(alone_widget)
+    assert len(reference_main) == len(reference_widget) == 1
+    _, iopub = execute_ok(kc, "w = interactive(plot, seed=(0, 10)); w")
+    slider_id = next(m["content"]["comm_id"] for m in iopub if m["msg_type"] == "comm_open"
+                     and m["content"]["data"]["state"].get("_model_name") == "IntSliderModel")
+    sub = create(kc)
+    for _ in range(3):
+        execute_ok(kc, "w.children[0].value = 0")
+        main = run(kc, "plot(3)", None)
+        moved = send(kc, "comm_msg", {"comm_id": slider_id, "data": {
+            "method": "update", "state": {"value": 5}, "buffer_paths": []}}, sub)
+        got = iopub_of(kc, [main, moved])
+        assert _png(got[main]) == reference_main
+        assert _png(got[moved]) == reference_widget
