@@ -36,7 +36,7 @@ def kernel_spec(display_name: str = "Python 3 (relaykernel)") -> dict[str, Any]:
         "language": "python",
         "interrupt_mode": "signal",
         "metadata": {
-            "debugger": False,
+            "debugger": True,  # JupyterLab enables its debugger by this (worker/debugger.py)
             # KernelManager(transport_encryption='auto' | 'required') provisions
             # CurveZMQ keys for kernels that say they support them
             "supported_encryption": ["curve"],

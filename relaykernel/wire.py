@@ -76,6 +76,12 @@ STDIN: Final = b"stdin"
 ACTIVATED: Final = b"activated"
 #: A comm target was registered or unregistered. meta: TargetMeta.
 TARGET: Final = b"target"
+#: The answer to a DEBUG request: the signed debug_reply frames (from the
+#: ``<IDS|MSG>`` delimiter on), for the supervisor to send on control.
+#: meta: {"msg_id": the debug_request's msg_id, "stopped": [DAP thread ids
+#: stopped now], "attached": whether a debug session is attached}; or
+#: {"replayed": true} and no payload, when a DEBUG replay is done.
+DEBUG_REPLY: Final = b"debug_reply"
 #: The worker forked a snapshot of itself (worker/snapshot.py), which replaces
 #: any older one, or dropped its snapshot and says why. meta: SnapshotMeta.
 SNAPSHOT: Final = b"snapshot"
@@ -101,6 +107,14 @@ SUBSHELLS: Final = b"subshells"
 #: On the side socket: interrupt the subshells running user code (a SIGINT
 #: reaches only the main thread).  meta: empty.
 INTERRUPT: Final = b"interrupt"
+#: On the side socket: a verified debug_request (payload: header, parent,
+#: metadata, content), answered by a DEBUG_REPLY on the link, while the main
+#: thread runs a cell or is stopped at a breakpoint (worker/debugger.py).  Or,
+#: with meta {"replay": {"attach": arguments, "cells": [code, ...],
+#: "breakpoints": {path: [breakpoint, ...]}}} and no payload: re-create the
+#: frontend's debug session in a new worker, answered by a DEBUG_REPLY with
+#: meta {"replayed": true} and no payload (the supervisor holds requests until then).
+DEBUG: Final = b"debug"
 #: The subshell id of the lane that runs the main shell's comm messages while a
 #: cell of the main shell runs: as tasks of the main thread's event loop, as soon
 #: as the cell awaits (worker/subshells.py).  Never a frontend's subshell id.

@@ -1,5 +1,5 @@
 """The requests the supervisor answers itself, at once, whatever the worker is doing:
-kernel_info, comm_info, connect, usage, debug, interrupt and shutdown.
+kernel_info, comm_info, connect, usage, interrupt and shutdown (debug_request: debug_relay.py).
 
 Owned by the supervisor's main thread.  The loop publishes busy/idle around
 each; a handler only replies (and acts).
@@ -57,7 +57,6 @@ class Answers:
             **self.shell,
             "interrupt_request": self.interrupt_request,
             "usage_request": self.usage_request,
-            "debug_request": self.no_debugger,
         }
 
     def kernel_info(self, msg: Incoming) -> None:
@@ -75,13 +74,6 @@ class Answers:
         active = self.pool.active
         snapshot = active.snapshot if active else None
         self.out.reply(msg, self.usage.reply(active.pid if active else None, snapshot.pid if snapshot else 0))
-
-    def no_debugger(self, msg: Incoming) -> None:
-        """kernel_info says ``debugger: false``; a client that asks anyway gets a failed
-        Debug Adapter Protocol response rather than a wait for a reply that never comes."""
-        self.out.reply(msg, {"type": "response", "seq": 0, "request_seq": msg.content.get("seq", 0),
-                             "success": False, "command": msg.content.get("command", ""),
-                             "message": "relaykernel has no debugger"})
 
     def shutdown(self, msg: Incoming) -> None:
         restart = bool(msg.content.get("restart", False))

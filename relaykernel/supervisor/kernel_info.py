@@ -9,6 +9,7 @@ alone costs ~15 ms to import).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import sys
 from typing import Any
 
@@ -42,7 +43,12 @@ def kernel_info_content() -> dict[str, Any]:
             {"text": "IPython Reference", "url": "https://ipython.org/documentation.html"},
             {"text": "Jupyter messaging", "url": "https://jupyter-client.readthedocs.io/en/stable/messaging.html"},
         ],
-        "debugger": False,
+        "debugger": _has_debugpy(),
         # the optional features this kernel has (protocol 5.4; subshells: 5.5, JEP 91)
-        "supported_features": ["kernel subshells"],
+        "supported_features": ["kernel subshells", *(["debugger"] if _has_debugpy() else [])],
     }
+
+
+def _has_debugpy() -> bool:
+    """The worker's debugger (worker/debugger.py) runs debugpy: without it, no debugger."""
+    return importlib.util.find_spec("debugpy") is not None

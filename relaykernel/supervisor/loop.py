@@ -10,6 +10,7 @@ whatever the worker is doing.  The loop only routes; each room does one job:
 * answers.py: the requests the supervisor answers itself;
 * subshells.py: create/delete/list of subshells (their lanes are flow.py's);
 * stdin_relay.py: input() prompts and replies;
+* debug_relay.py: debug_request to the worker's debugger, the session across workers;
 * comm_relay.py: the registry of open comms;
 * pool.py: the active worker and its spares;
 * recovery.py: what a worker's death means for the requests;
@@ -32,6 +33,7 @@ from ..signing import Signer
 from ..spawn import WorkerConfig
 from .answers import Answers
 from .comm_relay import CommRelay
+from .debug_relay import DebugRelay
 from .flow import RequestFlow
 from .housekeeping import Housekeeping, Timers
 from .launcher import WorkerLauncher
@@ -104,6 +106,8 @@ class SupervisorLoop:
                                      "delete_subshell_request": self.subshells.delete,
                                      "list_subshell_request": self.subshells.list})
         self.stdin = StdinRelay(sockets.stdin, self.pool, self.flow)
+        self.debug = DebugRelay(self.flow, self.pool, self._dispatch, self.timers.after)
+        self.recovery.active_gone = self.debug.worker_gone
         self.link_handlers: dict[bytes, Callable[[WorkerProcess, wire.LinkMessage], None]] = {
             wire.READY: self._on_ready,
             wire.IOPUB: self._on_iopub,
@@ -113,6 +117,7 @@ class SupervisorLoop:
             wire.TARGET: self._on_target,
             wire.ACTIVATED: self._on_activated,
             wire.SNAPSHOT: self.pool.snapshot_taken,
+            wire.DEBUG_REPLY: self.debug.reply,
         }
 
     # ------------------------------------------------------------------ loop
@@ -176,6 +181,8 @@ class SupervisorLoop:
         elif msg.channel == "stdin":
             if msg.msg_type == "input_reply":
                 self.stdin.input_reply(msg)
+        elif msg.channel == "control" and msg.msg_type == "debug_request":
+            self.debug.request(msg)  # busy now, idle when the worker replies
         elif msg.channel == "control" and msg.msg_type not in self.answers.control:
             if msg.msg_type in wire.WORKER_REQUESTS:
                 self.flow.queue.push_next(msg)  # ipykernel answers these on control too
@@ -234,7 +241,7 @@ class SupervisorLoop:
             self.out.publish(msg, "comm_msg", *answer)
 
     def _dispatch(self) -> None:
-        self.flow.dispatch(self.pool.active)
+        self.flow.dispatch(None if self.debug.replaying else self.pool.active)
 
     # ------------------------------------------------------- worker messages
     def _drain_link(self, worker: WorkerProcess, budget: int = 256) -> None:
@@ -279,6 +286,7 @@ class SupervisorLoop:
 
     def _on_activated(self, worker: WorkerProcess, lm: wire.LinkMessage) -> None:
         if self.pool.activated(worker):
+            self.debug.activated(worker)
             if self.flow.lanes:  # they outlived the last worker
                 self.subshells.tell_worker()
             self._dispatch()

@@ -50,6 +50,8 @@ class Recovery:
         self.comms = comms
         self._drain_link = drain_link
         self._drain_shell = drain_shell
+        #: called when the active worker is gone (the loop sets debug_relay's)
+        self.active_gone: Callable[[], None] = lambda: None
 
     def worker_exited(self, worker: WorkerProcess) -> None:
         """A worker's sentinel fired: the active one's requests are answered, a spare is counted."""
@@ -122,6 +124,7 @@ class Recovery:
         comes the one that was running, which gets the death's error; the rest
         never began and go to the next worker.  ``running``: how many
         requests the worker began and did not report done (None: unknown)."""
+        self.active_gone()
         queue = self.flow.queue
         running = 1 if running is None else running  # unknown: the oldest one sent
         again: list[Incoming] = []

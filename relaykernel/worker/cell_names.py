@@ -64,10 +64,17 @@ def source_hash(source: str, seed: int = HASH_SEED) -> int:
     return murmur2(data, seed)
 
 
+#: the process the names are made for: the supervisor's, set by the worker
+#: (main.py), so a cell keeps its file name in every worker of the kernel (a
+#: debugger frontend's breakpoints stay valid after a crash); 0: this process
+kernel_pid = 0
+
+
 def prefix(pid: int | None = None) -> str:
     """What precedes the hash in a cell's file name (debugInfo's tmpFilePrefix), for
-    the process ``pid`` (this one by default)."""
-    directory = os.path.join(tempfile.gettempdir(), f"ipykernel_{os.getpid() if pid is None else pid}")
+    the process ``pid`` (the kernel's by default)."""
+    pid = pid if pid is not None else kernel_pid or os.getpid()
+    directory = os.path.join(tempfile.gettempdir(), f"ipykernel_{pid}")
     return directory + os.sep
 
 

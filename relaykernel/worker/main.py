@@ -26,6 +26,8 @@ from .. import CONNECTION_FILE_ENV, heap, progress, wire
 from ..io_threads import batch_io_threads
 from ..signing import Signer
 from ..spawn import WorkerConfig
+from . import cell_names
+from .debugger import Debugger
 from .link import Link
 from .messages import Messenger, record_thread_parents
 from .side import SideChannel
@@ -59,6 +61,7 @@ def serve(config: WorkerConfig) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)
     _die_with_parent(config.supervisor_pid)
     os.environ[CONNECTION_FILE_ENV] = config.connection_file
+    cell_names.kernel_pid = config.supervisor_pid  # cells keep their file names across workers
     heap.restore_tunables(config.inherited_tunables)
     # 0600: private even if the directory's mode changes
     crash_log = open(os.open(config.crash_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),  # noqa: SIM115
@@ -124,6 +127,7 @@ def _open_side(kernel: WorkerKernel, ctx: zmq.Context, endpoint: str) -> SideCha
     side = SideChannel(ctx, endpoint)
     kernel.subshells.install(side.handlers)
     side.handlers[wire.INTERRUPT] = lambda lm: kernel.gate.interrupt_threads()
+    side.handlers[wire.DEBUG] = Debugger(kernel).receive
     return side
 
 

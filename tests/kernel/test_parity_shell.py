@@ -34,12 +34,14 @@ def _plain(traceback: list[str]) -> str:
 
 # ------------------------------------------------------------ cell file names
 def test_cells_compile_to_files_named_by_the_murmur2_of_their_source(kernel):
-    """The name a debugger frontend computes: <tmp>/ipykernel_<pid>/<murmur2(source)>.py."""
+    """The name a debugger frontend computes: <tmp>/ipykernel_<pid>/<murmur2(source)>.py
+    (relaykernel: the supervisor's pid, so a cell keeps its name in every worker)."""
     kc = kernel.kc
     code = "import os\ndef where():\n    pass\npid = os.getpid()\nfile = where.__code__.co_filename"
     execute_ok(kc, code)
     _, iopub = execute_ok(kc, "print(pid, file, sep='|')")
     pid, file = stream_text(iopub).strip().split("|")
+    pid = pid if IS_IPYKERNEL else str(kernel.pid)
     assert file == f"{tempfile.gettempdir()}/ipykernel_{pid}/{source_hash(code)}.py"
 
 

@@ -1,0 +1,261 @@
+"""The debugger (issue 20): debug_request/debug_reply on control, debug_event on iopub.
+
+A DAP session is driven through jupyter_client as JupyterLab drives it:
+initialize, attach, debugInfo, dumpCell, setBreakpoints, configurationDone,
+then a cell stops at a breakpoint and is inspected, stepped and continued.  The
+same session runs against ipykernel (RELAYKERNEL_TEST_KERNEL=ipykernel); what
+happens when the worker dies mid-session is relaykernel's only.
+
+Every wait is bounded; every kernel is stopped by its fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from jupyter_client.blocking.client import BlockingKernelClient
+
+from relaykernel.worker.cell_names import source_hash
+from tests.kernel.helpers import (
+    IS_IPYKERNEL,
+    Deadline,
+    _get,
+    collect_iopub_until_idle,
+    evaluate,
+    execute_ok,
+    get_reply,
+    relaykernel_only,
+    stream_text,
+    wait_for,
+)
+
+CELL = "def twice_plus_one(n):\n    total = n * 2\n    return total + 1\n\nresult = twice_plus_one(20)\nprint(result)\n"
+#: JupyterLab's initialize arguments
+INITIALIZE = {"clientID": "jupyterlab", "clientName": "JupyterLab", "adapterID": "python", "pathFormat": "path",
+              "linesStartAt1": True, "columnsStartAt1": True, "supportsVariableType": True,
+              "supportsVariablePaging": True, "supportsRunInTerminalRequest": True, "locale": "en-us"}
+
+
+class Dap:
+    """A frontend's debugger session over a kernel client: requests on control, events kept."""
+
+    def __init__(self, kc: BlockingKernelClient) -> None:
+        self.kc = kc
+        self.seq = 0
+        self.events: list[dict[str, Any]] = []
+
+    def request(self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 30.0,
+                success: bool | None = True) -> dict[str, Any]:
+        """Send a debug_request; its debug_reply's content (checked for ``success`` unless None)."""
+        self.seq += 1
+        msg = self.kc.session.msg("debug_request", {"type": "request", "seq": self.seq, "command": command,
+                                                     "arguments": arguments or {}})
+        self.kc.control_channel.send(msg)
+        reply = get_reply(self.kc, msg["header"]["msg_id"], channel="control", timeout=timeout)
+        assert reply["msg_type"] == "debug_reply"
+        content = reply["content"]
+        if success is not None:
+            assert content.get("success", True) is success, str(content)
+        return content
+
+    def event(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
+        """The first debug_event ``name`` not consumed yet (iopub is read as needed)."""
+        deadline = Deadline(timeout)
+        while True:
+            for i, event in enumerate(self.events):
+                if event["event"] == name:
+                    return self.events.pop(i)
+            msg = _get(self.kc.get_iopub_msg, deadline)
+            if msg is not None and msg["msg_type"] == "debug_event":
+                self.events.append(msg["content"])
+            elif msg is None and deadline.expired():
+                raise AssertionError(f"no {name!r} debug_event within {timeout}s; got {self.events}")
+
+    def start(self) -> dict[str, Any]:
+        """initialize, attach, debugInfo (as JupyterLab starts a session): debugInfo's body."""
+        self.request("initialize", INITIALIZE)
+        self.request("attach", {})
+        return self.request("debugInfo")["body"]
+
+    def set_breakpoint(self, code: str, line: int) -> str:
+        path = self.request("dumpCell", {"code": code})["body"]["sourcePath"]
+        placed = self.request("setBreakpoints", {"source": {"path": path}, "breakpoints": [{"line": line}],
+                                                 "sourceModified": False})
+        assert [(b["verified"], b["line"]) for b in placed["body"]["breakpoints"]] == [(True, line)]
+        self.request("configurationDone")
+        return path
+
+    def top_frame(self, thread_id: int) -> dict[str, Any]:
+        return self.request("stackTrace", {"threadId": thread_id})["body"]["stackFrames"][0]
+
+    def locals_of(self, frame_id: int) -> dict[str, str]:
+        scopes = self.request("scopes", {"frameId": frame_id})["body"]["scopes"]
+        reference = next(s["variablesReference"] for s in scopes if s["name"] == "Locals")
+        variables = self.request("variables", {"variablesReference": reference})["body"]["variables"]
+        return {v["name"]: v["value"] for v in variables}
+
+
+def test_a_session_stops_at_a_breakpoint_steps_and_continues(kernel):
+    kc = kernel.kc
+    dap = Dap(kc)
+    info = dap.start()
+    assert info["hashMethod"] == "Murmur2" and info["tmpFileSuffix"] == ".py"
+    assert info["richRendering"] is True and info["copyToGlobals"] is True
+    path = dap.set_breakpoint(CELL, 2)
+    assert path == f"{info['tmpFilePrefix']}{source_hash(CELL, info['hashSeed'])}.py"
+    assert {"source": path, "breakpoints": [{"line": 2}]} in dap.request("debugInfo")["body"]["breakpoints"]
+
+    msg_id = kc.execute(CELL)
+    stopped = dap.event("stopped")["body"]
+    thread = stopped["threadId"]
+    assert stopped["reason"] == "breakpoint"
+    frame = dap.top_frame(thread)
+    assert (frame["name"], frame["line"], frame["source"]["path"]) == ("twice_plus_one", 2, path)
+    assert dap.locals_of(frame["id"]) == {"n": "20"}
+    assert thread in dap.request("debugInfo")["body"]["stoppedThreads"]
+
+    dap.request("next", {"threadId": thread})
+    assert dap.event("stopped")["body"]["reason"] == "step"
+    frame = dap.top_frame(thread)
+    assert frame["line"] == 3
+    assert dap.locals_of(frame["id"]) == {"n": "20", "total": "40"}
+    rich = dap.request("richInspectVariables", {"variableName": "total", "frameId": frame["id"]})
+    assert rich["body"]["data"]["text/plain"] == "40"
+    dap.request("copyToGlobals", {"srcVariableName": "total", "dstVariableName": "copied",
+                                  "srcFrameId": frame["id"]})
+    evaluated = dap.request("evaluate", {"expression": "total * 10", "frameId": frame["id"], "context": "repl"})
+    assert evaluated["body"]["result"] == "400"
+
+    dap.request("continue", {"threadId": thread})
+    assert dap.event("continued")["body"]["threadId"] == thread
+    assert get_reply(kc, msg_id)["content"]["status"] == "ok"
+    assert stream_text(collect_iopub_until_idle(kc, msg_id)).strip() == "41"
+    assert evaluate(kc, "copied") == "40"
+    # (ipykernel learns its threads were let go a little later: inspect once it has)
+    wait_for(lambda: not dap.request("debugInfo")["body"]["stoppedThreads"], 10, what="no stopped thread")
+
+    variables = {v["name"]: v for v in dap.request("inspectVariables")["body"]["variables"]}
+    assert variables["result"]["value"] == "41" and variables["copied"]["value"] == "40"
+    assert not {"In", "Out", "get_ipython", "_i1"} & set(variables)
+    rich = dap.request("richInspectVariables", {"variableName": "result"})
+    assert rich["body"]["data"]["text/plain"] == "41"
+    assert dap.request("source", {"source": {"path": path}})["body"]["content"] == CELL
+    modules = dap.request("modules", {})["body"]["modules"]
+    assert any(m["name"] == "IPython.core.interactiveshell" for m in modules)
+    dap.request("disconnect", {"restart": False, "terminateDebuggee": False})
+    assert not dap.request("debugInfo")["body"]["isStarted"]
+
+
+def test_control_answers_while_stopped_at_a_breakpoint(kernel):
+    """kernel_info and comm_info are answered (on shell too, unlike ipykernel), and a cell's
+    input() still gets its reply, while the debugger holds a cell at a breakpoint."""
+    kc = kernel.kc
+    dap = Dap(kc)
+    dap.start()
+    code = "name = input('who? ')\ngreeting = 'hi ' + name\nprint(greeting)\n"
+    dap.set_breakpoint(code, 2)
+    msg_id = kc.execute(code, allow_stdin=True)
+    assert kc.get_stdin_msg(timeout=30)["content"]["prompt"] == "who? "
+    kc.input("ada")  # reaches the worker, which then stops at line 2
+    thread = dap.event("stopped")["body"]["threadId"]
+    # ipykernel answers shell requests only after the cell: control alone there
+    for channel in ("control",) if IS_IPYKERNEL else ("control", "shell"):
+        for request in ("kernel_info_request", "comm_info_request"):
+            msg = kc.session.msg(request, {})
+            getattr(kc, f"{channel}_channel").send(msg)
+            started = time.monotonic()
+            reply = get_reply(kc, msg["header"]["msg_id"], channel=channel, timeout=10)
+            assert reply["content"]["status"] == "ok"
+            print(f"{request} on {channel} while stopped: {time.monotonic() - started:.3f} s")
+    dap.request("continue", {"threadId": thread})
+    assert get_reply(kc, msg_id)["content"]["status"] == "ok"
+    assert stream_text(collect_iopub_until_idle(kc, msg_id)).strip() == "hi ada"
+    dap.request("disconnect", {"restart": False, "terminateDebuggee": False})
+
+
+def test_post_mortem_debug_magic_prompts_over_stdin(kernel):
+    """%debug after an exception opens pdb at the failing frame, through input_request."""
+    kc = kernel.kc
+    execute_ok(kc, "def boom(x):\n    y = x + 1\n    raise ValueError(y)", )
+    reply_id = kc.execute("boom(41)")
+    assert get_reply(kc, reply_id)["content"]["status"] == "error"
+    collect_iopub_until_idle(kc, reply_id)
+    msg_id = kc.execute("%debug", allow_stdin=True)
+    assert "ipdb>" in kc.get_stdin_msg(timeout=30)["content"]["prompt"]
+    kc.input("p y")
+    assert "ipdb>" in kc.get_stdin_msg(timeout=30)["content"]["prompt"]
+    kc.input("q")
+    assert get_reply(kc, msg_id, timeout=30)["content"]["status"] == "ok"
+    assert "42" in stream_text(collect_iopub_until_idle(kc, msg_id))
+
+
+# ------------------------------------------------------- across worker death
+@relaykernel_only
+def test_worker_killed_at_a_breakpoint_ends_the_session_and_keeps_the_breakpoint(kernel):
+    kc = kernel.kc
+    dap = Dap(kc)
+    dap.start()
+    path = dap.set_breakpoint(CELL, 2)
+    worker = kernel.worker_pid()
+    msg_id = kc.execute(CELL)
+    thread = dap.event("stopped")["body"]["threadId"]
+    pending = dict(kc.session.msg("debug_request", {"type": "request", "seq": 99, "command": "evaluate",
+                                                     "arguments": {"expression": "__import__('os').kill("
+                                                                   "__import__('os').getpid(), 9)",
+                                                                   "frameId": dap.top_frame(thread)["id"],
+                                                                   "context": "repl"}}))
+    kc.control_channel.send(pending)  # kills the worker from the stopped frame: never answered by it
+    reply = get_reply(kc, pending["header"]["msg_id"], channel="control", timeout=30)
+    assert reply["content"]["success"] is False and "died" in reply["content"]["message"]
+    assert dap.event("continued")["body"] == {"threadId": thread, "allThreadsContinued": True}
+    dap.event("terminated")
+    assert get_reply(kc, msg_id)["content"]["ename"] == "WorkerDied"
+    collect_iopub_until_idle(kc, msg_id)
+    assert kernel.worker_pid() != worker
+
+    # the frontend attaches again: the breakpoint it set before is hit in the new worker
+    info = dap.start()
+    assert {"source": path, "breakpoints": [{"line": 2}]} in info["breakpoints"]
+    msg_id = kc.execute(CELL)
+    thread = dap.event("stopped")["body"]["threadId"]
+    frame = dap.top_frame(thread)
+    assert (frame["line"], frame["source"]["path"]) == (2, path)
+    dap.request("continue", {"threadId": thread})
+    assert get_reply(kc, msg_id)["content"]["status"] == "ok"
+    collect_iopub_until_idle(kc, msg_id)
+
+
+@relaykernel_only
+def test_breakpoints_come_back_in_a_new_worker_without_a_new_attach(kernel):
+    """JupyterLab does not attach again after a crash (the kernel did not restart): the
+    supervisor re-creates the session in the new worker, so the breakpoint still stops."""
+    kc = kernel.kc
+    dap = Dap(kc)
+    dap.start()
+    dap.set_breakpoint(CELL, 3)
+    os.kill(kernel.worker_pid(), signal.SIGKILL)
+    dap.event("terminated")
+    msg_id = kc.execute(CELL)
+    thread = dap.event("stopped")["body"]["threadId"]
+    frame = dap.top_frame(thread)
+    assert frame["line"] == 3 and dap.locals_of(frame["id"]) == {"n": "20", "total": "40"}
+    dap.request("continue", {"threadId": thread})
+    assert get_reply(kc, msg_id)["content"]["status"] == "ok"
+    collect_iopub_until_idle(kc, msg_id)
+
+
+@relaykernel_only
+def test_a_debug_request_while_a_new_worker_starts_waits_for_it(kernel):
+    """A frontend asks debugInfo as soon as it connects: while the worker starts, the
+    request waits for it instead of failing (one that reached the dying worker fails)."""
+    kc = kernel.kc
+    dap = Dap(kc)
+    os.kill(kernel.worker_pid(), signal.SIGKILL)
+    content = dap.request("debugInfo", success=None)
+    if not content["success"]:
+        assert "died" in content["message"], content
+        content = dap.request("debugInfo", success=None)
+    assert content["success"] and content["body"]["isStarted"] is False, content
