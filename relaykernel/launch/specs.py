@@ -21,10 +21,13 @@ One spec per gateway_provisioners 0.5 provisioner, in the shape of the specs its
 instead: EG runs on jupyter_client 6, which has no provisioners, and reads
 ``metadata.process_proxy`` (its DistributedProcessProxy, ``remote_hosts`` one comma-separated
 string); argv carries EG's ``--RemoteProcessProxy.*`` spelling and no
-``{transport_encryption}``, a placeholder EG does not fill.  With ``--inplace-restart`` the
-process proxy is relaykernel's own subclass of it (eg_proxy.py, which needs relaykernel
-installed in EG's environment, ``pip install --no-deps relaykernel``), and the spec's env
-tells the supervisor to swap its worker on a restart: comms and widgets survive restarts.
+``{transport_encryption}``, a placeholder EG does not fill.
+
+``--inplace-restart`` (distributed only): restarts swap the supervisor's worker, so comms and
+widgets survive them.  The spec's env tells the supervisor (RELAYKERNEL_INPLACE_RESTART), and
+it names relaykernel's subclass of the provisioner (gp_provisioner.py, the provisioner
+``relaykernel-distributed-provisioner``) or of EG's process proxy (eg_proxy.py, which needs
+relaykernel installed in EG's environment, ``pip install --no-deps relaykernel``).
 
 Runs where the gateway runs; imports nothing of relaykernel's kernel.
 """
@@ -66,6 +69,9 @@ EG_INPLACE = "relaykernel.launch.eg_proxy.RelayDistributedProcessProxy"
 #: What tells the supervisor to swap its worker on shutdown_request(restart) (supervisor/app.py).
 INPLACE_ENV = "RELAYKERNEL_INPLACE_RESTART"
 
+#: relaykernel's DistributedProvisioner, whose restarts keep the supervisor (gp_provisioner.py).
+GP_INPLACE = "relaykernel-distributed-provisioner"
+
 GATEWAYS = ("gateway_provisioners", "enterprise-gateway")
 
 #: The gateway's container launcher per provisioner (kernel-launchers/<dir>/scripts/<script>).
@@ -86,10 +92,10 @@ def kernel_spec(provisioner: str, *, display_name: str, install_dir: str, python
         return _enterprise_gateway_spec(provisioner, display_name=display_name, python=python,
                                         kernel_args=kernel_args, remote_hosts=remote_hosts,
                                         inplace_restart=inplace_restart)
-    if inplace_restart:
-        raise ValueError("--inplace-restart is for Enterprise Gateway (--gateway enterprise-gateway)")
+    if inplace_restart and provisioner != "distributed":
+        raise ValueError("--inplace-restart is for the distributed spec: a restarted pod or container is new")
     config: dict[str, Any] = {}
-    env: dict[str, str] = {}
+    env: dict[str, str] = {INPLACE_ENV: "1"} if inplace_restart else {}
     if provisioner == "distributed":
         if any(" " in a or not a for a in kernel_args):
             raise ValueError("DistributedProvisioner runs argv as an unquoted shell line: no spaces in arguments")
@@ -117,7 +123,8 @@ def kernel_spec(provisioner: str, *, display_name: str, install_dir: str, python
             # the launcher gives the kernel CurveZMQ keys when the gateway's transport_encryption asks
             "supported_encryption": ["curve"],
             "debugger": False,
-            "kernel_provisioner": {"provisioner_name": PROVISIONERS[provisioner], "config": config},
+            "kernel_provisioner": {"provisioner_name": GP_INPLACE if inplace_restart else PROVISIONERS[provisioner],
+                                   "config": config},
         },
     }
 
@@ -181,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the spec's reader: jupyter_server with gateway_provisioners 0.5, or Enterprise "
                         "Gateway 3.x (distributed only) (default: %(default)s)")
     p.add_argument("--inplace-restart", action="store_true",
-                   help="enterprise-gateway: restarts swap the worker and keep comms and widgets (needs "
-                        "relaykernel installed in EG's environment: pip install --no-deps relaykernel)")
+                   help="distributed: restarts swap the worker and keep comms and widgets, through relaykernel's "
+                        "own provisioner or process proxy (relaykernel installed where the gateway runs; "
+                        "for EG: pip install --no-deps relaykernel into its environment)")
     p.add_argument("--out", required=True, help="the kernelspec directory to write (its name is the kernel's)")
     p.add_argument("--install-dir", help="kubernetes/docker: where the spec will be installed, as the gateway "
                                          "sees it (default: --out)")

@@ -193,7 +193,7 @@ def restart(frontend: Server, kernel_id: str, channels: Channels, what: str) -> 
     posted = time.monotonic()
     channels = Channels(frontend, kernel_id)
     assert channels.evaluate("6 * 7") == "42"
-    print(f"\n{what} through Enterprise Gateway: POST {(posted - started) * 1000:.0f} ms, "
+    print(f"\n{what}: POST {(posted - started) * 1000:.0f} ms, "
           f"first result {(time.monotonic() - started) * 1000:.0f} ms after it began")
     return channels
 
@@ -207,7 +207,7 @@ def test_restart_through_enterprise_gateway_keeps_the_supervisor_and_its_comms(f
         launcher, tree = kernel_tree(channels, gateway)
         worker = int(channels.evaluate("os.getpid()"))
         slider = open_slider(channels, 7)
-        channels = restart(frontend, kernel["id"], channels, "restart in place")
+        channels = restart(frontend, kernel["id"], channels, "restart in place through Enterprise Gateway")
         # the same launcher and supervisor, a new worker: variables gone, the widget kept
         assert kernel_tree(channels, gateway)[0].pid == launcher.pid
         assert int(channels.evaluate("os.getpid()")) != worker
@@ -232,7 +232,7 @@ def test_restart_through_enterprise_gateways_own_proxy_relaunches_the_kernel(fro
         launcher, tree = kernel_tree(channels, gateway)
         trees += tree
         open_slider(channels, 7)
-        channels = restart(frontend, kernel["id"], channels, "restart (relaunch)")
+        channels = restart(frontend, kernel["id"], channels, "restart (relaunch) through Enterprise Gateway")
         new_launcher, tree = kernel_tree(channels, gateway)
         trees += tree
         assert new_launcher.pid != launcher.pid

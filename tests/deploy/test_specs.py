@@ -15,6 +15,7 @@ import re
 import shlex
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -137,8 +138,19 @@ def test_the_inplace_enterprise_gateway_spec_names_relaykernels_proxy_and_tells_
     proxy = spec["metadata"]["process_proxy"]  # type: ignore[index]
     assert proxy == {"class_name": "relaykernel.launch.eg_proxy.RelayDistributedProcessProxy", "config": {}}
     assert spec["env"] == {"RELAYKERNEL_INPLACE_RESTART": "1"}  # read by supervisor/app.py
+
+
+def test_the_inplace_distributed_spec_names_relaykernels_provisioner_and_tells_the_supervisor(
+        tmp_path: Path) -> None:
+    spec = generate(tmp_path / "gp", "--inplace-restart", "--provisioner", "distributed", "--remote-hosts", "n1")
+    assert spec["metadata"]["kernel_provisioner"] == {  # type: ignore[index]
+        "provisioner_name": "relaykernel-distributed-provisioner", "config": {"remote_hosts": ["n1"]}}
+    assert spec["env"] == {"RELAYKERNEL_INPLACE_RESTART": "1"}
+    provisioners = entry_points(group="jupyter_client.kernel_provisioners")  # pyproject.toml's
+    assert provisioners["relaykernel-distributed-provisioner"].value == (
+        "relaykernel.launch.gp_provisioner:RelayDistributedProvisioner")
     result = subprocess.run([sys.executable, "-m", "relaykernel.launch.specs", "--inplace-restart",
-                             "--provisioner", "distributed", "--out", str(tmp_path / "gp")],
-                            capture_output=True, text=True, timeout=60)
+                             "--provisioner", "kubernetes", "--image", "example.org/relaykernel:0.1",
+                             "--out", str(tmp_path / "k8s")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "--inplace-restart is for Enterprise Gateway" in result.stderr
+    assert "--inplace-restart is for the distributed spec" in result.stderr

@@ -108,16 +108,17 @@ def ssh_spec(sshd: tuple[int, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: 
     shutil.rmtree(out)
 
 
-def write_ssh_spec() -> Path:
-    """The generated spec, in the test session's JUPYTER_PATH, plus the session's isolation in its env."""
-    out = Path(os.environ["JUPYTER_PATH"].split(os.pathsep)[0]) / "kernels" / SPEC_NAME
+def write_ssh_spec(name: str = SPEC_NAME, *args: str) -> Path:
+    """The generated spec (``args`` to the generator), in the test session's JUPYTER_PATH, plus the
+    session's isolation in its env."""
+    out = Path(os.environ["JUPYTER_PATH"].split(os.pathsep)[0]) / "kernels" / name
     result = subprocess.run([sys.executable, "-m", "relaykernel.launch.specs", "--provisioner", "distributed",
-                             "--out", str(out), "--python", sys.executable, "--remote-hosts", HOST,
+                             "--out", str(out), "--python", sys.executable, "--remote-hosts", HOST, *args,
                              "--", "--Supervisor.interrupt_grace=20"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     spec = json.loads((out / "kernel.json").read_text())
-    spec["env"] = {name: os.environ[name] for name in ISOLATION if name in os.environ}
+    spec["env"] = {**spec["env"], **{var: os.environ[var] for var in ISOLATION if var in os.environ}}
     (out / "kernel.json").write_text(json.dumps(spec))
     return out
 
