@@ -215,7 +215,11 @@ def test_restart_through_enterprise_gateway_keeps_the_supervisor_and_its_comms(f
         assert channels.evaluate(SLIDER_VALUES) == "[7]"
         move_slider(channels, slider, 9)
         assert channels.evaluate(SLIDER_VALUES) == "[9]"
-        assert "restarted in place" in gateway.log.read_text()
+        # and again: each restart's process proxy is new, and keeps the kernel as the first did
+        channels = restart(frontend, kernel["id"], channels, "second restart in place through Enterprise Gateway")
+        assert kernel_tree(channels, gateway)[0].pid == launcher.pid
+        assert channels.evaluate(SLIDER_VALUES) == "[9]"
+        assert gateway.log.read_text().count("restarted in place") == 2
     finally:
         channels.close()
         frontend.request("DELETE", f"/api/kernels/{kernel['id']}")

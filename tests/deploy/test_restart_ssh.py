@@ -55,6 +55,10 @@ def test_restart_over_ssh_keeps_the_supervisor_and_its_comms(server: Server, inp
         assert channels.evaluate(SLIDER_VALUES) == "[7]"
         move_slider(channels, slider, 9)
         assert channels.evaluate(SLIDER_VALUES) == "[9]"
+        # and again: the provisioner (the same object) keeps the kernel as the first time
+        channels = restart(server, kernel["id"], channels, f"second restart in place{route}")
+        assert kernel_tree(channels, server.gateway)[0].pid == launcher.pid
+        assert channels.evaluate(SLIDER_VALUES) == "[9]"
     finally:
         channels.close()
         server.request("DELETE", f"/api/kernels/{kernel['id']}")
