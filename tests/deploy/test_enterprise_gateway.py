@@ -51,8 +51,10 @@ def install_enterprise_gateway() -> str:
     except subprocess.TimeoutExpired:
         pytest.fail("deploy/enterprise-gateway.sh (Enterprise Gateway's venv) did not finish in 540 s")
     if result.returncode != 0:
-        pytest.fail(f"Enterprise Gateway could not be installed into .venv-eg "
-                    f"(deploy/enterprise-gateway.sh exited {result.returncode}):\n{result.stderr[-3000:]}")
+        said = [line for line in result.stderr.splitlines() if line.startswith("deploy/enterprise-gateway.sh:")]
+        pytest.fail(f"Enterprise Gateway could not be installed into .venv-eg (deploy/enterprise-gateway.sh "
+                    f"exited {result.returncode}): {' '.join(said)}\n--- its output, last lines:\n"
+                    f"{result.stderr[-3000:]}")
     return result.stdout.strip().splitlines()[-1]
 
 
