@@ -177,6 +177,13 @@ def test_enterprise_gateway_serves_relaykernel_through_a_crash(frontend: Server,
         assert channels.evaluate(SLIDER_VALUES) == "[7]"
         move_slider(channels, slider, 9)
         assert channels.evaluate(SLIDER_VALUES) == "[9]"
+
+        # Kernel > Interrupt: EG signals through the launcher's listener, the cell gets KeyboardInterrupt
+        sleeping = channels.execute("import time; time.sleep(60)")
+        channels.until(sleeping, "execute_input", 30)
+        frontend.request("POST", f"/api/kernels/{kernel['id']}/interrupt")
+        reply, _ = channels.until(sleeping, "execute_reply", 30)
+        assert reply["content"]["ename"] == "KeyboardInterrupt", reply["content"]
     finally:
         channels.close()
         frontend.request("DELETE", f"/api/kernels/{kernel['id']}")
