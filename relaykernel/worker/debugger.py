@@ -53,6 +53,8 @@ RESPONSE_TIMEOUT = 30.0
 _HIDDEN = frozenset({"__name__", "__doc__", "__package__", "__loader__", "__spec__", "__annotations__",
                      "__builtins__", "__builtin__", "__display__", "get_ipython", "debugpy", "exit",
                      "quit", "In", "Out", "_oh", "_dh", "_", "__", "___"})
+#: a thread's name: debugpy runs in this process (snapshots are no longer taken)
+SNAPSHOT_GUARD = "debugpy"
 #: requests that let a stopped thread run again
 _RESUMING = frozenset({"continue", "next", "stepIn", "stepOut", "stepBack", "reverseContinue", "goto"})
 _HISTORY_NAME = re.compile(r"^_(\d|i)")
@@ -299,6 +301,14 @@ class Debugger:
                 raise RuntimeError("debugpy did not start")
             host, port = listened[0]
             self._address = (str(host), int(port))
+            # A fork of this process would inherit pydevd's tracing and breakpoints but not
+            # its threads: at a breakpoint it would wait for them forever.  A thread that is
+            # not the kernel's own tells snapshot.py not to fork (its threads rule), for as
+            # long as the process lives: debugpy cannot be stopped.  (Not quiet_thread:
+            # pydevd hides its daemon threads from threading.enumerate.)
+            guard = threading.Thread(target=threading.Event().wait, name=SNAPSHOT_GUARD, daemon=True)
+            guard.pydev_do_not_trace = True  # type: ignore[attr-defined]
+            guard.start()
         return self._address
 
     def initialize(self, request: Dap) -> Dap:

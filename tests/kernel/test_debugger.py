@@ -259,3 +259,26 @@ def test_a_debug_request_while_a_new_worker_starts_waits_for_it(kernel):
         assert "died" in content["message"], content
         content = dap.request("debugInfo", success=None)
     assert content["success"] and content["body"]["isStarted"] is False, content
+
+
+@relaykernel_only
+def test_no_snapshot_of_a_worker_running_debugpy(kernel):
+    """A fork of a worker running debugpy would inherit its tracing and breakpoints without
+    its threads (at a breakpoint it would wait for them forever): such a worker keeps no
+    snapshot, so after a crash a fresh worker starts debugpy afresh and stops there."""
+    kc = kernel.kc
+    dap = Dap(kc)
+    dap.start()
+    execute_ok(kc, "during = 'after debugpy started'")
+    wait_for(lambda: "none is kept: threads the user started are running (debugpy)"
+             in stream_text(execute_ok(kc, "%snapshot")[1]), 10, what="no snapshot kept")
+    dap.set_breakpoint(CELL, 3)
+    os.kill(kernel.worker_pid(), signal.SIGKILL)
+    dap.event("terminated")
+    msg_id = kc.execute(CELL)
+    thread = dap.event("stopped")["body"]["threadId"]
+    assert dap.top_frame(thread)["line"] == 3
+    dap.request("continue", {"threadId": thread})
+    assert get_reply(kc, msg_id)["content"]["status"] == "ok"
+    collect_iopub_until_idle(kc, msg_id)
+    assert evaluate(kc, "'during' in dir()") == "False"
