@@ -394,3 +394,25 @@ def test_an_interactive_plot_renders_the_same_while_the_main_shell_plots(kernel)
         got = iopub_of(kc, [main, moved])
         assert _png(got[main]) == reference_main
         assert _png(got[moved]) == reference_widget
+
+
+@relaykernel_only  # ipykernel 7.4 hands the main shell's input() the subshell's reply (checked)
+def test_two_open_prompts_each_get_their_own_reply(kernel):
+    """input() waiting in the main shell and in a subshell at once: each input_reply
+    reaches the prompt it answers (its parent), whatever order they come in."""
+    kc = kernel.kc
+    sub = create(kc)
+    main = run(kc, "a = input('main? '); print('main got', a)", None, allow_stdin=True)
+    first = kc.get_stdin_msg(timeout=20)
+    side = run(kc, "b = input('sub? '); print('sub got', b)", sub, allow_stdin=True)
+    second = kc.get_stdin_msg(timeout=20)
+    prompts = {parent_id(first): first, parent_id(second): second}
+    assert set(prompts) == {main, side}
+    for msg_id, value in ((side, "from the subshell"), (main, "from the main shell")):
+        reply = kc.session.msg("input_reply", {"value": value}, parent=prompts[msg_id]["header"])
+        kc.stdin_channel.send(reply)
+    got = replies(kc, [main, side])
+    assert got[main]["content"]["status"] == got[side]["content"]["status"] == "ok"
+    out = iopub_of(kc, [main, side])
+    assert "main got from the main shell" in stream_text(out[main])
+    assert "sub got from the subshell" in stream_text(out[side])
