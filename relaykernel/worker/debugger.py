@@ -194,6 +194,7 @@ class Debugger:
         self.stopped_threads: set[int] = set()
         self._refs: dict[int, Any] = {}  # variablesReference -> object (not stopped: our own references)
         self._removed_transforms: list[Any] = []
+        self._hooks: tuple[Callable[..., Any], Callable[..., Any]] | None = None  # (pdb's, debugpy's)
         self._handlers: dict[str, Callable[[Dap], Dap]] = {
             "initialize": self.initialize, "attach": self.attach, "configurationDone": self.configuration_done,
             "disconnect": self.disconnect, "debugInfo": self.debug_info, "dumpCell": self.dump_cell,
@@ -288,6 +289,7 @@ class Debugger:
             for thread in threading.enumerate():  # ours, not the subshells' (they run user code)
                 if _ours(thread.name):
                     quiet_thread(thread)
+            pdb_hook = sys.breakpointhook
             import debugpy  # noqa: T100 - the debugger is what this module is for
 
             debugpy.configure(subProcess=False)  # snapshots and user forks must not attach
@@ -301,6 +303,11 @@ class Debugger:
                 raise RuntimeError("debugpy did not start")
             host, port = listened[0]
             self._address = (str(host), int(port))
+            # debugpy takes breakpoint() over; a cell's breakpoint() stops in the frontend's
+            # debugger only while a session is attached, and in pdb (over stdin) otherwise:
+            # debugpy's hook ignores it when no client is attached
+            self._hooks = (pdb_hook, sys.breakpointhook)
+            sys.breakpointhook = pdb_hook
             # A fork of this process would inherit pydevd's tracing and breakpoints but not
             # its threads: at a breakpoint it would wait for them forever.  A thread that is
             # not the kernel's own tells snapshot.py not to fork (its threads rule), for as
@@ -355,6 +362,8 @@ class Debugger:
         if not answer:
             return response(request, False, message="debugpy did not answer attach")
         self._attached = bool(answer[0].get("success"))
+        if self._attached and self._hooks is not None:
+            sys.breakpointhook = self._hooks[1]
         return {**answer[0], "request_seq": request.get("seq", 0), "command": "attach"}
 
     def configuration_done(self, request: Dap) -> Dap:
@@ -365,6 +374,8 @@ class Debugger:
         if self._client is not None:
             self._client.close()
         self._client, self._initialized, self._attached = None, None, False
+        if self._hooks is not None:
+            sys.breakpointhook = self._hooks[0]
         self.breakpoints.clear()
         self.stopped_threads.clear()
         self._restore_leading_blank_lines()

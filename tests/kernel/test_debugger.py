@@ -192,6 +192,37 @@ def test_post_mortem_debug_magic_prompts_over_stdin(kernel):
     assert "42" in stream_text(collect_iopub_until_idle(kc, msg_id))
 
 
+def test_breakpoint_in_a_cell_stops_in_the_attached_debugger(kernel):
+    """With a session attached, breakpoint() stops in the frontend's debugger (as ipykernel)."""
+    kc = kernel.kc
+    dap = Dap(kc)
+    dap.start()
+    dap.request("configurationDone")
+    code = "x = 1\nbreakpoint()\nx = 2\n"
+    msg_id = kc.execute(code, allow_stdin=True)
+    thread = dap.event("stopped")["body"]["threadId"]
+    assert dap.locals_of(dap.top_frame(thread)["id"]).get("x") == "1"
+    dap.request("continue", {"threadId": thread})
+    assert get_reply(kc, msg_id)["content"]["status"] == "ok"
+    collect_iopub_until_idle(kc, msg_id)
+    assert evaluate(kc, "x") == "2"
+
+
+@relaykernel_only  # ipykernel 7.4 leaves breakpoint() to debugpy, which ignores it with no client
+def test_breakpoint_after_the_session_ends_prompts_in_pdb_again(kernel):
+    """Once the frontend disconnects, breakpoint() is pdb over stdin again, not a no-op."""
+    kc = kernel.kc
+    dap = Dap(kc)
+    dap.start()
+    dap.request("disconnect", {"restart": False, "terminateDebuggee": False})
+    msg_id = kc.execute("y = 1\nbreakpoint()\ny = 2", allow_stdin=True)
+    assert "pdb>" in kc.get_stdin_msg(timeout=30)["content"]["prompt"]
+    kc.input("c")
+    assert get_reply(kc, msg_id)["content"]["status"] == "ok"
+    collect_iopub_until_idle(kc, msg_id)
+    assert evaluate(kc, "y") == "2"
+
+
 # ------------------------------------------------------- across worker death
 @relaykernel_only
 def test_worker_killed_at_a_breakpoint_ends_the_session_and_keeps_the_breakpoint(kernel):
