@@ -7,6 +7,7 @@ Usage::
     python -m benchmarks --kernels python3,python3 --quick   # validate the harness
     python -m benchmarks --only exec,comm --out benchmarks/results/run.md
     python -m benchmarks --only snapshots      # issue 18: crash with the state kept, overheads
+    python -m benchmarks --only notebook       # issue 18: a realistic notebook, snapshots on/off
 
 The first kernel is the subject, the second the baseline; ``ipykernel`` /
 ``python3`` and ``relaykernel`` use kernelspecs the harness writes itself
@@ -25,6 +26,7 @@ from pathlib import Path
 from jupyter_client.kernelspec import KernelSpecManager
 
 from . import measures as M
+from . import notebook as NB
 from .harness import (
     RELAY_NO_SNAPSHOTS,
     BenchError,
@@ -38,7 +40,8 @@ from .harness import (
 from .report import floor_notes, machine_header, process_table, table
 from .stats import Cell, Row
 
-MEASUREMENTS = ("floor", "startup", "memory", "exec", "output", "comm", "restart", "crash", "snapshots")
+MEASUREMENTS = ("floor", "startup", "memory", "exec", "output", "comm", "restart", "crash", "snapshots",
+                "notebook")
 DEFAULT_KERNELS = "relaykernel,ipykernel"
 
 
@@ -188,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         if "snapshots" in a.only_set and specs[labels[0]] == "relaykernel":
             log("snapshots: relaykernel with and without, and the baseline, kernels of their own")
             snapshot_rows = M.snapshots(ctx, cfg, snapshot_labels)
+        if "notebook" in a.only_set and specs[labels[0]] == "relaykernel":
+            log("notebook: a realistic notebook, snapshots on, off, and the baseline (benchmarks/notebook.py)")
+            snapshot_rows += NB.notebook_rows(ctx, cfg, snapshot_labels)
     finally:
         ctx.destroy(linger=0)
 
