@@ -518,3 +518,20 @@ def test_the_random_module_goes_on_where_the_snapshot_was(relay) -> None:
     relay.track(h)
     _crash(h, "[random.random() for _ in range(5)]\n" + SEGFAULT, worker)
     assert evaluate(h.kc, "[random.random() for _ in range(3)] == first") == "True"
+
+
+@pytest.mark.slow
+def test_a_cell_near_the_soft_limit_gets_a_memory_error_and_the_snapshot_stays(relay) -> None:
+    """The same with the soft limit: the cell that used up the worker's share is
+    interrupted with a MemoryError, and the worker keeps both its variables and its
+    snapshot (dropped instead, the next crash would find nothing to roll back to)."""
+    h = relay.start(install_spec("relaykernel-snapshot-near-soft", ("--Supervisor.memory_soft_limit=1",)))
+    execute_ok(h.kc, "import numpy as np\na = np.ones(64 * 1024**2 // 8)\nn = 41")
+    worker = _fresh_snapshot(h.kc)
+    snapshot = _snapshot_of(h.kc, worker)
+    reply, _ = execute(h.kc, NEAR_THE_LIMIT)
+    assert reply["content"]["ename"] == "MemoryError", reply["content"]
+    assert _alive(snapshot) and _worker_pid(h.kc) == worker
+    relay.track(h)
+    _crash(h, SEGFAULT, worker)
+    assert evaluate(h.kc, "(n, float(a[0]))") == "(41, 1.0)"
