@@ -308,6 +308,8 @@ class Debugger:
             # debugpy's hook ignores it when no client is attached
             self._hooks = (pdb_hook, sys.breakpointhook)
             sys.breakpointhook = pdb_hook
+            if self.kernel.shell is not None:
+                self.kernel.shell.events.register("pre_run_cell", self._before_cell)
             # A fork of this process would inherit pydevd's tracing and breakpoints but not
             # its threads: at a breakpoint it would wait for them forever.  A thread that is
             # not the kernel's own tells snapshot.py not to fork (its threads rule), for as
@@ -396,6 +398,26 @@ class Debugger:
                     "source": {"path": path}, "breakpoints": breakpoints, "sourceModified": False}})
         finally:
             self._quiet = False
+
+    def _before_cell(self, info: Any) -> None:
+        """On the main thread, before each cell: trace it again if it lost pydevd's tracing.
+
+        An interrupt of a cell stopped at a breakpoint is raised inside pydevd's trace
+        function: Python then stops tracing the thread (pydevd says "Debugging will be
+        disabled for this thread"), and pydevd still believes it suspended.  Without
+        this, no breakpoint would stop that worker again."""
+        if sys.gettrace() is not None:
+            return
+        import debugpy  # noqa: T100 - the debugger is what this module is for
+        from _pydevd_bundle.pydevd_constants import STATE_RUN  # debugpy's vendored pydevd
+
+        state = getattr(threading.current_thread(), "additional_info", None)
+        if state is not None:  # what pydevd's own resume would have reset
+            state.pydev_state = STATE_RUN
+            state.pydev_step_cmd = -1
+            state.pydev_original_step_cmd = -1
+            state.pydev_step_stop = None
+        debugpy.debug_this_thread()
 
     def _keep_leading_blank_lines(self) -> None:
         """Cells keep their leading blank lines while debugging: breakpoints are set by line."""

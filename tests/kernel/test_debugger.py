@@ -208,6 +208,30 @@ def test_breakpoint_in_a_cell_stops_in_the_attached_debugger(kernel):
     assert evaluate(kc, "x") == "2"
 
 
+@relaykernel_only  # ipykernel 7.4: after that interrupt no breakpoint stops its main thread again
+def test_an_interrupt_at_a_breakpoint_ends_the_cell_and_the_next_run_stops_again(kernel):
+    """The interrupt reaches a cell stopped at a breakpoint (KeyboardInterrupt, same worker,
+    the frontend told "continued"); Python then stops tracing the main thread, and the
+    worker traces it again, so the breakpoint stops the next run."""
+    kc = kernel.kc
+    dap = Dap(kc)
+    dap.start()
+    dap.set_breakpoint(CELL, 3)
+    worker = kernel.worker_pid()
+    msg_id = kc.execute(CELL)
+    thread = dap.event("stopped")["body"]["threadId"]
+    kernel.km.interrupt_kernel()
+    assert get_reply(kc, msg_id)["content"]["ename"] == "KeyboardInterrupt"
+    assert dap.event("continued")["body"]["threadId"] == thread
+    assert kernel.worker_pid() == worker
+    msg_id = kc.execute(CELL)
+    thread = dap.event("stopped")["body"]["threadId"]
+    assert dap.top_frame(thread)["line"] == 3
+    dap.request("continue", {"threadId": thread})
+    assert get_reply(kc, msg_id)["content"]["status"] == "ok"
+    collect_iopub_until_idle(kc, msg_id)
+
+
 @relaykernel_only  # ipykernel 7.4 leaves breakpoint() to debugpy, which ignores it with no client
 def test_breakpoint_after_the_session_ends_prompts_in_pdb_again(kernel):
     """Once the frontend disconnects, breakpoint() is pdb over stdin again, not a no-op."""
