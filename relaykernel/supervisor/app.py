@@ -186,15 +186,16 @@ class Supervisor(Application):
             self._write_connection_file(info, sockets.ports, heartbeat.port, early.key)
         os.environ[CONNECTION_FILE_ENV] = os.path.abspath(self.connection_file)
         private_dir = early.private_dir
+        first_worker = early.first_worker()  # forked once the fork server has IPython loaded
         held = early.responder.handover() if early.responder else None  # the sockets are ours now
         try:
             loop = SupervisorLoop(
                 ctx=ctx, signer=early.signer, verifier=early.verifier or Verifier(early.signer),
                 sockets=sockets, private_dir=private_dir,
                 worker_config=dataclasses.replace(
-                    early.worker.config, snapshots=self.snapshots,
+                    first_worker.config, snapshots=self.snapshots,
                     snapshot_max_memory=int(self.snapshot_max_memory * GIB)),
-                first_worker=early.worker, held=held,
+                first_worker=first_worker, launcher=early.launcher, held=held,
                 settings=Settings(
                     standby_workers=self.standby_workers, interrupt_grace=self.interrupt_grace,
                     inplace_restart=self.inplace_restart, log_level=self._level(),

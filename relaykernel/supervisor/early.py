@@ -8,8 +8,11 @@ alone:
 1. reads the connection file and binds the kernel's sockets and heartbeat;
 2. starts :class:`EarlyResponder`, a thread that answers kernel_info (which
    needs no worker) and holds every other request, in order, for the loop;
-3. launches the first worker, so IPython imports on another core while the
-   supervisor loads the rest and builds its Application.
+3. starts the worker fork server (supervisor/launcher.py), so IPython imports on
+   another core while the supervisor loads the rest and builds its Application;
+   then :meth:`EarlyStart.first_worker` forks the first worker from it.  Without
+   the server (``--Supervisor.standby_workers=0`` on the command line, or a
+   server that failed) the first worker is spawned here instead.
 
 The loop takes the sockets and the held requests over with
 :meth:`EarlyResponder.handover`; from then on the main thread owns them.
@@ -40,6 +43,9 @@ from .sockets import Incoming, KernelSockets, SocketOptions, TransportError, Ver
 log = LazyLogger("relaykernel.supervisor")
 
 _CONNECTION_FILE_FLAGS = ("-f", "--f", "--Supervisor.connection_file")
+#: ``0`` there: no standby, hence no fork server (a config file is read too late for
+#: the first worker, which is then forked, and the server stays for its successors)
+_STANDBY_FLAGS = ("--Supervisor.standby_workers", "--standby-workers")
 #: Socket options that must be known before the sockets bind, which is before
 #: the Application reads config files: only the command line can set them.
 _SOCKET_OPTION_FLAGS = {"iopub_queue_limit": "--Supervisor.iopub_queue_limit",
@@ -159,6 +165,11 @@ class EarlyStart:
         self.socket_options = SocketOptions()
         self.private_dir = ""
         self.worker: Any = None  # WorkerProcess (imported after the responder is up)
+        self.worker_config: Any = None  # WorkerConfig of the first worker
+        #: the fork server's WorkerLauncher, started here (None: workers are spawned)
+        self.launcher: Any = None
+        self._ctx: zmq.Context | None = None
+        self._io_threads_batched = False
         #: bound from an existing connection file, else None (the app binds)
         self.sockets: KernelSockets | None = None
         self.heartbeat: Heartbeat | None = None
@@ -170,6 +181,30 @@ class EarlyStart:
         Without a responder no request can have come: nothing to interrupt."""
         if self.responder is not None:
             self.responder.interrupt()
+
+    def first_worker(self) -> Any:
+        """The first WorkerProcess: forked from the fork server, once that has imported
+        IPython (it started with this step, so by now, or soon), else spawned.  Main
+        thread, before the loop runs (the responder still answers kernel_info)."""
+        if self.worker is None:
+            from .launcher import WARM_UP_LIMIT
+            from .worker_process import WorkerProcess
+
+            assert self._ctx is not None
+            number = 1
+            if self.launcher is not None and self.launcher.wait_for_server(WARM_UP_LIMIT):
+                try:
+                    self.worker = WorkerProcess(self._ctx, number, self.private_dir, self.worker_config,
+                                                start_method=self.launcher.context())
+                except Exception as e:  # noqa: BLE001 - the server died meanwhile: spawn
+                    log.warning("could not fork the first worker (%s); spawning it", e)
+                    number = 2  # worker 1's endpoint may be unlinked when its socket is collected
+            if self.worker is None:
+                self.worker = WorkerProcess(self._ctx, number, self.private_dir, self.worker_config)
+        if not self._io_threads_batched:
+            batch_io_threads()  # libzmq's threads exist now: the worker's link started them
+            self._io_threads_batched = True
+        return self.worker
 
     @property
     def interrupted_after(self) -> int | None:
@@ -183,6 +218,8 @@ class EarlyStart:
             self.responder.handover()
         if self.worker is not None:
             self.worker.kill()
+        if self.launcher is not None:
+            self.launcher.close(kill=True)
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if self.sockets is not None:
@@ -274,7 +311,7 @@ def begin(args: list[str]) -> EarlyStart:
 
     from ..spawn import WorkerConfig, ipython_args
     from . import private_dir
-    from .worker_process import WorkerProcess  # multiprocess: ~70 ms
+    from .launcher import ServerState, WorkerLauncher  # multiprocess: ~70 ms
 
     early.private_dir = private_dir.create()  # 0700: the link stays ours
 
@@ -283,6 +320,13 @@ def begin(args: list[str]) -> EarlyStart:
         connection_file=early.connection_file, crash_log=os.path.join(early.private_dir, "crash"),
         log_level=logging.DEBUG if "--debug" in args else logging.WARNING, supervisor_pid=os.getpid(),
         inherited_tunables=os.environ.get(heap.TUNABLES_ENV), ipython_args=ipython_args(args))
-    early.worker = WorkerProcess(ctx, 1, early.private_dir, config)
-    batch_io_threads()  # libzmq's threads exist now: the sockets above started them
+    early.worker_config, early._ctx = config, ctx
+    if _arg(args, _STANDBY_FLAGS).strip() != "0":
+        early.launcher = WorkerLauncher(config.inherited_tunables, early.private_dir)
+        early.launcher.warm_up()  # imports IPython now; the first worker is forked from it
+    if early.launcher is None or early.launcher.state is ServerState.FAILED:
+        early.first_worker()  # spawned: it imports IPython now
+    elif early.sockets is not None:
+        batch_io_threads()  # libzmq's threads exist now: the sockets above started them
+        early._io_threads_batched = True
     return early

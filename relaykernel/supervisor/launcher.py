@@ -1,17 +1,18 @@
-"""How worker processes start: spawned, or forked from a server that has IPython loaded.
+"""How worker processes start: forked from a server that has IPython loaded, or spawned.
 
 A spawned worker is a fresh interpreter that imports IPython and relaykernel's
-worker before it can say READY: ~0.4 s of a core.  The warm spare hides that
-from one crash or restart, but the spare that replaces it pays it again, so a
-second crash soon after (native code that segfaults, run again at once) waited
-~0.3 s for it, and every replacement took a core for 0.4 s just when the user
-runs the next cell.  ``multiprocess``'s fork server imports those modules once;
-a worker forked from it only builds its shell.
+worker before it can say READY: ~0.4 s of a core.  ``multiprocess``'s fork
+server imports those modules once; a worker forked from it only builds its
+shell, and shares the server's pages (IPython's modules, the interpreter's
+heap) instead of holding a copy of its own.
 
-The first worker is spawned anyway (by the early step): the server would have
-to import the same modules before it could fork it.  The server starts when
-the first spare is wanted, and spares are spawned again if it cannot start or
-dies.  Until it answers, the loop waits for it instead of spawning a spare
+The early step starts the server before anything else is imported
+(supervisor/early.py), and the first worker is forked from it once the
+supervisor has loaded the rest; so are the spares and every later worker.
+Where the server cannot start, dies before its first fork, or is not wanted
+(``--Supervisor.standby_workers=0`` on the command line), workers are spawned.
+A server that dies later is started again (at most MAX_WARM_UPS times in
+all); until it answers, the loop waits for it instead of spawning a spare
 that would import IPython alongside it.
 
 The server is started with what a spawned worker starts with (SIGINT ignored,
@@ -27,6 +28,7 @@ import contextlib
 import enum
 import logging
 import os
+import select
 import signal
 import threading
 import time
@@ -104,6 +106,7 @@ class WorkerLauncher:
         self._warm_ups = 0
         self._warming_since = 0.0
         self._server_pid: int | None = None
+        self._closing = False
         #: readable when the probe thread has an answer; the loop polls it
         self.wake_fd, self._wake_w = os.pipe()
         os.set_blocking(self.wake_fd, False)
@@ -143,13 +146,23 @@ class WorkerLauncher:
             probe.join(WARM_UP_LIMIT)
             ok = probe.exitcode == 0
         except Exception as e:  # noqa: BLE001 - reported below; spawning still works
-            log.warning("the worker fork server did not answer: %s", e)
+            if not self._closing:  # killed by close(): nothing to report
+                log.warning("the worker fork server did not answer: %s", e)
         if self.state is ServerState.WARMING:
             self.state = ServerState.WARM if ok else ServerState.FAILED
         try:
             os.write(self._wake_w, b"x")
         except OSError:  # closed: the supervisor is stopping
             pass
+
+    def wait_for_server(self, timeout: float) -> bool:
+        """Block until the server answered its probe, for at most ``timeout`` seconds;
+        True if workers can be forked from it now.  The first worker waits here: the
+        server started with the supervisor, so it has imported IPython by the time the
+        supervisor has loaded the rest, or soon after."""
+        if self.state is ServerState.WARMING and select.select([self.wake_fd], [], [], max(0.0, timeout))[0]:
+            self.acknowledge()
+        return self.context() is self._fork_context
 
     def acknowledge(self) -> None:
         """The loop saw wake_fd: empty it."""
@@ -181,11 +194,19 @@ class WorkerLauncher:
                 return self._fork_context
             log.warning("the worker fork server exited; spawning workers until it is back")
             self.state = ServerState.COLD
+        if self.state is not ServerState.WARMING:
+            _reap_dead_server()
         return self.spawn_context
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
         """Stop the fork server with the supervisor (it would notice on its own, a moment
-        later), and close the stand-in for the resource tracker.  Bounded: ~1 s at most."""
+        later), and close the stand-in for the resource tracker.  Bounded: ~1 s at most.
+        ``kill``: at once (the kernel will not run; the server may still be importing,
+        and notices its pipe only after)."""
+        self._closing = True
+        if kill and self._server_pid is not None and self.server_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._server_pid, signal.SIGKILL)
         for fd in (self.wake_fd, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -210,6 +231,25 @@ class WorkerLauncher:
                 tracker._stop()
         except Exception as e:  # noqa: BLE001 - private API: best effort
             log.debug("stopping the resource tracker: %s", e)
+
+
+def _reap_dead_server() -> None:
+    """A fork server that died stays a zombie until multiprocess starts the next one,
+    which may be never: reap it, and forget it as ``ensure_running`` does a dead one.
+    (Private API of multiprocess; the server multiprocess knows, which may not be the
+    one we started: a fork request finding it dead starts another.)"""
+    server = forkserver._forkserver
+    with server._lock:
+        pid = server._forkserver_pid
+        try:
+            if pid is None or not os.waitpid(pid, os.WNOHANG)[0]:
+                return  # none, or alive
+        except ChildProcessError:
+            pass
+        if server._forkserver_alive_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(server._forkserver_alive_fd)
+        server._forkserver_pid = server._forkserver_alive_fd = server._forkserver_address = None
 
 
 def _reap(pid: int, timeout: float) -> None:

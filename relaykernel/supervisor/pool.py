@@ -68,7 +68,7 @@ class WorkerPool:
         self.by_link: dict[zmq.Socket, WorkerProcess] = {}
         self.by_sentinel: dict[int, WorkerProcess] = {}
         self.stopping = False
-        self._numbers = iter(range(2 if first_worker else 1, 1 << 30))
+        self._numbers = iter(range(first_worker.number + 1 if first_worker else 1, 1 << 30))
         self._start_failures = 0
         self._spare_deaths: list[float] = []  # when spares died, over SPARE_DEATH_WINDOW
         if first_worker is not None:

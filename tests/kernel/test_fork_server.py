@@ -1,16 +1,18 @@
 """Workers forked from the fork server (relaykernel/supervisor/launcher.py).
 
-After the first worker, relaykernel forks its workers from a server that has
-IPython imported, so a spare is ready in milliseconds and crashes in a row do
-not wait for one.  These tests check what users rely on with such workers:
-they run cells, are interrupted, are replaced after crashes one after another,
-and nothing outlives the kernel, even when the supervisor or the server is
-killed.
+relaykernel forks its workers, the first one included, from a server that has
+IPython imported, so a spare is ready in milliseconds, crashes in a row do not
+wait for one, and the workers share the server's pages.  These tests check what
+users rely on with such workers: they run cells, are interrupted, are replaced
+after crashes one after another, and nothing outlives the kernel, even when the
+supervisor or the server is killed; and where there is no server (none wanted,
+or it cannot start), workers are spawned and the kernel runs as well.
 """
 
 from __future__ import annotations
 
 import signal
+import textwrap
 
 import psutil
 import pytest
@@ -201,3 +203,87 @@ def test_a_cell_that_kills_its_fork_server_does_not_hang_the_supervisor(handle):
         info = handle.kc.get_shell_msg(timeout=10)
         assert info["msg_type"] == "kernel_info_reply"
         assert evaluate(handle.kc, "6 * 7", timeout=60) == "42"
+
+
+def _spawned_workers(supervisor_pid: int) -> list[psutil.Process]:
+    """The supervisor's children that are spawned workers (a dead child's command line
+    cannot be read: it is skipped, and the others still listed)."""
+    found = []
+    for child in psutil.Process(supervisor_pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _zombies(supervisor_pid: int) -> list[int]:
+    found = []
+    for child in psutil.Process(supervisor_pid).children():
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                found.append(child.pid)
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_the_first_worker_is_forked_from_the_fork_server():
+    """From the start, the worker that runs the cells is a child of the fork server,
+    as the standby is: both share the server's pages (IPython is imported once)
+    instead of the first worker importing it again in an interpreter of its own."""
+    handle = start_kernel()
+    try:
+        worker = handle.worker_pid()
+        server = fork_server(handle.pid)
+        assert server is not None
+        assert psutil.Process(worker).ppid() == server.pid
+        assert _spawned_workers(handle.pid) == []
+        wait_for(lambda: len(server.children()) == 2, 60, what="a standby forked beside the first worker")
+        assert evaluate(handle.kc, "6 * 7") == "42"
+    finally:
+        stop_kernel(handle)
+
+
+def test_without_a_standby_on_the_command_line_workers_are_spawned():
+    """``--Supervisor.standby_workers=0`` on the kernel's command line: no fork server
+    at all (read before the first worker starts); the first worker and its successor
+    after a crash are spawned."""
+    handle = start_kernel(install_spec("relaykernel-no-standby", ("--Supervisor.standby_workers=0", *NO_SNAPSHOTS)))
+    try:
+        first = handle.worker_pid()
+        assert [p.pid for p in _spawned_workers(handle.pid)] == [first]
+        _crash(handle.kc)
+        second = handle.worker_pid()
+        assert second != first
+        assert [p.pid for p in _spawned_workers(handle.pid)] == [second]
+        assert fork_server(handle.pid) is None
+    finally:
+        stop_kernel(handle)
+
+
+#: On PYTHONPATH, a sitecustomize that ends the fork server at once (its command
+#: line names multiprocess.forkserver) and lets every other interpreter start.
+_SERVER_DIES = textwrap.dedent("""\
+    import os, sys
+    if any("multiprocess.forkserver" in arg for arg in sys.orig_argv):
+        os._exit(3)
+""")
+
+
+def test_a_fork_server_that_cannot_start_leaves_the_first_worker_spawned(tmp_path):
+    """The server dies before its first fork: the first worker is spawned instead,
+    without waiting for the server's time limit, and so is the standby; the dead
+    server is reaped (not left a zombie for the kernel's life)."""
+    (tmp_path / "sitecustomize.py").write_text(_SERVER_DIES)
+    handle = start_kernel(env={"PYTHONPATH": str(tmp_path)})
+    try:
+        assert evaluate(handle.kc, "6 * 7") == "42"
+        worker = handle.worker_pid()
+        assert psutil.Process(worker).ppid() == handle.pid
+        wait_for(lambda: len(_spawned_workers(handle.pid)) == 2, 60, what="a spawned standby")
+        wait_for(lambda: not _zombies(handle.pid), 10, what="the dead fork server to be reaped")
+        assert fork_server(handle.pid) is None
+    finally:
+        stop_kernel(handle)
