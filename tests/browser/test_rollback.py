@@ -10,7 +10,9 @@ kernelspec's argv.
 
 relaykernel only: on ipykernel the segfault ends the kernel, and the data with it.
 
-Screenshots go to tests/artifacts/browser/ (NN-rollback-step.png).
+Screenshots go to tests/artifacts/browser/rollback/ (NN-rollback-step.png), with
+this module's server log: a directory of its own, so that a run of the whole
+directory keeps test_jupyterlab.py's (conftest.py's ``artifacts_dir`` empties it).
 
 Run:  .venv/bin/python -m pytest tests/browser/test_rollback.py -m browser
 """
@@ -26,7 +28,7 @@ from typing import Any
 import psutil
 import pytest
 
-from .conftest import KERNEL_NAME, LabServer
+from .conftest import ARTIFACTS, KERNEL_NAME, LabServer
 from .test_jupyterlab import (
     RUN_TIMEOUT,
     UI_TIMEOUT,
@@ -51,6 +53,15 @@ DEFINE = ("import os, numpy as np; data = {'rows': list(range(5))}; arr = np.ara
           "total = int(arr.sum()); print('worker', os.getpid(), 'total', total)")
 SEGFAULT = "data['rows'].append(99); total = -1; import ctypes; ctypes.string_at(0)"
 CHECK = "print(total, data['rows'], int(arr.sum()), os.getpid())"
+
+
+@pytest.fixture(scope="module")
+def artifacts_dir() -> Path:
+    path = ARTIFACTS / "rollback"
+    path.mkdir(parents=True, exist_ok=True)
+    for old in path.glob("*.png"):
+        old.unlink()
+    return path
 
 
 @pytest.fixture(scope="module")
