@@ -59,8 +59,8 @@ EDITS: list[tuple[str, str, str]] = [
       "            mark('supervisor verified the request')\n")),
     ("supervisor/flow.py", "from .. import wire\n", "from .. import wire\n" + IMPORT),
     ("supervisor/flow.py",
-     "            if not worker.send(wire.encode(wire.REQUEST, meta, request.frames)):\n                return\n",
-     ("            if not worker.send(wire.encode(wire.REQUEST, meta, request.frames)):\n                return\n"
+     "            if not sent:\n                return\n",
+     ("            if not sent:\n                return\n"
       "            mark('supervisor sent it to the worker')\n")),
     ("supervisor/flow.py",
      '        self.announce(request)\n        if request.msg_type == "comm_msg"',

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.error
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,16 @@ def kernel_idle(server: LabServer, name: str | None = None) -> list[dict[str, An
     """The server's kernels if there is exactly one and it is idle (REST view).
 
     With ``name``, only the server's kernels of that kernelspec count."""
-    kernels = [k for k in server.kernels() if name is None or k.get("name") == name]
+    try:
+        listed = server.kernels()
+    except urllib.error.HTTPError as e:
+        # jupyter_server answers 500 to GET /api/kernels while a kernel it just added has
+        # no execution_state yet (seen once on a cold fresh clone): not idle yet
+        if e.code != 500:
+            raise
+        print(f"GET /api/kernels: {e} (a kernel is starting); asking again")
+        return None
+    kernels = [k for k in listed if name is None or k.get("name") == name]
     if len(kernels) == 1 and kernels[0].get("execution_state") == "idle":
         return kernels
     return None

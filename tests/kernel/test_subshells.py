@@ -114,7 +114,7 @@ def test_a_subshell_runs_while_the_main_cell_runs(kernel):
     kc = kernel.kc
     sub = create(kc)
     execute_ok(kc, "import threading, time\nrelease = threading.Event()")
-    main = run(kc, "print('main'); release.wait(30); print('main done')", None)
+    main = run(kc, "print('main'); release.wait(30); time.sleep(0.5); print('main done')", None)
     side = run(kc, "print('sub'); release.set(); 6 * 7", sub)
     got = replies(kc, [main, side])
     assert got[main]["content"]["status"] == got[side]["content"]["status"] == "ok"
