@@ -107,7 +107,17 @@ class TmuxSession:
                           check=False) == "1"
 
     def close(self, wait: float = 10.0) -> list[int]:
-        """Kill this session's tmux server and everything it started, by pid."""
+        """Kill this session's tmux server and everything it started, by pid.
+
+        A kernel whose jupyter console died with the pane is nobody's to shut down: it
+        gets SIGTERM (its clean shutdown) rather than a wait of ``wait`` s for nothing."""
         self.remember_processes()
         self._tmux("kill-server", check=False)
-        return reap([p for pid, p in self._procs.items() if pid != os.getpid()], wait)
+        procs = [p for pid, p in self._procs.items() if pid != os.getpid()]
+        _, alive = psutil.wait_procs(procs, timeout=1.0)
+        for proc in alive:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        return reap(alive, wait)
