@@ -149,6 +149,52 @@ def test_a_session_stops_at_a_breakpoint_steps_and_continues(kernel):
     assert not dap.request("debugInfo")["body"]["isStarted"]
 
 
+def test_step_in_step_out_pause_and_exception_breakpoints(kernel):
+    kc = kernel.kc
+    dap = Dap(kc)
+    dap.start()
+    code = "def inner(v):\n    w = v + 1\n    return w\n\nouter = inner(1)\nafter = outer\n"
+    dap.set_breakpoint(code, 5)
+    msg_id = kc.execute(code)
+    thread = dap.event("stopped")["body"]["threadId"]
+    dap.request("stepIn", {"threadId": thread})
+    dap.event("stopped")
+    frame = dap.top_frame(thread)
+    assert (frame["name"], frame["line"]) == ("inner", 2)
+    dap.request("stepOut", {"threadId": thread})
+    dap.event("stopped")
+    assert dap.top_frame(thread)["line"] == 5
+    dap.request("continue", {"threadId": thread})
+    assert get_reply(kc, msg_id)["content"]["status"] == "ok"
+
+    # pause a running cell, let it go by changing its state from the paused frame
+    dap.request("setBreakpoints", {"source": {"path": dap.request("dumpCell", {"code": code})["body"]["sourcePath"]},
+                                   "breakpoints": []})
+    msg_id = kc.execute("import time\ngo_on = True\nwhile go_on:\n    time.sleep(0.01)\n")
+    main = next(t["id"] for t in dap.request("threads")["body"]["threads"] if t["name"] == "MainThread")
+    dap.request("pause", {"threadId": main})
+    stopped = dap.event("stopped")["body"]
+    assert stopped["reason"] == "pause"
+    frame = next(f for f in dap.request("stackTrace", {"threadId": main})["body"]["stackFrames"]
+                 if f["name"] == "<module>")
+    dap.request("evaluate", {"expression": "globals().update(go_on=False)", "frameId": frame["id"],
+                             "context": "repl"})
+    dap.request("continue", {"threadId": main})
+    assert get_reply(kc, msg_id)["content"]["status"] == "ok"
+
+    # stop where an exception is raised, then let it fail the cell
+    dap.request("setExceptionBreakpoints", {"filters": ["raised"]})
+    msg_id = kc.execute("value = 41\nraise ValueError(value)\n")
+    stopped = dap.event("stopped")["body"]
+    assert stopped["reason"] == "exception"
+    info = dap.request("exceptionInfo", {"threadId": stopped["threadId"]})["body"]
+    assert "ValueError" in info["exceptionId"]
+    dap.request("setExceptionBreakpoints", {"filters": []})
+    dap.request("continue", {"threadId": stopped["threadId"]})
+    assert get_reply(kc, msg_id)["content"]["ename"] == "ValueError"
+    dap.request("disconnect", {"restart": False, "terminateDebuggee": False})
+
+
 def test_control_answers_while_stopped_at_a_breakpoint(kernel):
     """kernel_info and comm_info are answered (on shell too, unlike ipykernel), and a cell's
     input() still gets its reply, while the debugger holds a cell at a breakpoint."""
@@ -337,3 +383,23 @@ def test_no_snapshot_of_a_worker_running_debugpy(kernel):
     assert get_reply(kc, msg_id)["content"]["status"] == "ok"
     collect_iopub_until_idle(kc, msg_id)
     assert evaluate(kc, "'during' in dir()") == "False"
+
+
+@relaykernel_only
+def test_a_restart_keeps_the_session_and_its_breakpoints(kernel):
+    """A restart swaps the worker as a crash does: the session is set up again in the
+    new (empty) worker, so the breakpoints stop the next run."""
+    kc = kernel.kc
+    dap = Dap(kc)
+    dap.start()
+    dap.set_breakpoint(CELL, 3)
+    worker = kernel.worker_pid()
+    os.kill(kernel.pid, signal.SIGHUP)  # the supervisor restarts its worker in place (as for the provisioner)
+    dap.event("terminated")
+    msg_id = kc.execute(CELL)
+    thread = dap.event("stopped")["body"]["threadId"]
+    assert dap.top_frame(thread)["line"] == 3
+    dap.request("continue", {"threadId": thread})
+    assert get_reply(kc, msg_id)["content"]["status"] == "ok"
+    collect_iopub_until_idle(kc, msg_id)
+    assert kernel.worker_pid() != worker
