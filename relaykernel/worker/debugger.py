@@ -201,6 +201,7 @@ class Debugger:
             "setBreakpoints": self.set_breakpoints, "inspectVariables": self.inspect_variables,
             "richInspectVariables": self.rich_inspect_variables, "copyToGlobals": self.copy_to_globals,
             "modules": self.modules, "source": self.source, "variables": self.variables,
+            "stackTrace": self.stack_trace,
         }
 
     # ----------------------------------------------------------- threads
@@ -471,6 +472,25 @@ class Debugger:
                 self.breakpoints[path] = placed
             else:
                 self.breakpoints.pop(path, None)
+        return reply
+
+    def stack_trace(self, request: Dap) -> Dap:
+        """The adapter's, without the worker process's own bottom frame (its ``-c`` bootstrap,
+        ``<string>``: the frames between are the kernel's, which debugpy leaves out)."""
+        if self._client is None:
+            return response(request, False, message="the debugger is not started: send initialize first")
+        reply = self._forward(request)
+        body = reply.get("body") or {}
+        frames = body.get("stackFrames")
+        if not reply.get("success") or not frames:
+            return reply
+        total = int(body.get("totalFrames", 0) or 0)
+        start = int(request.get("arguments", {}).get("startFrame", 0) or 0)
+        bottom = not total or start + len(frames) >= total  # this page ends the stack
+        if bottom and (frames[-1].get("source") or {}).get("path") == "<string>":
+            frames.pop()
+            if total:
+                body["totalFrames"] = total - 1
         return reply
 
     def source(self, request: Dap) -> Dap:

@@ -112,8 +112,11 @@ def test_a_session_stops_at_a_breakpoint_steps_and_continues(kernel):
     stopped = dap.event("stopped")["body"]
     thread = stopped["threadId"]
     assert stopped["reason"] == "breakpoint"
-    frame = dap.top_frame(thread)
-    assert (frame["name"], frame["line"], frame["source"]["path"]) == ("twice_plus_one", 2, path)
+    frames = dap.request("stackTrace", {"threadId": thread})["body"]["stackFrames"]
+    # the cell's two frames; the kernel's own are left out
+    assert [(f["name"], f["line"], f["source"]["path"]) for f in frames] == [
+        ("twice_plus_one", 2, path), ("<module>", 5, path)]
+    frame = frames[0]
     assert dap.locals_of(frame["id"]) == {"n": "20"}
     assert thread in dap.request("debugInfo")["body"]["stoppedThreads"]
 
