@@ -46,6 +46,24 @@ def _installed_package_first() -> None:
 
 _installed_package_first()
 
+
+def _freeze_before_forks() -> None:
+    """In the fork server: move every object it holds to the collector's permanent
+    generation before each fork (``gc.freeze``).  A worker's full collections then
+    skip the objects it inherited, instead of writing to each one (and so copying
+    the server's heap into the worker, which leaves the server's copy unshared:
+    without a standby, the server's own memory grew 6.8 MB when a cell imported
+    pandas, 3.9 MB with this).  Only in the server: in a worker it would keep
+    cyclic garbage from being collected."""
+    import gc
+
+    server = os.getpid()
+    os.register_at_fork(before=lambda: gc.freeze() if os.getpid() == server else None)
+
+
+if "multiprocess.forkserver" in " ".join(getattr(sys, "orig_argv", ())):
+    _freeze_before_forks()
+
 #: What the worker imports before READY, for the fork server to import once
 #: (supervisor/launcher.py).  Importing them starts no thread and touches no
 #: stream: safe to fork after.  This module comes first: it repairs a shadowed

@@ -48,9 +48,12 @@ class Supervisor(Application):
     ip = Unicode("127.0.0.1", config=True, help="Address to bind when writing a new connection "
                  "file. Loopback by default: only this machine can reach the kernel.")
     transport = CaselessStrEnum(["tcp", "ipc"], "tcp", config=True, help="zmq transport for new connection files.")
-    standby_workers = Integer(1, config=True, help="Warm workers kept ready (IPython imported) "
-                              "so a crashed or restarted worker is replaced in milliseconds. "
-                              "Each costs the memory of an idle IPython (~60 MB).")
+    standby_workers = Integer(1, min=-1, config=True, help="Warm workers kept ready (shell built) "
+                              "so a crashed or restarted worker is replaced in milliseconds; each "
+                              "costs ~11 MB of its own (~15 MB PSS). -1: one, but none while the "
+                              "worker holds a snapshot (which takes over after a crash; a restart "
+                              "then waits ~25-60 ms for a fork). 0 on the command line: no fork "
+                              "server either (new workers are spawned: ~0.5 s).")
     interrupt_grace = Float(5.0, config=True, help="Seconds a cell may ignore an interrupt "
                             "(native code that does not check signals) before the worker is replaced.")
     subshell_overlap_after = Float(1.0, config=True, help="Seconds a request must have run before a "

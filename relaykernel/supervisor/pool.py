@@ -94,15 +94,43 @@ class WorkerPool:
             elif not any(w.state is WorkerState.STARTING for w in self.spares):
                 # none starting, and any ready one is dead: its sentinel is next in the poll
                 self._start_worker()
-        if self.active is not None and len(self.spares) < self.standby:
+        if self.active is not None and len(self.spares) < self.spares_wanted():
             if self.launcher.state is ServerState.COLD:
                 self.launcher.warm_up()
                 if self.launcher.state is ServerState.WARMING:  # in case it never answers
                     self.timers.after(WARM_UP_LIMIT + 0.1, self.ensure)
             if self.launcher.waiting_for_server():
                 return  # its fork will be ready first; a spawn now would only compete with it
-            while len(self.spares) < self.standby:
+            while len(self.spares) < self.spares_wanted():
                 self._start_worker()
+
+    def spares_wanted(self) -> int:
+        """``standby``; with ``standby`` < 0 (``--Supervisor.standby_workers=-1``), one,
+        but none while the active worker holds a snapshot and the fork server is warm.
+        A crash then wakes the snapshot (~10 ms to the next result, as a standby would
+        take over), and a restart, or a crash with no snapshot yet (a second one within
+        ~50 ms), waits for a fork that builds its shell (~25-60 ms): for the standby's
+        ~11 MB of its own (~15 MB PSS).  Without the server a new worker is a ~0.5 s
+        spawn: the standby stays."""
+        if self.standby >= 0:
+            return self.standby
+        snapshot = getattr(self.active, "snapshot", None)  # fakes in unit tests have none
+        if snapshot is not None and not self.snapshots_off and self.launcher.state is ServerState.WARM:
+            return 0
+        return 1
+
+    def _retire_surplus(self) -> None:
+        """Stop the spares past spares_wanted() (the active worker took a snapshot).
+        Not waited for here: forgotten at once, reaped a moment later."""
+        surplus = sorted(self.spares, key=lambda w: w.state is WorkerState.READY)  # starting ones first
+        for worker in surplus[: max(0, len(self.spares) - self.spares_wanted())]:
+            self.forget(worker)
+            if worker.state is WorkerState.STARTING:
+                worker.kill()  # still building its shell: it would not hear the request
+            else:
+                worker.request_stop()
+            log.debug("retired spare worker %s: the active worker's snapshot stands in for it", worker.number)
+            self.timers.after(1.0, _stopper(worker))
 
     def fork_server_answered(self) -> None:
         self.launcher.acknowledge()
@@ -156,17 +184,20 @@ class WorkerPool:
         skipped = lm.meta.get("skipped")
         if skipped:
             worker.no_snapshot = f"the worker kept none: {skipped}"
+            self.ensure()  # a standby again, if the snapshot stood in for it
             return
         try:
             snapshot = Snapshot.of(lm.meta)
         except (OSError, KeyError, ValueError, TypeError) as e:
             worker.no_snapshot = f"the latest one could not be held ({e})"
+            self.ensure()
             return
         if worker is not self.active:  # a worker on its way out: nobody will wake it
             snapshot.kill()
             snapshot.close()
             return
         worker.snapshot = snapshot
+        self._retire_surplus()
 
     def roll_back(self, dead: WorkerProcess) -> Snapshot | str:
         """Wake the dead active worker's snapshot to take over (ensure() activates it
@@ -279,6 +310,11 @@ class WorkerPool:
         for worker in workers:
             worker.stop(grace=max(0.05, deadline - time.monotonic()))
         self.launcher.close()
+
+
+def _stopper(worker: WorkerProcess) -> Callable[[], None]:
+    """Stop a retired spare (by then it has exited; bounded at ~0.3 s if it has not)."""
+    return lambda: worker.stop(grace=0.1)
 
 
 def _no_activation(worker: WorkerProcess) -> wire.ActivateMeta:

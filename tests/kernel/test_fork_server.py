@@ -287,3 +287,34 @@ def test_a_fork_server_that_cannot_start_leaves_the_first_worker_spawned(tmp_pat
         assert fork_server(handle.pid) is None
     finally:
         stop_kernel(handle)
+
+
+def _standbys(supervisor_pid: int, active: int) -> list[int]:
+    server = fork_server(supervisor_pid)
+    if server is None:
+        return []
+    try:
+        return [p.pid for p in server.children() if p.pid != active]
+    except psutil.Error:
+        return []
+
+
+def test_with_standby_workers_minus_one_the_snapshot_stands_in_for_the_standby():
+    """``--Supervisor.standby_workers=-1``: no standby while the worker holds a
+    snapshot (a crash wakes the snapshot), one again as soon as it holds none."""
+    handle = start_kernel(install_spec("relaykernel-standby-auto", ("--Supervisor.standby_workers=-1",)))
+    try:
+        execute_ok(handle.kc, "x = 1")
+        active = handle.worker_pid()
+        wait_for(lambda: psutil.Process(active).children(), 30, what="the worker's snapshot (its child)")
+        wait_for(lambda: not _standbys(handle.pid, active), 30, what="the standby to be retired")
+        _crash(handle.kc)  # the snapshot takes over, with x
+        assert evaluate(handle.kc, "x") == "1"
+        execute_ok(handle.kc, "exit()")  # a fresh worker, forked on demand
+        assert evaluate(handle.kc, "6 * 7") == "42"
+        active = handle.worker_pid()
+        execute_ok(handle.kc, "%snapshot off")
+        wait_for(lambda: _standbys(handle.pid, active), 30, what="a standby, once no snapshot is kept")
+        assert handle.worker_pid() == active
+    finally:
+        stop_kernel(handle)
