@@ -318,3 +318,21 @@ def test_with_standby_workers_minus_one_the_snapshot_stands_in_for_the_standby()
         assert handle.worker_pid() == active
     finally:
         stop_kernel(handle)
+
+
+def test_forked_workers_inherit_a_frozen_heap_and_collect_their_own_garbage():
+    """The server freezes its objects before each fork (gc.freeze), so a worker's full
+    collections leave the pages it shares with the server alone; the worker freezes
+    nothing itself (its snapshots' forks), and collects its own cyclic garbage."""
+    handle = start_kernel()
+    try:
+        frozen = int(evaluate(handle.kc, "__import__('gc').get_freeze_count()"))
+        assert frozen > 10_000
+        active = handle.worker_pid()
+        wait_for(lambda: psutil.Process(active).children(), 30, what="the worker's snapshot (its child)")
+        assert int(evaluate(handle.kc, "__import__('gc').get_freeze_count()")) == frozen
+        execute_ok(handle.kc, "import gc\nclass Loop: pass\nloop = Loop(); loop.me = loop; del loop\n"
+                              "collected = gc.collect()")
+        assert int(evaluate(handle.kc, "collected")) >= 1
+    finally:
+        stop_kernel(handle)
