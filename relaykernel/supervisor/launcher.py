@@ -150,6 +150,8 @@ class WorkerLauncher:
                 log.warning("the worker fork server did not answer: %s", e)
         if self.state is ServerState.WARMING:
             self.state = ServerState.WARM if ok else ServerState.FAILED
+        if self._closing:  # close() closed the pipe: its fd number may be another file's now
+            return
         try:
             os.write(self._wake_w, b"x")
         except OSError:  # closed: the supervisor is stopping
