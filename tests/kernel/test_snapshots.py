@@ -541,3 +541,28 @@ def test_a_cell_near_the_soft_limit_gets_a_memory_error_and_the_snapshot_stays(r
     relay.track(h)
     _crash(h, SEGFAULT, worker)
     assert evaluate(h.kc, "(n, float(a[0]))") == "(41, 1.0)"
+
+
+#: 100 MB freed in the middle of the heap (1 kB buffers: glibc serves them from its
+#: heap; ``keep``, allocated after them, stops the heap's top from being trimmed).
+FREE_HEAP = "blocks = [bytearray(1000) for _ in range(100_000)]\nkeep = bytearray(1000)\ndel blocks"
+
+
+def test_a_snapshot_does_not_hold_the_heap_the_worker_had_free(relay) -> None:
+    """The next cell reuses the heap's free chunks: the snapshot must not end up with a
+    copy of each page it writes (the worker trims its heap before it forks)."""
+    h = relay.start(KERNEL_NAME)
+    execute_ok(h.kc, FREE_HEAP)
+    worker = _fresh_snapshot(h.kc)
+    snapshot = _snapshot_of(h.kc, worker)
+    msg_id = h.kc.execute("blocks = [bytearray(1000) for _ in range(100_000)]\n"
+                          "print('reused', flush=True)\nimport time; time.sleep(30)")
+    deadline = Deadline(10.0)
+    while True:
+        msg = h.kc.get_iopub_msg(timeout=deadline.remaining())
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+            break
+    own = psutil.Process(snapshot).memory_full_info().uss
+    h.km.interrupt_kernel()
+    assert get_reply(h.kc, msg_id)["content"]["ename"] == "KeyboardInterrupt"
+    assert own < 30 * 1024**2, f"the snapshot holds {own / 1024**2:.0f} MB of its own"
