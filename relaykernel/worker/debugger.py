@@ -440,7 +440,9 @@ class Debugger:
     # ------------------------------------------------- Jupyter extensions
     def debug_info(self, request: Dap) -> Dap:
         return response(request, body={
-            "isStarted": self._attached,
+            # from initialize on, as ipykernel: a frontend that asks between its initialize
+            # and its attach (JupyterLab's widgets do) must not conclude the session ended
+            "isStarted": self._initialized is not None,
             "hashMethod": cell_names.HASH_METHOD,
             "hashSeed": cell_names.HASH_SEED,
             "tmpFilePrefix": cell_names.prefix(),

@@ -152,6 +152,19 @@ def test_a_session_stops_at_a_breakpoint_steps_and_continues(kernel):
     assert not dap.request("debugInfo")["body"]["isStarted"]
 
 
+def test_the_session_is_started_from_initialize_on(kernel):
+    """JupyterLab's widgets ask debugInfo while its session starts; one answered between
+    initialize and attach must say started (as ipykernel), or JupyterLab concludes the
+    session is off and shows no breakpoint gutter."""
+    dap = Dap(kernel.kc)
+    assert dap.request("debugInfo")["body"]["isStarted"] is False
+    dap.request("initialize", INITIALIZE)
+    assert dap.request("debugInfo")["body"]["isStarted"] is True
+    dap.request("attach", {})
+    dap.request("disconnect", {"restart": False, "terminateDebuggee": False})
+    assert dap.request("debugInfo")["body"]["isStarted"] is False
+
+
 def test_step_in_step_out_pause_and_exception_breakpoints(kernel):
     kc = kernel.kc
     dap = Dap(kc)
