@@ -122,7 +122,7 @@ def kernel_spec(provisioner: str, *, display_name: str, install_dir: str, python
         "metadata": {
             # the launcher gives the kernel CurveZMQ keys when the gateway's transport_encryption asks
             "supported_encryption": ["curve"],
-            "debugger": False,
+            "debugger": True,
             "kernel_provisioner": {"provisioner_name": GP_INPLACE if inplace_restart else PROVISIONERS[provisioner],
                                    "config": config},
         },
@@ -143,7 +143,7 @@ def _enterprise_gateway_spec(provisioner: str, *, display_name: str, python: str
         "language": "python",
         "interrupt_mode": "signal",  # EG sends it through the launcher's listener
         "env": {INPLACE_ENV: "1"} if inplace_restart else {},
-        "metadata": {"debugger": False, "process_proxy": {
+        "metadata": {"debugger": True, "process_proxy": {
             "class_name": EG_INPLACE if inplace_restart else EG_DISTRIBUTED, "config": config}},
     }
 

@@ -111,7 +111,7 @@ def test_the_enterprise_gateway_spec_names_its_process_proxy_and_its_placeholder
     assert argv[:3] == ["/opt/conda/bin/python", "-m", "relaykernel.launch"]
     # EG 3.3's RemoteKernelManager.format_kernel_cmd fills these four, and no {transport_encryption}
     assert placeholders(argv) == GATEWAY_FILLS - {"transport_encryption"}
-    assert spec["metadata"] == {"debugger": False, "process_proxy": {
+    assert spec["metadata"] == {"debugger": True, "process_proxy": {
         "class_name": "enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy",
         "config": {"remote_hosts": "node1,node2"}}}  # one string: EG splits it on commas
     filled = {"kernel_id": "k-1", "port_range": "0..0", "response_address": "10.0.0.1:8877", "public_key": "QUJD"}
