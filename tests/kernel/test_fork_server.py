@@ -188,8 +188,12 @@ def test_a_cell_that_kills_its_fork_server_does_not_hang_the_supervisor(handle):
         # died, the next worker is spawned while the server starts again)
         for _ in range(4):
             _crash(handle.kc)
+            # the server (restarted, if it was killed) has forked a spare: then the pair is
+            # forked within ms, unless the active worker was spawned while it restarted
+            wait_for(lambda: (server := fork_server(handle.pid)) is not None and len(server.children()) >= 1,
+                     20, what="a spare forked from the fork server")
             try:
-                wait_for(forked_pair, 20, what="a forked active worker and a forked spare")
+                wait_for(forked_pair, 2, what="a forked active worker and a forked spare")
                 break
             except AssertionError:
                 continue
