@@ -21,14 +21,17 @@ that group when the worker dies), then sleeps in ``select`` on
 * a pidfd of the supervisor: the snapshot exits when the supervisor does, even
   a SIGKILLed one (PR_SET_PDEATHSIG would follow the worker, its parent).
 
-Before it forks, the worker gives its free heap pages back to the system (glibc's
-``malloc_trim``, ~0.3 ms, at most ~1 ms in a pandas notebook): the child would
-otherwise share them, and when the next cells reuse those free chunks (glibc serves
-a pandas temporary of a few MB from the heap once a larger block was freed), every
-first write copies the page, which the snapshot then holds though no object of its
-state lives there.  Trimmed, the cells get fresh pages instead of copies: on the
-notebook of benchmarks/notebook.py the snapshot held 12 to 17 MB instead of 78 to 96 MB,
-and the kernel's peak memory was +1.4 % over snapshots off instead of +14 %.
+Once forked, the snapshot's child gives its copy of the free heap pages back to the
+system (glibc's ``malloc_trim``, ~0.3 ms, at most ~1 ms in a pandas notebook): it
+would otherwise share them, and when the next cells reuse those free chunks (glibc
+serves a pandas temporary of a few MB from the heap once a larger block was freed),
+every first write copies the page, which the snapshot then holds though no object of
+its state lives there.  Trimmed in the child, the worker keeps the pages, alone: the
+cells reuse them at the price of a cheap fault each (the page is not copied).  On the
+notebook of benchmarks/notebook.py the snapshot holds ~18 MB instead of 78 to 96 MB,
+the kernel's peak memory is +2.6 % over snapshots off instead of +14 %; the worker
+trimming itself before the fork did as well for memory, but the cells then faulted
+in fresh pages for the heap they reused, which cost them ~10 % of their CPU.
 
 Woken, :meth:`Snapshots.take` returns the WakeMeta in the child, and main.py
 rebuilds what a fork does not carry (:func:`become_worker` here, its link,
@@ -291,7 +294,6 @@ class Snapshots:
             return None
         started = time.thread_time()
         self.drop()
-        release_freed_memory()  # free heap pages are not the snapshot's to share (module docstring)
         fifo = os.path.join(self._dir, f"snapshot-{os.getpid()}-{time.monotonic_ns()}")
         try:
             os.mkfifo(fifo, 0o600)
@@ -307,6 +309,7 @@ class Snapshots:
         probe = None if self._calibrated else _touched(CALIBRATION_PAGES)
         pid = os.fork()
         if pid == 0:
+            release_freed_memory()  # the free heap is not the snapshot's to hold (module docstring)
             if probe is not None:
                 probe.close()
             _restore_random(random_state)

@@ -594,3 +594,18 @@ def test_a_snapshot_does_not_hold_the_heap_the_worker_had_free(relay) -> None:
     h.km.interrupt_kernel()
     assert get_reply(h.kc, msg_id)["content"]["ename"] == "KeyboardInterrupt"
     assert own < 30 * 1024**2, f"the snapshot holds {own / 1024**2:.0f} MB of its own"
+
+
+def test_the_worker_keeps_its_free_heap_through_a_snapshot(relay) -> None:
+    """The snapshot's child, not the worker, gives the free heap back: the worker keeps
+    those pages (the next cells reuse them without a fresh page each, which cost the
+    cells of benchmarks/notebook.py ~10 % of their CPU) and the snapshot holds none."""
+    h = relay.start(KERNEL_NAME)
+    execute_ok(h.kc, FREE_HEAP)
+    worker = _worker_pid(h.kc)
+    before = psutil.Process(worker).memory_info().rss
+    worker = _fresh_snapshot(h.kc)
+    snapshot = _snapshot_of(h.kc, worker)
+    wait_for(lambda: psutil.Process(snapshot).memory_full_info().uss < 30 * 1024**2, 10.0)
+    after = psutil.Process(worker).memory_info().rss
+    assert after > before - 30 * 1024**2, f"the worker gave back {(before - after) / 1024**2:.0f} MB"
