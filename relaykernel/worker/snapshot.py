@@ -6,8 +6,8 @@ Runs in the worker's main thread, between requests: main.py's serving loop asks
 loop.  A snapshot is taken only after an execute_request (the state may have
 changed), after ``IDLE_DELAY`` of quiet, and once what the previous one cost (its
 fork and exit, the page faults it made the cells pay) is at most ``COST_SHARE``
-of the time since it (:meth:`Snapshots._back_off`; ~1 s after a cell of data
-work): a run of quick cells pays for one fork, off every request's critical path.
+of the time since it (:meth:`Snapshots._back_off`; ~1.2-1.5 s apart in a
+notebook of data work): a run of quick cells pays for one fork, off every request's critical path.
 
 ``os.fork()`` gives a copy-on-write child holding the whole interpreter: every
 variable, module, comm object and open file.  Only the thread that forks exists
@@ -88,10 +88,11 @@ IDLE_DELAY = 0.05
 #: one's cost is that small a part of the time since it was taken (see _back_off).
 COST_SHARE = 0.025
 #: Seconds a page fault after a snapshot costs the cells, at least: what the cells of
-#: benchmarks/notebook.py paid (their extra CPU over their extra faults, 4-21 µs, median
-#: ~9 µs, 2-core VM).  A copy-on-write fault timed alone costs 1-2.5 µs (_calibrate: the
-#: worker uses that if higher); the rest are the TLB and cache misses that follow, and the
-#: huge pages the copies split.
+#: benchmarks/notebook.py paid (their extra CPU over their extra faults, 2-core VM): 1-9 µs
+#: per run since the child trims the heap, 4-21 µs when the worker did (fresh pages for
+#: the heap it reused).  A copy-on-write fault timed alone costs 1-2.5 µs (_calibrate: the
+#: worker uses that if higher).  Kept above the median: 2.5 % of the session then holds
+#: with a margin (2.1 %, benchmarks/README.md), snapshots ~1.2-1.5 s apart.
 FAULT_SECONDS = 8e-6
 #: Pages of the buffer the worker times one copy-on-write fault with (_calibrate).
 CALIBRATION_PAGES = 64
@@ -341,10 +342,11 @@ class Snapshots:
         count too, so its drop in RSS is taken off).
 
         The next snapshot waits until that cost is at most COST_SHARE of the time since
-        this one: ~15 ms and ~2,000 faults after a cell of data work give ~0.7 s (a crash
-        after a pause of a second finds a snapshot of the state before it), and a cell
-        that rewrites a 1 GiB array pays ~0.5 s of faults, then the snapshot it copied
-        from stays for ~20 s and the next cells rewriting the array pay nothing.  True if
+        this one: ~15 ms and ~2,400 faults in a notebook of data work give ~1.2-1.5 s
+        (a crash after a pause that long finds a snapshot of the state before it), and a
+        cell that rewrites a 1 GiB array makes 262,144 faults, counted ~2.1 s, then the
+        snapshot it copied from stays for ~80 s and the next cells rewriting the array
+        pay nothing.  True if
         the snapshot must stay for now (the worker tries again when the interval is over)."""
         if not self._child:
             return False
