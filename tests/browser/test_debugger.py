@@ -91,6 +91,9 @@ def test_a_breakpoint_stops_the_cell_and_the_variables_panel_shows_a_local(
     click_gutter(page, cell, BREAKPOINT_LINE)
     expect(cell.locator(".cm-breakpoint-gutter .cm-gutterElement span.cm-breakpoint-gutter")
            ).to_have_count(1, timeout=UI_TIMEOUT)
+    # the Breakpoints panel lists it once the kernel answered setBreakpoints: a cell run
+    # before that (the debug session still starting) would not stop
+    expect(page.locator(".jp-DebuggerBreakpoints .jp-DebuggerBreakpoint")).to_have_count(1, timeout=UI_TIMEOUT)
     shot(page, artifacts_dir, "debugger-breakpoint")
 
     page.keyboard.press("Shift+Enter")
