@@ -14,6 +14,12 @@ VENV=${EG_VENV:-.venv-eg}
 REQS=deploy/enterprise-gateway-requirements.txt
 STAMP="$VENV/.installed-requirements"
 WANT=$( (cat "$REQS"; echo "relaykernel editable, no deps") | sha256sum | cut -d' ' -f1)
+# One install at a time: deploy/test.sh starts one in the background while the main
+# suite runs, and the test may ask before it is done (it then waits for it here).
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$VENV.lock"
+  flock 9
+fi
 
 if [ -x "$VENV/bin/jupyter-enterprisegateway" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$WANT" ]; then
   echo "$PWD/$VENV/bin/jupyter-enterprisegateway"
