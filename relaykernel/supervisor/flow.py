@@ -260,8 +260,7 @@ class RequestFlow:
         if queue.current is not None:
             self.begin(queue.current)  # already sent (pipelined); running now
         elif lane_id is not None:
-            if lane_id in self.retiring and not len(queue):
-                del self.retiring[lane_id]
+            self.forget_finished_lanes()
             other = self.executing(besides=queue)
             if other is not None:  # a lane's idle must not make the kernel look idle
                 self.out.status("busy", other)

@@ -17,6 +17,7 @@ Run:  .venv/bin/python -m pytest tests/browser -m browser
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -175,21 +176,30 @@ def move_slider(page: Any, presses: int, expected: int) -> None:
 
 
 # ---------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def page(lab_server: LabServer, browser_context: Any, artifacts_dir: Path) -> Iterator[Any]:
-    write_notebook(lab_server.root_dir / NOTEBOOK)
+@contextlib.contextmanager
+def notebook_page(lab_server: LabServer, browser_context: Any, artifacts: Path, notebook: str,
+                  tag: str = "") -> Iterator[Any]:
+    """A fresh ``notebook`` open in the context's page; at the end a screenshot
+    (``{tag}-final``) and the page's console (``browser-console-{tag}.log``)."""
+    write_notebook(lab_server.root_dir / notebook)
     pg = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
     pg.on("dialog", lambda d: d.accept())  # e.g. beforeunload on reload
     console: list[str] = []
     pg.on("console", lambda m: console.append(f"[{m.type}] {m.text}"))
     pg.on("pageerror", lambda e: console.append(f"[pageerror] {e}"))
-    pg.goto(f"{lab_server.base_url}/lab/tree/{NOTEBOOK}?token={lab_server.token}",
-            timeout=60_000)
+    pg.goto(f"{lab_server.base_url}/lab/tree/{notebook}?token={lab_server.token}", timeout=60_000)
     try:
         yield pg
     finally:
-        shot(pg, artifacts_dir, "final")
-        (artifacts_dir / "browser-console.log").write_text("\n".join(console) + "\n")
+        shot(pg, artifacts, f"{tag}-final" if tag else "final")
+        (artifacts / (f"browser-console-{tag}.log" if tag else "browser-console.log")).write_text(
+            "\n".join(console) + "\n")
+
+
+@pytest.fixture(scope="module")
+def page(lab_server: LabServer, browser_context: Any, artifacts_dir: Path) -> Iterator[Any]:
+    with notebook_page(lab_server, browser_context, artifacts_dir, NOTEBOOK) as pg:
+        yield pg
 
 
 @pytest.fixture

@@ -32,13 +32,13 @@ from .conftest import ARTIFACTS, KERNEL_NAME, LabServer
 from .test_jupyterlab import (
     RUN_TIMEOUT,
     UI_TIMEOUT,
+    notebook_page,
     output_text,
     run_cell,
     shot,
     wait_cell_done,
     wait_for,
     wait_kernel_idle,
-    write_notebook,
 )
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -66,18 +66,8 @@ def artifacts_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def page(lab_server: LabServer, browser_context: Any, artifacts_dir: Path) -> Iterator[Any]:
-    write_notebook(lab_server.root_dir / NOTEBOOK)
-    pg = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
-    pg.on("dialog", lambda d: d.accept())
-    console: list[str] = []
-    pg.on("console", lambda m: console.append(f"[{m.type}] {m.text}"))
-    pg.on("pageerror", lambda e: console.append(f"[pageerror] {e}"))
-    pg.goto(f"{lab_server.base_url}/lab/tree/{NOTEBOOK}?token={lab_server.token}", timeout=60_000)
-    try:
+    with notebook_page(lab_server, browser_context, artifacts_dir, NOTEBOOK, "rollback") as pg:
         yield pg
-    finally:
-        shot(pg, artifacts_dir, "rollback-final")
-        (artifacts_dir / "browser-console-rollback.log").write_text("\n".join(console) + "\n")
 
 
 def _snapshot_kept(worker: int) -> bool:

@@ -32,13 +32,13 @@ from .conftest import LabServer
 from .test_jupyterlab import (
     RUN_TIMEOUT,
     UI_TIMEOUT,
+    notebook_page,
     output_text,
     run_cell,
     shot,
     wait_cell_done,
     wait_for,
     wait_kernel_idle,
-    write_notebook,
 )
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -59,18 +59,8 @@ LOOP = ("t0 = time.monotonic(); any(time.sleep(0.01) for _ in iter(lambda: bool(
 
 @pytest.fixture(scope="module")
 def page(lab_server: LabServer, browser_context: Any, artifacts_dir: Path) -> Iterator[Any]:
-    write_notebook(lab_server.root_dir / NOTEBOOK)
-    pg = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
-    pg.on("dialog", lambda d: d.accept())
-    console: list[str] = []
-    pg.on("console", lambda m: console.append(f"[{m.type}] {m.text}"))
-    pg.on("pageerror", lambda e: console.append(f"[pageerror] {e}"))
-    pg.goto(f"{lab_server.base_url}/lab/tree/{NOTEBOOK}?token={lab_server.token}", timeout=60_000)
-    try:
+    with notebook_page(lab_server, browser_context, artifacts_dir, NOTEBOOK, "subshells") as pg:
         yield pg
-    finally:
-        shot(pg, artifacts_dir, "subshells-final")
-        (artifacts_dir / "browser-console-subshells.log").write_text("\n".join(console) + "\n")
 
 
 def subshells_of_the_kernel(server: LabServer) -> list[str]:

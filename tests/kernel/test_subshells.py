@@ -86,6 +86,20 @@ def iopub_of(kc: BlockingKernelClient, msg_ids: list[str], timeout: float = 30.0
     return got
 
 
+def first_iopub(kc: BlockingKernelClient, wanted: Any, timeout: float = 20.0) -> dict[str, Any]:
+    """The next iopub message for which ``wanted(msg)`` is true (others are dropped)."""
+    deadline = Deadline(timeout)
+    while True:
+        msg = kc.get_iopub_msg(timeout=deadline.remaining())  # Empty once the deadline passed
+        if wanted(msg):
+            return msg
+
+
+def started(kc: BlockingKernelClient, msg_id: str) -> None:
+    """Until the cell ``msg_id`` runs (its execute_input)."""
+    first_iopub(kc, lambda m: m["msg_type"] == "execute_input" and parent_id(m) == msg_id)
+
+
 def test_create_list_delete_round_trip(kernel):
     kc = kernel.kc
     info = kc.kernel_info(reply=True, timeout=10)["content"]
@@ -196,20 +210,12 @@ def test_a_comm_message_on_a_subshell_stops_a_running_loop(kernel):
     sub = create(kc)
     loop = run(kc, "t0 = time.monotonic()\nwhile not stop and time.monotonic() - t0 < 30:\n"
                    "    time.sleep(0.01)\nprint('stopped after', round(time.monotonic() - t0))", None)
-    execute_input = Deadline(20)
-    while True:  # the loop runs
-        msg = kc.get_iopub_msg(timeout=execute_input.remaining())
-        if msg["msg_type"] == "execute_input" and parent_id(msg) == loop:
-            break
+    started(kc, loop)
     sent_at = time.monotonic()
     stop_msg = send(kc, "comm_msg", {"comm_id": comm_id, "data": {"stop": True}}, sub)
-    handled_at = None
-    deadline = Deadline(30)
-    while handled_at is None:
-        msg = kc.get_iopub_msg(timeout=deadline.remaining())
-        if (msg["msg_type"] == "status" and parent_id(msg) == stop_msg
-                and msg["content"]["execution_state"] == "idle"):
-            handled_at = time.monotonic()
+    first_iopub(kc, lambda m: m["msg_type"] == "status" and parent_id(m) == stop_msg
+                and m["content"]["execution_state"] == "idle", timeout=30)
+    handled_at = time.monotonic()
     reply = replies(kc, [loop])[loop]
     assert reply["content"]["status"] == "ok"
     assert reply["arrived"] - handled_at < 1.0
@@ -239,11 +245,7 @@ def test_a_cell_awaiting_a_comm_reply_gets_it(kernel):
                    "    if answers:\n        break\n"
                    "    await asyncio.sleep(0.05)\n"
                    "print('answer', answers)", None)
-    deadline = Deadline(20)
-    while True:  # the kernel's question
-        msg = kc.get_iopub_msg(timeout=deadline.remaining())
-        if msg["msg_type"] == "comm_msg" and msg["content"]["data"] == {"question": 1}:
-            break
+    first_iopub(kc, lambda m: m["msg_type"] == "comm_msg" and m["content"]["data"] == {"question": 1})
     send(kc, "comm_msg", {"comm_id": comm_id, "data": {"answer": 42}}, None)
     reply = replies(kc, [cell])[cell]
     assert reply["content"]["status"] == "ok"
@@ -295,11 +297,7 @@ def test_an_interrupt_reaches_a_subshell_cell(kernel):
     kc = kernel.kc
     sub = create(kc)
     side = run(kc, "import time\nwhile True:\n    sum(range(1000))", sub)
-    deadline = Deadline(20)
-    while True:
-        msg = kc.get_iopub_msg(timeout=deadline.remaining())
-        if msg["msg_type"] == "execute_input" and parent_id(msg) == side:
-            break
+    started(kc, side)
     assert control(kc, "interrupt_request")["status"] == "ok"
     reply = replies(kc, [side])[side]["content"]
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
