@@ -204,13 +204,14 @@ def _forget_resource_tracker() -> None:
     tracker._resource_tracker._fd = None
 
 
-def run_worker(config: WorkerConfig) -> None:
-    """Process target: become a worker and serve until told to stop."""
+def run_worker(config: WorkerConfig, template: bool = False) -> None:
+    """Process target: become a worker and serve until told to stop (``template``:
+    the worker template, worker/template.py, whose forked children become workers)."""
     try:
         _forget_resource_tracker()
         from .worker.main import serve
 
-        serve(config)
+        serve(config, template)
     except BaseException:
         # The supervisor reads this file to tell the user why the worker died.
         import traceback

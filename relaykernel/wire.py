@@ -53,7 +53,7 @@ import zmq
 
 #: Bumped whenever a kind or meta field changes meaning.  The worker announces
 #: it in READY and the supervisor refuses a worker that speaks another version.
-PROTOCOL_VERSION: Final = 3
+PROTOCOL_VERSION: Final = 4
 
 # worker -> supervisor ------------------------------------------------------
 #: The worker has imported IPython and waits for ACTIVATE. meta: ReadyMeta.
@@ -85,6 +85,12 @@ DEBUG_REPLY: Final = b"debug_reply"
 #: The worker forked a snapshot of itself (worker/snapshot.py), which replaces
 #: any older one, or dropped its snapshot and says why. meta: SnapshotMeta.
 SNAPSHOT: Final = b"snapshot"
+#: The worker template (worker/template.py) forked a worker for a FORK.
+#: meta: {"pid": the child's pid, "number": the FORK's number}.
+FORKED: Final = b"forked"
+#: A child of the worker template exited (the template reaped it).
+#: meta: {"pid": int, "exitcode": int, as multiprocess's Process.exitcode}.
+EXITED: Final = b"exited"
 
 # supervisor -> worker ------------------------------------------------------
 #: Become the active worker. meta: ActivateMeta.
@@ -99,6 +105,9 @@ INPUT_REPLY: Final = b"input_reply"
 ADOPT: Final = b"adopt"
 #: Exit cleanly. meta: empty.
 SHUTDOWN: Final = b"shutdown"
+#: To the worker template: fork a worker that connects its link to meta's
+#: endpoint and says READY there. meta: WakeMeta.  Answered by FORKED.
+FORK: Final = b"fork"
 #: On the side socket: the subshells that exist now (JEP 91), for %subshell.
 #: meta: {"ids": [str, ...]}.  A worker starts a subshell's thread when its
 #: first request comes; the supervisor owns the ids (they outlive workers).
@@ -349,8 +358,9 @@ class SnapshotMeta(TypedDict, total=False):
 
 
 class WakeMeta(TypedDict):
-    """What the supervisor writes (one JSON line) to a snapshot's wake FIFO: where the
-    child connects its new link, and its files, as a new worker's WorkerConfig says."""
+    """What the supervisor writes (one JSON line) to a snapshot's wake FIFO, or sends
+    the worker template in a FORK: where the child connects its new link, and its
+    files, as a new worker's WorkerConfig says."""
 
     endpoint: str
     number: int

@@ -54,6 +54,11 @@ class Supervisor(Application):
                               "worker holds a snapshot (which takes over after a crash; a restart "
                               "then waits ~25-60 ms for a fork). 0 on the command line: no fork "
                               "server either (new workers are spawned: ~0.5 s).")
+    worker_template = Bool(False, config=True, help="Fork workers from a worker template: one process "
+                           "that has built its shell, as a standby has, and that the workers share their "
+                           "pages with, as with a fork server; it stands in for both (and for one standby "
+                           "worker: standby_workers counts it). Command line only: read before the first "
+                           "worker starts.")
     interrupt_grace = Float(5.0, config=True, help="Seconds a cell may ignore an interrupt "
                             "(native code that does not check signals) before the worker is replaced.")
     subshell_overlap_after = Float(1.0, config=True, help="Seconds a request must have run before a "

@@ -8,11 +8,12 @@ alone:
 1. reads the connection file and binds the kernel's sockets and heartbeat;
 2. starts :class:`EarlyResponder`, a thread that answers kernel_info (which
    needs no worker) and holds every other request, in order, for the loop;
-3. starts the worker fork server (supervisor/launcher.py), so IPython imports on
-   another core while the supervisor loads the rest and builds its Application;
-   then :meth:`EarlyStart.first_worker` forks the first worker from it.  Without
-   the server (``--Supervisor.standby_workers=0`` on the command line, or a
-   server that failed) the first worker is spawned here instead.
+3. starts the worker fork server, or the worker template (supervisor/launcher.py,
+   ``--Supervisor.worker_template``), so IPython imports on another core while
+   the supervisor loads the rest and builds its Application; then
+   :meth:`EarlyStart.first_worker` forks the first worker from it.  Without
+   either (``--Supervisor.standby_workers=0`` on the command line, or one that
+   failed) the first worker is spawned here instead.
 
 The loop takes the sockets and the held requests over with
 :meth:`EarlyResponder.handover`; from then on the main thread owns them.
@@ -46,6 +47,10 @@ _CONNECTION_FILE_FLAGS = ("-f", "--f", "--Supervisor.connection_file")
 #: ``0`` there: no standby, hence no fork server (a config file is read too late for
 #: the first worker, which is then forked, and the server stays for its successors)
 _STANDBY_FLAGS = ("--Supervisor.standby_workers", "--standby-workers")
+#: Supervisor.worker_template on the command line (read before the first worker starts)
+_TEMPLATE_FLAGS = ("--Supervisor.worker_template",)
+#: Supervisor.worker_template when the command line does not say
+TEMPLATE_DEFAULT = False
 #: Socket options that must be known before the sockets bind, which is before
 #: the Application reads config files: only the command line can set them.
 _SOCKET_OPTION_FLAGS = {"iopub_queue_limit": "--Supervisor.iopub_queue_limit",
@@ -241,6 +246,14 @@ def _arg(args: list[str], flags: tuple[str, ...]) -> str:
     return ""
 
 
+def template_wanted(args: list[str]) -> bool:
+    """Supervisor.worker_template as the command line sets it (else TEMPLATE_DEFAULT)."""
+    value = _arg(args, _TEMPLATE_FLAGS).strip().lower()
+    if value in ("true", "1", "yes", "false", "0", "no"):
+        return value in ("true", "1", "yes")
+    return True if _TEMPLATE_FLAGS[0] in args else TEMPLATE_DEFAULT  # the flag alone, or not given
+
+
 def connection_file_arg(args: list[str]) -> str:
     """The connection file named on the command line, or ''."""
     return _arg(args, _CONNECTION_FILE_FLAGS)
@@ -322,7 +335,8 @@ def begin(args: list[str]) -> EarlyStart:
         inherited_tunables=os.environ.get(heap.TUNABLES_ENV), ipython_args=ipython_args(args))
     early.worker_config, early._ctx = config, ctx
     if _arg(args, _STANDBY_FLAGS).strip() != "0":
-        early.launcher = WorkerLauncher(config.inherited_tunables, early.private_dir)
+        template = config if template_wanted(args) else None
+        early.launcher = WorkerLauncher(config.inherited_tunables, early.private_dir, template=template, ctx=ctx)
         early.launcher.warm_up()  # imports IPython now; the first worker is forked from it
     if early.launcher is None or early.launcher.state is ServerState.FAILED:
         early.first_worker()  # spawned: it imports IPython now

@@ -25,6 +25,7 @@ forked workers then die with it (``PR_SET_PDEATHSIG``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import logging
 import os
@@ -36,10 +37,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import multiprocess
+import zmq
 from multiprocess import forkserver, resource_tracker
 
-from .. import heap, pipes
-from ..spawn import PRELOAD
+from .. import heap, pipes, wire
+from ..spawn import PRELOAD, WorkerConfig, run_worker
 
 log = logging.getLogger("relaykernel.supervisor")
 
@@ -47,6 +49,8 @@ log = logging.getLogger("relaykernel.supervisor")
 WARM_UP_LIMIT = 20.0
 #: Fork servers started per supervisor at most (one that keeps dying is not restarted forever).
 MAX_WARM_UPS = 3
+#: Seconds the worker template may take to answer a FORK (it forks at once: ~1-3 ms).
+FORK_LIMIT = 2.0
 
 
 class ServerState(enum.Enum):
@@ -98,9 +102,18 @@ class WorkerLauncher:
 
     spawn_context: Any = multiprocess.get_context("spawn")
 
-    def __init__(self, inherited_tunables: str | None, private_dir: str) -> None:
+    def __init__(self, inherited_tunables: str | None, private_dir: str,
+                 template: WorkerConfig | None = None, ctx: zmq.Context | None = None) -> None:
+        """``template``: the workers' config, to start a worker template (see
+        :class:`Template`) instead of the fork server."""
         self._tunables = inherited_tunables
         self._private_dir = private_dir
+        self._template_config = template
+        self._zmq = ctx
+        #: the worker template, in template mode (None: not started, or the fork server's mode)
+        self.template: Template | None = None
+        self._stop_r, self._stop_w = os.pipe()
+        self._watcher: threading.Thread | None = None
         self._fork_context: Any = multiprocess.get_context("forkserver")
         self.state = ServerState.COLD
         self._warm_ups = 0
@@ -120,6 +133,9 @@ class WorkerLauncher:
             self.state = ServerState.FAILED
             return
         self._warm_ups += 1
+        if self._template_config is not None:
+            self._start_template()
+            return
         try:
             # its listening socket goes into the supervisor's private 0700 directory,
             # removed with it, rather than a pymp-* directory of its own that a killed
@@ -136,6 +152,48 @@ class WorkerLauncher:
         self.state = ServerState.WARMING
         self._warming_since = time.monotonic()
         threading.Thread(target=self._probe, name="relaykernel-forkserver-probe", daemon=True).start()
+
+    @property
+    def uses_template(self) -> bool:
+        return self._template_config is not None
+
+    def _start_template(self) -> None:
+        assert self._template_config is not None
+        try:
+            self.template = Template(self._zmq or zmq.Context.instance(), self._private_dir,
+                                     self._template_config, self._warm_ups)
+        except Exception as e:  # noqa: BLE001 - spawning still works
+            log.warning("could not start the worker template (%s); spawning workers", e)
+            self.state = ServerState.FAILED
+            return
+        self._server_pid = self.template.pid
+        self.state = ServerState.WARMING
+        self._warming_since = time.monotonic()
+        self._watcher = threading.Thread(target=self._watch_template, args=(self.template,),
+                                         name="relaykernel-template-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch_template(self, template: Template) -> None:
+        """Wait for the template's READY (it owns the template's link until then), then
+        for its death: either wakes the loop."""
+        ok = template.wait_ready(WARM_UP_LIMIT, self._stop_r)
+        if self.state is ServerState.WARMING and self.template is template:
+            self.state = ServerState.WARM if ok else ServerState.FAILED
+            if not ok and not self._closing:
+                log.warning("the worker template did not start; spawning workers")
+        self._wake()
+        if ok:
+            with contextlib.suppress(OSError, ValueError):
+                select.select([template.sentinel, self._stop_r], [], [])
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._closing:  # close() closed the pipe: its fd number may be another file's now
+            return
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:  # closed: the supervisor is stopping
+            pass
 
     def _probe(self) -> None:
         """Fork one empty process: returns once the server has imported IPython."""
@@ -164,7 +222,7 @@ class WorkerLauncher:
         supervisor has loaded the rest, or soon after."""
         if self.state is ServerState.WARMING and select.select([self.wake_fd], [], [], max(0.0, timeout))[0]:
             self.acknowledge()
-        return self.context() is self._fork_context
+        return self.context() is not self.spawn_context
 
     def acknowledge(self) -> None:
         """The loop saw wake_fd: empty it."""
@@ -181,6 +239,8 @@ class WorkerLauncher:
         return self.state is ServerState.WARMING
 
     def server_alive(self) -> bool:
+        if self.template is not None:
+            return self.template.alive()
         if self._server_pid is None:
             return False
         try:  # WNOWAIT: leave it to multiprocess to reap
@@ -191,6 +251,11 @@ class WorkerLauncher:
     # --------------------------------------------------------------- workers
     def context(self) -> Any:
         """The multiprocess context the next worker starts with."""
+        if self.state is ServerState.WARM and self.template is not None:
+            if self.template.alive():
+                return TemplateContext(self.template)
+            log.warning("the worker template exited; spawning workers until it is back")
+            self._drop_template()
         if self.state is ServerState.WARM:
             if self.server_alive():
                 return self._fork_context
@@ -200,16 +265,43 @@ class WorkerLauncher:
             _reap_dead_server()
         return self.spawn_context
 
+    def check(self) -> None:
+        """Notice a template that died (the loop woke on wake_fd): COLD, to be started again."""
+        if self.template is not None and not self.template.alive():
+            if self.state is ServerState.WARM:
+                log.warning("the worker template exited; starting another")
+            self._drop_template()
+
+    def _drop_template(self) -> None:
+        template, self.template = self.template, None
+        self._server_pid = None
+        if self.state is not ServerState.FAILED:
+            self.state = ServerState.COLD
+        if template is not None:
+            template.close(grace=0.0)
+
+    def wants_template(self) -> bool:
+        """Template mode, with no template running or starting, and restarts left."""
+        return self.uses_template and self.state is ServerState.COLD
+
     def close(self, kill: bool = False) -> None:
         """Stop the fork server with the supervisor (it would notice on its own, a moment
         later), and close the stand-in for the resource tracker.  Bounded: ~1 s at most.
         ``kill``: at once (the kernel will not run; the server may still be importing,
         and notices its pipe only after)."""
         self._closing = True
+        with contextlib.suppress(OSError):
+            os.write(self._stop_w, b"x")  # the template's watcher returns
+        if self._watcher is not None:
+            self._watcher.join(1.0)  # before the link it may be reading is closed
+        if self.template is not None:
+            self.template.close(grace=0.0 if kill else 0.5)
+            self.template = None
+            self._server_pid = None
         if kill and self._server_pid is not None and self.server_alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._server_pid, signal.SIGKILL)
-        for fd in (self.wake_fd, self._wake_w):
+        for fd in (self.wake_fd, self._wake_w, self._stop_r, self._stop_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
         server = forkserver._forkserver  # private API of multiprocess: best effort
@@ -267,3 +359,213 @@ def _reap(pid: int, timeout: float) -> None:
         os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
+
+
+# ------------------------------------------------------------ the template
+class Template:
+    """The worker template (worker/template.py): a worker that built its shell and
+    forks the workers.  Spawned with multiprocess like any worker; a link of its own
+    (and a side socket, which it never uses, for its children's code to be the same).
+
+    Threads: the launcher's watcher uses the link until the template's READY; from
+    then on only the main thread does (WorkerLauncher.context hands out the template
+    only once it is WARM)."""
+
+    def __init__(self, ctx: zmq.Context, private_dir: str, config: WorkerConfig, serial: int) -> None:
+        self.endpoint = f"ipc://{private_dir}/template-{serial}"
+        self._sockets: list[zmq.Socket] = []
+        self._paths: list[str] = []
+        self.link = self._bind(ctx, self.endpoint)
+        self._bind(ctx, self.endpoint + wire.SIDE_SUFFIX)
+        self.config = dataclasses.replace(config, endpoint=self.endpoint, number=0, progress_file="",
+                                          crash_log=os.path.join(private_dir, f"crash-template-{serial}"))
+        #: exit codes of the template's children (EXITED), by pid
+        self.statuses: dict[int, int] = {}
+        self.process: Any = WorkerLauncher.spawn_context.Process(
+            target=run_worker, args=(self.config, True), name="relaykernel-template")
+        try:
+            with child_start(config.inherited_tunables):
+                self.process.start()
+        except BaseException:
+            self._close_sockets()
+            raise
+        self.pid: int = self.process.pid
+        self.sentinel: int = self.process.sentinel
+
+    def _bind(self, ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+        sock: zmq.Socket = ctx.socket(zmq.PAIR)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDTIMEO, 0)
+        sock.bind(endpoint)
+        path = endpoint[len("ipc://") :]
+        os.chmod(path, 0o600)
+        self._sockets.append(sock)
+        self._paths.append(path)
+        return sock
+
+    def alive(self) -> bool:
+        return not _readable(self.sentinel, 0)
+
+    def wait_ready(self, timeout: float, stop_fd: int) -> bool:
+        """Until the template's READY (True), its death, ``stop_fd`` or ``timeout`` (False)."""
+        deadline = time.monotonic() + timeout
+        poller = zmq.Poller()
+        poller.register(self.link, zmq.POLLIN)
+        poller.register(self.sentinel, zmq.POLLIN)
+        poller.register(stop_fd, zmq.POLLIN)
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                events = dict(poller.poll(int(left * 1000) + 1))
+                if self.sentinel in events or stop_fd in events:
+                    return False
+                if events.get(self.link) and self._receive_all(want=wire.READY):
+                    return True
+        except zmq.ZMQError:  # closed: the supervisor is stopping
+            pass
+        return False
+
+    def _receive_all(self, want: bytes = b"") -> dict[str, Any] | None:
+        """Read what the template sent; keep exit statuses.  Returns the meta of the
+        first ``want`` message read (None if none)."""
+        found: dict[str, Any] | None = None
+        while True:
+            try:
+                lm = wire.decode(wire.recv_frames(self.link))
+            except zmq.Again:
+                return found
+            except wire.WireError as e:
+                log.warning("bad link message from the worker template: %s", e)
+                continue
+            if lm.kind == wire.EXITED:
+                with contextlib.suppress(KeyError, ValueError, TypeError):
+                    self.statuses[int(lm.meta["pid"])] = int(lm.meta["exitcode"])
+            elif lm.kind == wire.READY and lm.meta.get("version") != wire.PROTOCOL_VERSION:
+                log.error("worker template speaks link version %r, expected %r",
+                          lm.meta.get("version"), wire.PROTOCOL_VERSION)
+                self.kill()
+            elif lm.kind == want and found is None:
+                found = dict(lm.meta)
+            # else: what the template's startup printed (IOPUB), targets it registered: nobody's
+
+    def fork(self, wake: wire.WakeMeta) -> int:
+        """Ask for a worker; its pid.  Raises RuntimeError (the template is killed) if
+        the template does not answer within FORK_LIMIT: it is stuck or gone."""
+        try:
+            wire.send_frames(self.link, wire.encode(wire.FORK, dict(wake)))
+        except zmq.ZMQError as e:
+            self.kill()
+            raise RuntimeError(f"the worker template cannot take a FORK ({e})") from None
+        deadline = time.monotonic() + FORK_LIMIT
+        while True:
+            answer = self._receive_all(want=wire.FORKED)
+            if answer is not None and answer.get("number") == wake["number"]:
+                return int(answer["pid"])
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.alive():
+                self.kill()
+                raise RuntimeError("the worker template did not fork")
+            with contextlib.suppress(zmq.ZMQError):
+                self.link.poll(int(min(left, 0.05) * 1000) + 1, zmq.POLLIN)
+
+    def exitcode(self, pid: int, wait: float = 0.0) -> int | None:
+        """The exit code of the template's child ``pid`` once the template reaped it
+        (None: not yet, or never: the template died first).  Waits up to ``wait`` s."""
+        deadline = time.monotonic() + wait
+        while True:
+            with contextlib.suppress(zmq.ZMQError):
+                self._receive_all()
+            code = self.statuses.get(pid)
+            left = deadline - time.monotonic()
+            if code is not None or left <= 0 or not self.alive():
+                return code
+            with contextlib.suppress(zmq.ZMQError):
+                self.link.poll(int(min(left, 0.05) * 1000) + 1, zmq.POLLIN)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    def close(self, grace: float = 0.5) -> None:
+        """SHUTDOWN, then SIGKILL after ``grace`` s; reap it; close the link."""
+        if self.alive() and grace > 0:
+            with contextlib.suppress(zmq.ZMQError):
+                wire.send_frames(self.link, wire.encode(wire.SHUTDOWN))
+            self.process.join(grace)
+        if self.process.is_alive():
+            self.kill()
+            self.process.join(1.0)
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        for sock in self._sockets:
+            sock.close(linger=0)
+        for path in self._paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+class TemplateContext:
+    """What WorkerProcess starts a worker with when the template forks it: the part of
+    a multiprocess context it uses."""
+
+    def __init__(self, template: Template) -> None:
+        self.template = template
+
+    def get_start_method(self) -> str:
+        return "template"
+
+    def Process(self, target: Any, args: tuple[Any, ...], name: str = "") -> TemplateFork:
+        return TemplateFork(self.template, args[0])
+
+
+class TemplateFork:
+    """A worker the template forked, as multiprocess's Process is used (WorkerProcess):
+    a pidfd for its sentinel; its exit code from the template (EXITED)."""
+
+    def __init__(self, template: Template, config: WorkerConfig) -> None:
+        self.template = template
+        self._config = config
+        self.pid = 0
+        self.sentinel = -1
+
+    def start(self) -> None:
+        config = self._config
+        self.pid = self.template.fork({"endpoint": config.endpoint, "number": config.number,
+                                       "progress_file": config.progress_file, "crash_log": config.crash_log})
+        try:
+            self.sentinel = os.pidfd_open(self.pid)
+        except ProcessLookupError:  # exited and reaped already: a sentinel that is readable
+            r, w = os.pipe()
+            os.close(w)
+            self.sentinel = r
+
+    @property
+    def exitcode(self) -> int | None:
+        if self.sentinel < 0 or not _readable(self.sentinel, 0):
+            return None
+        return self.template.exitcode(self.pid)
+
+    def is_alive(self) -> bool:
+        return self.sentinel >= 0 and not _readable(self.sentinel, 0)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Until it exited and the template told its exit code (or ``timeout``)."""
+        started = time.monotonic()
+        if self.sentinel < 0 or not _readable(self.sentinel, timeout):
+            return
+        left = 1.0 if timeout is None else timeout - (time.monotonic() - started)
+        self.template.exitcode(self.pid, wait=max(0.0, left))
+
+    def release(self) -> None:
+        """Close the pidfd (WorkerProcess.close)."""
+        if self.sentinel >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.sentinel)
+            self.sentinel = -1
+
+
+def _readable(fd: int, timeout: float | None) -> bool:
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    except (OSError, ValueError):
+        return True

@@ -84,6 +84,8 @@ class WorkerPool:
         """Promote a ready spare if there is no active worker; keep the standby count."""
         if self.stopping:
             return
+        if self.launcher.wants_template():  # not started yet, or died: (again) before anything
+            self._warm_up()
         if self.active is None and self.restoring is not None:
             self._promote_restored()
         elif self.active is None:
@@ -96,13 +98,16 @@ class WorkerPool:
                 self._start_worker()
         if self.active is not None and len(self.spares) < self.spares_wanted():
             if self.launcher.state is ServerState.COLD:
-                self.launcher.warm_up()
-                if self.launcher.state is ServerState.WARMING:  # in case it never answers
-                    self.timers.after(WARM_UP_LIMIT + 0.1, self.ensure)
+                self._warm_up()
             if self.launcher.waiting_for_server():
                 return  # its fork will be ready first; a spawn now would only compete with it
             while len(self.spares) < self.spares_wanted():
                 self._start_worker()
+
+    def _warm_up(self) -> None:
+        self.launcher.warm_up()
+        if self.launcher.state is ServerState.WARMING:  # in case it never answers
+            self.timers.after(WARM_UP_LIMIT + 0.1, self.ensure)
 
     def spares_wanted(self) -> int:
         """``standby``; with ``standby`` < 0 (``--Supervisor.standby_workers=-1``), one,
@@ -112,6 +117,9 @@ class WorkerPool:
         ~50 ms), waits for a fork that builds its shell (~25-60 ms): for the standby's
         ~11 MB of its own (~15 MB PSS).  Without the server a new worker is a ~0.5 s
         spawn: the standby stays."""
+        if self.launcher.uses_template and self.launcher.state in (ServerState.WARM, ServerState.WARMING):
+            # the template is a standby: a fork away from READY (~10 ms, launcher.py)
+            return max(0, self.standby - 1)
         if self.standby >= 0:
             return self.standby
         snapshot = getattr(self.active, "snapshot", None)  # fakes in unit tests have none
@@ -133,11 +141,22 @@ class WorkerPool:
             self.timers.after(1.0, _stopper(worker))
 
     def fork_server_answered(self) -> None:
+        """The fork server or the template answered, failed, or (the template) died."""
         self.launcher.acknowledge()
+        self.launcher.check()
         self.ensure()
 
     def _start_worker(self) -> None:
-        self._adopt(self._start(next(self._numbers), self.launcher.context()))
+        context = self.launcher.context()
+        try:
+            worker = self._start(next(self._numbers), context)
+        except Exception as e:
+            if context is WorkerLauncher.spawn_context:
+                raise
+            log.warning("could not fork a worker from the %s (%s); spawning it", context.get_start_method(), e)
+            self.launcher.check()
+            worker = self._start(next(self._numbers), WorkerLauncher.spawn_context)
+        self._adopt(worker)
 
     def _adopt(self, worker: WorkerProcess) -> None:
         self.spares.append(worker)
@@ -267,6 +286,10 @@ class WorkerPool:
         if (exit_info.exitcode == 255 and worker.start_method == "forkserver"
                 and not self.launcher.server_alive()):
             return ExitInfo(None, cause="killed when the fork server it was started from died")
+        template = getattr(getattr(worker, "process", None), "template", None)
+        if exit_info.exitcode is None and template is not None and not template.alive():
+            return ExitInfo(None, cause="ended after the worker template it was forked from had died "
+                                        "(its exit status was the template's to read)")
         return exit_info
 
     def spare_died(self, worker_was_starting: bool) -> bool:

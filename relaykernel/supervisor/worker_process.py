@@ -73,13 +73,17 @@ class WorkerProcess:
     def __init__(self, ctx: zmq.Context, number: int, private_dir: str, config: WorkerConfig,
                  start_method: Any = WorkerLauncher.spawn_context) -> None:
         self._bind(ctx, number, private_dir, config)
-        #: "spawn" or "forkserver" ("snapshot": SnapshotProcess)
+        #: "spawn", "forkserver" or "template" ("snapshot": SnapshotProcess)
         self.start_method: str = start_method.get_start_method()
         self.process: Any = start_method.Process(
             target=run_worker, args=(self.config,), name=f"relaykernel-worker-{number}"
         )
-        with child_start(config.inherited_tunables):  # a forked one inherited them from the server
-            self.process.start()
+        try:
+            with child_start(config.inherited_tunables):  # a forked one inherited them from the server
+                self.process.start()
+        except BaseException:
+            self.close()  # its endpoint and files: the caller may start another
+            raise
         self.pid: int = self.process.pid
         self.sentinel: int = self.process.sentinel
 
@@ -217,6 +221,9 @@ class WorkerProcess:
                 pass
         self.link.close(linger=0)
         self.side.close(linger=0)
+        release = getattr(self.process, "release", None)  # a template's fork: its pidfd (launcher.py)
+        if release is not None:
+            release()
         for fd in self._output_pipes.values():
             os.close(fd)
         self._output_pipes.clear()

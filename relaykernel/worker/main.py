@@ -47,7 +47,9 @@ _REAL_EXIT = os._exit
 _abandoned: list[asyncio.AbstractEventLoop] = []
 
 
-def serve(config: WorkerConfig) -> None:
+def serve(config: WorkerConfig, template: bool = False) -> None:
+    """Be a worker; with ``template``, the worker template (template.py): built as a
+    worker is up to READY, then it forks the workers, each of which goes on here."""
     # The supervisor spawned us with SIGINT ignored, so an interrupt aimed at its
     # process group could not kill us half-started; our own group keeps it so, and
     # the kernel's InterruptGate takes SIGINT over once it exists.
@@ -115,6 +117,14 @@ def serve(config: WorkerConfig) -> None:
     link.send(wire.READY, ready)
     snapshots = Snapshots(kernel, os.path.dirname(config.crash_log), config.supervisor_pid, config.snapshots)
     counter = progress.Counter(config.progress_file) if config.progress_file else None
+    if template:
+        from .template import serve_as_template
+
+        forked = serve_as_template(kernel, link, snapshots, config.supervisor_pid)
+        if forked is None:  # SHUTDOWN
+            os._exit(0)
+        counter = _restored(kernel, link, side, forked, snapshots.supervisor_fd)
+        snapshots.restored()
     while (wake := _serve_forever(kernel, link, counter, snapshots)) is not None:
         counter = _restored(kernel, link, side, wake, snapshots.supervisor_fd)
         snapshots.restored()
@@ -134,7 +144,8 @@ def _open_side(kernel: WorkerKernel, ctx: zmq.Context, endpoint: str) -> SideCha
 def _restored(kernel: WorkerKernel, link: Link, side: SideChannel, wake: wire.WakeMeta,
               supervisor_fd: int) -> progress.Counter:
     """In a snapshot's child, woken by the supervisor after the worker died: become a
-    worker again (snapshot.py), with the user's state as it was, and say READY."""
+    worker again (snapshot.py), with the user's state as it was, and say READY.
+    In a child of the worker template (template.py): become a worker, and say READY."""
     signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)  # for the threads started here
     # started outside any request, as the worker's were: they follow the latest request
     no_parent = kernel.messenger.set_thread_parent({})

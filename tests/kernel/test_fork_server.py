@@ -210,12 +210,12 @@ def test_a_cell_that_kills_its_fork_server_does_not_hang_the_supervisor(handle):
 
 
 def _spawned_workers(supervisor_pid: int) -> list[psutil.Process]:
-    """The supervisor's children that are spawned workers (a dead child's command line
-    cannot be read: it is skipped, and the others still listed)."""
+    """The supervisor's children that are spawned workers, not the worker template (a
+    dead child's command line cannot be read: it is skipped, and the others still listed)."""
     found = []
     for child in psutil.Process(supervisor_pid).children():
         try:
-            if "spawn_main" in " ".join(child.cmdline()):
+            if "spawn_main" in " ".join(child.cmdline()) and child.name() != TEMPLATE_NAME:
                 found.append(child)
         except psutil.Error:
             pass
@@ -338,5 +338,203 @@ def test_forked_workers_inherit_a_frozen_heap_and_collect_their_own_garbage():
         execute_ok(handle.kc, "import gc\nclass Loop: pass\nloop = Loop(); loop.me = loop; del loop\n"
                               "collected = gc.collect()")
         assert int(evaluate(handle.kc, "collected")) >= 1
+    finally:
+        stop_kernel(handle)
+
+
+# ------------------------------------------------------------ the worker template
+#: The worker template (relaykernel/worker/template.py) on: one process that is both
+#: the fork server and the standby.
+TEMPLATE = ("--Supervisor.worker_template=True",)
+#: Its process name (``ps``; its children take back their own).
+TEMPLATE_NAME = "relay-template"
+
+
+def template_of(supervisor_pid: int) -> psutil.Process | None:
+    """The supervisor's worker template, if running."""
+    for child in psutil.Process(supervisor_pid).children():
+        try:
+            if child.name() == TEMPLATE_NAME and child.status() != psutil.STATUS_ZOMBIE:
+                return child
+        except psutil.Error:
+            pass
+    return None
+
+
+def _template_kernel(name: str, *extra: str) -> KernelHandle:
+    return start_kernel(install_spec(name, (*TEMPLATE, *extra)))
+
+
+def _workers_forked_by(template: psutil.Process) -> list[int]:
+    try:
+        return [p.pid for p in template.children()]
+    except psutil.Error:
+        return []
+
+
+def test_the_template_forks_the_first_worker_and_stands_in_for_the_standby():
+    """With the template, the kernel's processes are the supervisor, the template and
+    the worker it forked (and the worker's snapshot): no fork server, no standby, and
+    nothing spawned; the worker leads its own process group and has its own name."""
+    handle = _template_kernel("relaykernel-template")
+    try:
+        worker = handle.worker_pid()
+        template = template_of(handle.pid)
+        assert template is not None
+        assert psutil.Process(worker).ppid() == template.pid
+        assert psutil.Process(worker).name() != TEMPLATE_NAME
+        assert fork_server(handle.pid) is None
+        assert _spawned_workers(handle.pid) == []
+        assert evaluate(handle.kc, "__import__('os').getpgid(0) == __import__('os').getpid()") == "True"
+        wait_for(lambda: psutil.Process(worker).children(), 30, what="the worker's snapshot (its child)")
+        execute_ok(handle.kc, "import time; time.sleep(1.5)")  # time for a standby to appear, if one would
+        assert _workers_forked_by(template) == [worker]
+        assert {p.pid for p in psutil.Process(handle.pid).children()} == {template.pid}
+        frozen = int(evaluate(handle.kc, "__import__('gc').get_freeze_count()"))
+        assert frozen > 10_000  # the template froze its heap before the fork (see the frozen-heap test)
+    finally:
+        stop_kernel(handle)
+
+
+def test_crashes_in_a_row_are_served_by_template_forks():
+    """Three crashes back to back: each next cell runs in a new worker the template
+    forked, with the session's execution count and a fresh namespace; a forked worker
+    is a full kernel (rich output, magics, comms)."""
+    handle = _template_kernel("relaykernel-template-no-snapshots", *NO_SNAPSHOTS)
+    try:
+        template = template_of(handle.pid)
+        assert template is not None
+        seen = {handle.worker_pid()}
+        for _ in range(3):
+            execute_ok(handle.kc, "marker = 1")
+            _crash(handle.kc)
+            worker = int(evaluate(handle.kc, "__import__('os').getpid()"))
+            assert worker not in seen
+            seen.add(worker)
+            assert psutil.Process(worker).ppid() == template.pid
+            assert evaluate(handle.kc, "'marker' in dir()") == "False"
+        reply, _ = execute(handle.kc, "import os; os._exit(7)")
+        assert "exit code 7" in reply["content"]["evalue"]  # the template told how its child ended
+        _, iopub = execute_ok(handle.kc, "%time x = 6 * 7\nfrom IPython.display import HTML; HTML('<b>ok</b>')")
+        assert any(m["msg_type"] == "execute_result" and "text/html" in m["content"]["data"] for m in iopub)
+        assert evaluate(handle.kc, "type(get_ipython().kernel.comm_manager).__name__") == "'CommManager'"
+        assert template_of(handle.pid).pid == template.pid
+    finally:
+        stop_kernel(handle)
+
+
+def test_a_template_fork_takes_interrupts():
+    """A worker forked from the template leads its own process group and takes SIGINT."""
+    handle = _template_kernel("relaykernel-template-no-snapshots", *NO_SNAPSHOTS)
+    try:
+        _crash(handle.kc)
+        worker = int(evaluate(handle.kc, "__import__('os').getpid()"))
+        assert psutil.Process(worker).ppid() == template_of(handle.pid).pid
+        msg_id = _start_sleeping_cell(handle.kc)
+        handle.km.interrupt_kernel()
+        reply = get_reply(handle.kc, msg_id, timeout=30)
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        collect_iopub_until_idle(handle.kc, msg_id, timeout=30)
+        assert int(evaluate(handle.kc, "__import__('os').getpid()")) == worker  # interrupted, not replaced
+        assert template_of(handle.pid) is not None  # the kernel's group's SIGINT spared it
+    finally:
+        stop_kernel(handle)
+
+
+def test_supervisor_sigkill_takes_the_template_its_workers_and_their_snapshots():
+    """Nobody is left to stop them: the template dies with its parent, the workers it
+    forked (and their snapshots) watch the supervisor itself."""
+    handle = _template_kernel("relaykernel-template")
+    try:
+        execute_ok(handle.kc, "x = 1")
+        worker = handle.worker_pid()
+        wait_for(lambda: psutil.Process(worker).children(), 30, what="the worker's snapshot (its child)")
+        descendants = handle.process().children(recursive=True)
+        assert len(descendants) >= 3  # template, worker, snapshot
+        supervisor = handle.process()
+        supervisor.kill()
+        supervisor.wait(timeout=5)
+        _, alive = psutil.wait_procs(descendants, timeout=10)
+        left = [(p.pid, p.name()) for p in alive]
+        reap(alive, 0)
+        assert not left, f"left after the supervisor's SIGKILL: {left}"
+    finally:
+        stop_kernel(handle)
+
+
+def test_a_killed_template_leaves_the_worker_running_and_is_replaced():
+    """SIGKILL of the template: the worker it forked goes on with its cell and its
+    variables (it watches the supervisor, not its parent); a new template is started,
+    and the next crash is served by one of its forks.  A worker that ends after its
+    template says so (its exit status went with the template)."""
+    handle = _template_kernel("relaykernel-template-no-snapshots", *NO_SNAPSHOTS)
+    orphan = None
+    try:
+        execute_ok(handle.kc, "kept = 41")
+        orphan = handle.worker_pid()
+        template = template_of(handle.pid)
+        msg_id = handle.kc.execute("import time; time.sleep(1); kept += 1")
+        template.kill()
+        reply = get_reply(handle.kc, msg_id, timeout=30)
+        assert reply["content"]["status"] == "ok"
+        assert evaluate(handle.kc, "kept") == "42"
+        assert handle.worker_pid() == orphan
+        wait_for(lambda: (t := template_of(handle.pid)) is not None and t.pid != template.pid, 60,
+                 what="a new template")
+        reply, _ = execute(handle.kc, "import os; os._exit(7)")
+        assert reply["content"]["ename"] == "WorkerDied"
+        assert "template" in reply["content"]["evalue"]  # its status died with the old template
+        worker = handle.worker_pid()
+        assert psutil.Process(worker).ppid() == template_of(handle.pid).pid
+    finally:
+        if orphan is not None and pid_exists(orphan):
+            reap([psutil.Process(orphan)], 0)
+        stop_kernel(handle)
+
+
+def test_with_the_template_and_no_standby_on_the_command_line_workers_are_spawned():
+    """``--Supervisor.standby_workers=0`` still means no template and no fork server."""
+    handle = _template_kernel("relaykernel-template-no-standby", "--Supervisor.standby_workers=0", *NO_SNAPSHOTS)
+    try:
+        first = handle.worker_pid()
+        assert [p.pid for p in _spawned_workers(handle.pid)] == [first]
+        _crash(handle.kc)
+        second = handle.worker_pid()
+        assert [p.pid for p in _spawned_workers(handle.pid)] == [second]
+        assert template_of(handle.pid) is None and fork_server(handle.pid) is None
+    finally:
+        stop_kernel(handle)
+
+
+#: On PYTHONPATH, a sitecustomize that ends any process of the kernel's as it forks
+#: (the template at each FORK; snapshots are off, and nothing else forks).
+_FORKS_DIE = textwrap.dedent("""\
+    import os
+    os.register_at_fork(before=lambda: os._exit(3))
+""")
+
+
+def test_a_template_that_dies_at_each_fork_is_restarted_a_few_times_then_workers_are_spawned(tmp_path):
+    """Every template dies as it forks: each worker is spawned instead, at once; the
+    template is started again a bounded number of times (launcher.MAX_WARM_UPS), then
+    no more, and a spawned standby stands by; no dead template is left a zombie."""
+    (tmp_path / "sitecustomize.py").write_text(_FORKS_DIE)
+    handle = start_kernel(install_spec("relaykernel-template-no-snapshots", (*TEMPLATE, *NO_SNAPSHOTS)),
+                          env={"PYTHONPATH": str(tmp_path)})
+    try:
+        assert evaluate(handle.kc, "6 * 7") == "42"
+        assert psutil.Process(handle.worker_pid()).ppid() == handle.pid  # spawned
+        templates = set()
+        for _ in range(4):
+            wait_for(lambda: template_of(handle.pid) is not None or len(_spawned_workers(handle.pid)) == 2, 60,
+                     what="a template, or a spawned standby once none is started any more")
+            if (t := template_of(handle.pid)) is not None:
+                templates.add(t.pid)
+            _crash(handle.kc)
+            assert evaluate(handle.kc, "6 * 7") == "42"
+        assert 1 <= len(templates) <= 3
+        wait_for(lambda: len(_spawned_workers(handle.pid)) == 2, 60, what="a spawned standby")
+        assert template_of(handle.pid) is None
+        wait_for(lambda: not _zombies(handle.pid), 10, what="the dead templates to be reaped")
     finally:
         stop_kernel(handle)

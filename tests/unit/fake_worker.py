@@ -39,6 +39,7 @@ class FakeLauncher:
     """No fork server: every worker starts through the harness's factory."""
 
     state = ServerState.FAILED
+    uses_template = False
 
     def __init__(self) -> None:
         self.wake_fd, self._wake_w = os.pipe()
@@ -48,6 +49,12 @@ class FakeLauncher:
 
     def acknowledge(self) -> None:
         pass
+
+    def check(self) -> None:
+        pass
+
+    def wants_template(self) -> bool:
+        return False
 
     def waiting_for_server(self) -> bool:
         return False
