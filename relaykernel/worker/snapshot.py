@@ -97,6 +97,11 @@ FAULT_SECONDS = 8e-6
 #: Pages of the buffer the worker times one copy-on-write fault with (_calibrate).
 CALIBRATION_PAGES = 64
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+#: Seconds a snapshot whose worker ended waits to be woken before it exits on its own:
+#: the supervisor wakes (or kills) the snapshot it knows within milliseconds of the
+#: worker's death, so one still asleep after this is one it never learned of (forked
+#: just before the worker died, its SNAPSHOT lost with it), which nobody would wake.
+STALE_AFTER = 10.0
 #: Threads of the worker itself, and of IPython, which are no user's.
 _OUR_THREADS = ("relaykernel-", "IPythonHistorySavingThread")
 
@@ -120,6 +125,8 @@ class Snapshots:
         self._last = 0.0
         self._child = 0
         self._fifo = ""
+        #: snapshots killed but not reaped yet (their exit runs beside the worker: drop)
+        self._ending: list[int] = []
         self._told: set[str] = set()
         #: the latest snapshot's execution count (its state is before that cell)
         self._count = 0
@@ -294,12 +301,13 @@ class Snapshots:
         if self._back_off():
             return None
         started = time.thread_time()
-        self.drop()
+        self.drop(wait=False)
         fifo = os.path.join(self._dir, f"snapshot-{os.getpid()}-{time.monotonic_ns()}")
         try:
             os.mkfifo(fifo, 0o600)
             wake_fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
             supervisor_fd = os.pidfd_open(self._supervisor_pid)
+            worker_fd = os.pidfd_open(os.getpid())
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(fifo)
@@ -314,10 +322,11 @@ class Snapshots:
             if probe is not None:
                 probe.close()
             _restore_random(random_state)
-            return self._sleep(wake_fd, supervisor_fd)
+            return self._sleep(wake_fd, supervisor_fd, worker_fd)
         self._take_cpu = time.thread_time() - started
         os.close(wake_fd)
         os.close(supervisor_fd)
+        os.close(worker_fd)
         if probe is not None:
             self._calibrate(probe)
         self._child, self._fifo, self._last = pid, fifo, time.monotonic()
@@ -375,37 +384,79 @@ class Snapshots:
         if per_page < 100e-6:  # else the worker was preempted: keep the constant
             self.fault_seconds = max(FAULT_SECONDS, per_page)
 
-    def drop(self) -> None:
-        """End the snapshot, if there is one (a newer one comes, or the worker exits)."""
+    def drop(self, wait: bool = True) -> None:
+        """End the snapshot, if there is one (a newer one comes, or the worker exits).
+        ``wait=False`` (take): kill it and go on; its exit (unmapping what it shares
+        with the worker: ~10-40 ms of wall time for a few hundred MB) is reaped by a
+        short-lived thread as soon as it is over, rather than the worker waiting for it."""
         if self._child:
+            pid, self._child = self._child, 0
             with contextlib.suppress(OSError):
-                os.kill(self._child, signal.SIGKILL)
-            with contextlib.suppress(OSError):
-                _, _, usage = os.wait4(self._child, 0)
-                self._child_cpu = usage.ru_utime + usage.ru_stime
-            self._child = 0
+                os.kill(pid, signal.SIGKILL)
+            self._ending.append(pid)
+            if not wait:  # SIGINT and SIGUSR1 are the main thread's (main.py): blocked in the reaper
+                reaper = threading.Thread(target=self._reap_one, args=(pid, True), name="relaykernel-snapshot-reaper",
+                                          daemon=True)
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGUSR1})
+                try:
+                    reaper.start()
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if wait:
+            for pid in list(self._ending):
+                self._reap_one(pid, True)
         if self._fifo:
             with contextlib.suppress(OSError):
                 os.unlink(self._fifo)
             self._fifo = ""
 
-    def _sleep(self, wake_fd: int, supervisor_fd: int) -> wire.WakeMeta:
-        """The child: out of the worker's group, asleep until woken or the supervisor ends."""
+    def _reap_one(self, pid: int, block: bool = False) -> None:
+        """Reap a snapshot that was killed (``block``: wait for its exit), keeping its
+        whole CPU (its exit included) for _back_off.  The reaper thread or the main thread."""
+        try:
+            done, _, usage = os.wait4(pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:  # reaped already (the other thread, os.wait in a cell)
+            done, usage = pid, None
+        except OSError:
+            return
+        if done:
+            with contextlib.suppress(ValueError):
+                self._ending.remove(pid)
+            if usage is not None:
+                self._child_cpu = usage.ru_utime + usage.ru_stime
+
+    def _sleep(self, wake_fd: int, supervisor_fd: int, worker_fd: int = -1) -> wire.WakeMeta:
+        """The child: out of the worker's group, asleep until woken, until the supervisor
+        ends, or until STALE_AFTER after its worker ended with nobody waking it (``worker_fd``:
+        a pidfd of the worker it was forked from)."""
         os.setpgid(0, 0)
         self._close_plumbing()
         self._child, self._fifo, self._dirty, self._last = 0, "", False, time.monotonic()
+        self._ending = []  # the worker's to reap, not ours
         self.supervisor_fd = supervisor_fd
+        watched = [wake_fd, supervisor_fd] + ([worker_fd] if worker_fd >= 0 else [])
+        stale_at = None
         line = b""
         while b"\n" not in line:
-            readable, _, _ = select.select([wake_fd, supervisor_fd], [], [])
+            timeout = None if stale_at is None else max(0.0, stale_at - time.monotonic())
+            readable, _, _ = select.select(watched, [], [], timeout)
             if supervisor_fd in readable:
                 os._exit(0)
+            if worker_fd in readable:  # the worker ended: the supervisor wakes us now, or never
+                watched.remove(worker_fd)
+                os.close(worker_fd)
+                stale_at = time.monotonic() + STALE_AFTER
+                continue
+            if not readable:
+                os._exit(0)  # stale: forked just before the worker died, unknown to the supervisor
             try:
                 chunk = os.read(wake_fd, 4096)
             except BlockingIOError:
                 continue
             line += chunk
         os.close(wake_fd)
+        if worker_fd in watched:
+            os.close(worker_fd)
         wake: wire.WakeMeta = json.loads(line.split(b"\n", 1)[0])
         return wake
 
@@ -434,7 +485,7 @@ class Snapshots:
             return f"threads the user started are running ({', '.join(sorted(threads)[:5])})"
         if self.kernel.subshells.busy():
             return "a subshell is running a request"
-        children = [pid for pid in _children() if pid != self._child]
+        children = [pid for pid in _children() if pid != self._child and pid not in self._ending]
         if children:
             return f"child processes are alive (pids {', '.join(map(str, children[:5]))})"
         if _cuda_loaded():

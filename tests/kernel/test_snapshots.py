@@ -609,3 +609,37 @@ def test_the_worker_keeps_its_free_heap_through_a_snapshot(relay) -> None:
     wait_for(lambda: psutil.Process(snapshot).memory_full_info().uss < 30 * 1024**2, 10.0)
     after = psutil.Process(worker).memory_info().rss
     assert after > before - 30 * 1024**2, f"the worker gave back {(before - after) / 1024**2:.0f} MB"
+
+
+#: A snapshot forked right before the worker dies, whose SNAPSHOT never reaches the
+#: supervisor (lost with the worker): take() is called from the cell with the link's send
+#: turned off for it, then the worker exits.  STALE_AFTER is shortened for the test.
+FORK_UNKNOWN_AND_DIE = """\
+import os, relaykernel.worker.snapshot as _s
+_s.STALE_AFTER = 1.0
+_snap = _s.current
+_snap._back_off = lambda: False
+_snap.kernel.link.send = lambda *args, **kwargs: None
+_snap.take()
+del _snap.kernel.link.send
+print('stale', _snap._child, flush=True)
+os._exit(3)
+"""
+
+
+def test_a_snapshot_the_supervisor_never_learned_of_exits_on_its_own(relay) -> None:
+    """The worker forks a snapshot and dies before the supervisor hears of it: nobody
+    will wake that snapshot, so it must not sleep until the supervisor exits (it held
+    the worker's whole state, uncounted by the memory limits): once its worker is gone
+    and STALE_AFTER passes without a wake, it exits."""
+    h = relay.start(KERNEL_NAME)
+    execute_ok(h.kc, "n = 41")
+    worker = _fresh_snapshot(h.kc)
+    reply, outputs = execute(h.kc, FORK_UNKNOWN_AND_DIE)
+    assert reply["content"]["ename"] == "WorkerDied", reply["content"]
+    found = re.search(r"stale (\d+)", stream_text(outputs))
+    assert found, outputs
+    stale = int(found.group(1))
+    assert stale != worker
+    wait_for(lambda: not _alive(stale), 10.0)
+    assert evaluate(h.kc, "1 + 1") == "2"  # the kernel goes on (with today's empty worker)
