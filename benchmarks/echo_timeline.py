@@ -1,6 +1,6 @@
 """Where one comm echo's time goes: a timeline across the client, supervisor and worker.
 
-    python -m benchmarks.echo_timeline [-n 500] [--no-interleave] [--buffer-mb 50]
+    python -m benchmarks.echo_timeline [-n 500] [--no-interleave] [--buffer-mb 50] [--also TREE]
 
 Copies the ``relaykernel`` package into a temporary directory and adds
 timestamps at the points below (each an exact source edit; the script stops
@@ -14,6 +14,13 @@ every process on the machine.
 A timestamp is an append to a list (~0.1 us), dumped when the kernel shuts
 down; the figures are therefore a little above an uninstrumented run's.  This
 is the profile behind the benchmark README's notes on the sequential echo.
+
+``--also TREE`` adds a third kernel to the interleave: the (uninstrumented)
+relaykernel of another checkout, e.g. ``git archive HEAD | tar -x -C /tmp/base``,
+so two versions of the code are compared echo by echo on the same host noise.
+``--ctxsw`` also counts the voluntary and involuntary context switches of the
+relaykernel processes (supervisor and its descendants, every thread; from
+``/proc/PID/task/*/status``) over the measured echoes, per echo.
 """
 
 from __future__ import annotations
@@ -82,7 +89,7 @@ EDITS: list[tuple[str, str, str]] = [
       '        if (meta.get("status")')),
     ("supervisor/loop.py", "    def _close(self) -> None:\n",
      "    def _close(self) -> None:\n        dump('supervisor')\n"),
-    ("worker/link.py", "from .. import pipes, wire\n", "from .. import pipes, wire\n" + IMPORT),
+    ("worker/link.py", "from .. import pipes, transport, wire\n", "from .. import pipes, transport, wire\n" + IMPORT),
     ("worker/link.py",
      "                    readable, _, _ = select.select((*fds, self._signal_r), [], [], timeout)\n",
      ("                    readable, _, _ = select.select((*fds, self._signal_r), [], [], timeout)\n"
@@ -136,6 +143,41 @@ def timeline(sends: list[tuple[int, int]], marks: list[tuple[int, str]]) -> list
     return sorted((statistics.median(v), tag, len(v)) for tag, v in offsets.items())
 
 
+def _switches(k: harness.Kernel) -> dict[tuple[int, str], tuple[int, int]]:
+    """(voluntary, involuntary) context switches summed over the threads of the
+    kernel's supervisor and every descendant process, by (pid, process name)."""
+    root = k.km.provisioner.process.pid  # type: ignore[union-attr]
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+                children[int(stat.rsplit(")", 1)[1].split()[1])].append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    counts: dict[tuple[int, str], tuple[int, int]] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, ()))
+        vol = invol = 0
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches"):
+                            vol += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches"):
+                            invol += int(line.split()[1])
+        except OSError:
+            continue
+        counts[(pid, comm)] = (vol, invol)
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=500, help="echoes per kernel")
@@ -143,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="all relaykernel echoes first, then ipykernel's (a warm run)")
     ap.add_argument("--buffer-mb", type=float, default=0,
                     help="each echo carries a binary buffer of this size (use a small -n)")
+    ap.add_argument("--also", metavar="TREE",
+                    help="also run the relaykernel of this source tree, interleaved (uninstrumented)")
+    ap.add_argument("--ctxsw", action="store_true",
+                    help="count the relaykernel processes' context switches per echo")
     a = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="relaykernel-timeline-"))
     try:
@@ -150,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         out = work / "marks"
         out.mkdir()
         os.environ["RELAYKERNEL_TIMELINE_DIR"] = str(out)
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+        pythonpath = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), pythonpath]))
         specs = harness.write_kernelspecs()
         ctx = harness.make_context()
         repo_root = harness.REPO_ROOT
@@ -158,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         kernels = {}
         try:
             kernels["relaykernel"] = harness.start_kernel("relaykernel", "relaykernel", ctx, 60)
+            if a.also:
+                also = Path(a.also).resolve()
+                harness.REPO_ROOT = also
+                os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(also), pythonpath]))
+                kernels[f"relaykernel@{also}"] = harness.start_kernel("relaykernel-also", "relaykernel", ctx, 60)
+                os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), pythonpath]))
             harness.REPO_ROOT = repo_root
             kernels["ipykernel"] = harness.start_kernel("ipykernel", "ipykernel", ctx, 60)
             echoes = {name: Echo(k, 30) for name, k in kernels.items()}
@@ -170,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
             order = [[(name, i) for name in echoes] for i in range(a.n)]
             if a.no_interleave:
                 order = [[(name, i) for i in range(a.n)] for name in echoes]
+            if a.ctxsw:  # the idle rate (the worker's flush ticker wakes every 50 ms), subtracted below
+                idle0, t_idle = _switches(kernels["relaykernel"]), time.monotonic()
+                time.sleep(3)
+                idle1, t_idle = _switches(kernels["relaykernel"]), time.monotonic() - t_idle
+                switches, t_run = _switches(kernels["relaykernel"]), time.monotonic()
             for step in order:
                 for name, i in step:
                     if payload is not None:  # leftovers of the last request, before t0
@@ -179,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
                     rts[name].append(dt)
                     if name == "relaykernel":
                         sends.append((t0, t0 + int(dt * 1e9)))
+            if a.ctxsw:
+                after, t_run = _switches(kernels["relaykernel"]), time.monotonic() - t_run
+                scale = t_run / t_idle
+                per_echo = {k: (after[k][0] - v[0] - scale * (idle1[k][0] - idle0[k][0]),
+                                after[k][1] - v[1] - scale * (idle1[k][1] - idle0[k][1]))
+                            for k, v in switches.items() if k in after and k in idle0 and k in idle1}
         finally:
             harness.REPO_ROOT = repo_root
             for k in kernels.values():
@@ -201,6 +265,14 @@ def main(argv: list[str] | None = None) -> int:
         for median, tag, count in timeline(sends, marks):
             print(f"  {median:8.1f}  (+{median - previous:6.1f})  {tag}  [{count}/{len(sends)} echoes]")
             previous = median
+        if a.ctxsw:
+            print(f"\nrelaykernel's context switches per echo (voluntary / involuntary), n={a.n},"
+                  " less the idle rate over the run's duration:")
+            for (pid, comm), (vol, invol) in sorted(per_echo.items()):
+                print(f"  {pid:>7} {comm:24} {vol / a.n:6.2f} / {invol / a.n:5.2f}")
+            vol = sum(v for v, _ in per_echo.values()) / a.n
+            invol = sum(i for _, i in per_echo.values()) / a.n
+            print(f"  {'':7} {'all':24} {vol:6.2f} / {invol:5.2f}")
         print("\n[k/n]: in how many echoes the point came before the client had the echo; points"
               " below n/n are partly off the critical path (busy, done, idle).")
         return 0

@@ -22,7 +22,7 @@ from typing import Any
 
 import zmq
 
-from .. import progress, wire
+from .. import progress, transport, wire
 from ..spawn import WorkerConfig, run_worker
 from .launcher import WorkerLauncher, child_start
 
@@ -96,6 +96,8 @@ class WorkerProcess:
         # connected, would otherwise block the supervisor's loop forever.
         self.link.setsockopt(zmq.SNDTIMEO, 0)
         self.endpoint = f"ipc://{private_dir}/worker-{number}"
+        #: larger kernel buffers on the link's connection, set at the first send after it is made
+        self.link_buffers = transport.SocketBuffers(self.link, bound=True)
         self.link.bind(self.endpoint)
         os.chmod(self.endpoint[len("ipc://") :], 0o600)  # private even if the directory's mode changes
         #: what must reach the worker while its main thread is busy (wire.SIDE_SUFFIX)
@@ -156,6 +158,8 @@ class WorkerProcess:
         full) is killed instead, so its sentinel brings it to recovery; False
         then, and nothing was sent (only a message's first frame can fail: zmq
         queues the rest with it)."""
+        if self.link_buffers.pending:
+            self.link_buffers.apply()
         try:
             wire.send_frames(self.side if side else self.link, frames)
         except zmq.Again:
@@ -219,6 +223,7 @@ class WorkerProcess:
                 os.killpg(self.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        self.link_buffers.close()
         self.link.close(linger=0)
         self.side.close(linger=0)
         release = getattr(self.process, "release", None)  # a template's fork: its pidfd (launcher.py)

@@ -51,7 +51,7 @@ from typing import Any
 
 import zmq
 
-from .. import pipes, wire
+from .. import pipes, transport, wire
 
 log = logging.getLogger("relaykernel.worker")
 
@@ -96,6 +96,8 @@ class Link:
         self._pair = ctx.socket(zmq.PAIR)
         self._pair.setsockopt(zmq.LINGER, 2000)
         self._pair.setsockopt(zmq.SNDHWM, 0)  # never drop an output
+        #: larger kernel buffers on the connection, set at the first send after it is made
+        self._buffers = transport.SocketBuffers(self._pair, bound=False)
         self._pair.connect(endpoint)
         self._fd = self._pair.getsockopt(zmq.FD)
         self._lock = threading.Lock()
@@ -131,6 +133,8 @@ class Link:
         """Send a link message to the supervisor; safe from any thread."""
         frames = wire.encode(kind, meta, payload)
         with self._lock:
+            if self._buffers.pending:
+                self._buffers.apply()
             wire.send_frames(self._pair, frames)
             input_waiting = self._pair.getsockopt(_EVENTS) & _POLLIN
         if input_waiting and self._waiting:
@@ -360,18 +364,23 @@ class Link:
         context, socket, pipes and ticker thread.  The old ones are the dead worker's
         (a zmq context does not survive a fork) and are left alone, never closed."""
         self.__dict__.pop("send", None)  # leave_to_parent's, from the fork
-        _abandoned.append((self._ctx, self._pair))
+        _abandoned.append((self._ctx, self._pair, self._buffers))
         tickers, on_malformed = self.tickers, self.on_malformed
         self.__init__(zmq.Context(), endpoint)  # type: ignore[misc]
         self.tickers, self.on_malformed = tickers, on_malformed
         self._ticker.start()
 
+    def close(self, linger: int = 0) -> None:
+        """Close the socket (and its buffers' monitor, or the context's term would wait on it)."""
+        with self._lock:
+            self._buffers.close()
+            self._pair.close(linger=linger)
+
     def flush_and_stop(self, timeout: float = 2.0) -> None:
         """Stop the tickers and let what was sent reach the supervisor (the worker is exiting)."""
         self._stopped.set()
         self._ticker.join(timeout)
-        with self._lock:
-            self._pair.close(linger=int(timeout * 1000))
+        self.close(linger=int(timeout * 1000))
         try:
             self._ctx.term()  # returns once the queued messages are written, or linger passed
         except zmq.ZMQError:

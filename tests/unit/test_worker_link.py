@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
+import pytest
 import zmq
 
-from relaykernel import wire
+from relaykernel import transport, wire
 from relaykernel.worker.link import Link
 from tests.kernel.helpers import wait_for
 
@@ -25,6 +29,53 @@ def test_an_undecodable_message_is_reported_not_just_logged(tmp_path):
         assert lm.kind == wire.SHUTDOWN
         assert len(told) == 1 and "size table" in told[0], told
     finally:
-        link._pair.close(0)
+        link.close()
         supervisor.close(0)
         ctx.term()
+
+
+def _buffer_sizes(fd: int) -> tuple[int, int]:
+    with socket.socket(fileno=os.dup(fd)) as conn:
+        return (conn.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+                conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+
+def test_the_link_connection_gets_large_socket_buffers_on_both_ends(tmp_path):
+    """libzmq ignores ZMQ_SNDBUF on ipc: both ends set SO_SNDBUF/SO_RCVBUF on the
+    connection's fd themselves, at their first send after it is made (transport.py)."""
+    try:
+        with open("/proc/sys/net/core/wmem_max") as f:
+            cap = int(f.read())
+    except OSError:
+        pytest.skip("no /proc/sys/net/core/wmem_max")
+    expected = 2 * min(transport.LINK_SOCKET_BUFFER, cap)  # Linux doubles what it grants
+    ctx = zmq.Context()
+    supervisor = ctx.socket(zmq.PAIR)
+    supervisor_buffers = transport.SocketBuffers(supervisor, bound=True)
+    supervisor.bind(f"ipc://{tmp_path}/link")
+    link = Link(ctx, f"ipc://{tmp_path}/link")
+    try:
+        link.send(wire.READY)
+        assert supervisor.poll(10_000)
+        supervisor.recv_multipart()
+        assert wait_for(supervisor_buffers.apply, 10, what="the supervisor's end tuned")
+        wait_for(lambda: (link.send(wire.ACTIVATED), link._buffers.apply())[1], 10, what="the worker's end tuned")
+        for fd in (supervisor_buffers.fd, link._buffers.fd):
+            assert _buffer_sizes(fd) == (expected, expected)
+        assert supervisor_buffers.fd != link._buffers.fd
+        assert not supervisor_buffers.pending and not link._buffers.pending  # monitors closed
+    finally:
+        link.close()
+        supervisor_buffers.close()
+        supervisor.close(0)
+        ctx.term()
+
+
+def test_socket_buffers_leave_an_fd_that_is_not_the_link_alone(tmp_path):
+    """The fd a monitor event names may have been closed and reused: it is checked first."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        before = _buffer_sizes(a.fileno())
+        assert not transport._set_buffers(a.fileno(), f"ipc://{tmp_path}/link", True, 4 << 20)
+        assert not transport._set_buffers(a.fileno(), "tcp://127.0.0.1:5555", True, 4 << 20)
+        assert _buffer_sizes(a.fileno()) == before
