@@ -46,12 +46,18 @@ order (on, off, baseline, then baseline, off, on, ...) so that a drift of the
 host's load lands on both sides of a pair.  The spread of the paired overheads
 (quartiles and range over the runs) goes to stderr with the table;
 ``--no-baseline`` leaves ipykernel out (on against off is what the targets ask).
+``--per-cell FILE`` appends each run's figures per cell (the tree's CPU, the worker's own
+user and system CPU and minor faults from /proc/PID/stat, wall) and the worker's memory in
+transparent huge pages at the end, as JSON lines: what a fault costs the worker itself,
+apart from the other processes (worker/snapshot.py, FAULT_SECONDS).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import statistics
 import sys
 import threading
@@ -166,11 +172,32 @@ def tree_cpu(k: Kernel) -> float:
 
 def minflt(pid: int) -> int:
     """Minor page faults of process ``pid`` so far (/proc/PID/stat field 10)."""
+    return worker_stat(pid)[0]
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def worker_stat(pid: int) -> tuple[int, float, float]:
+    """Process ``pid``'s minor faults, user and system CPU seconds (/proc/PID/stat)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[7])
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[7]), int(fields[11]) / _TICK, int(fields[12]) / _TICK
     except (OSError, ValueError, IndexError) as e:
-        raise BenchError(f"no minflt for {pid}: {e}") from None
+        raise BenchError(f"no stat for {pid}: {e}") from None
+
+
+def huge_pages(pid: int) -> int:
+    """Bytes of process ``pid``'s anonymous memory mapped as transparent huge pages."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 @dataclass
@@ -184,6 +211,9 @@ class Run:
     faults: int  # the worker's minor page faults while the cells ran
     memory: TreeMemory
     checksum: str
+    #: per cell: (tree CPU, worker user CPU, worker system CPU, worker faults, wall) in it
+    cells: list[tuple[float, float, float, int, float]]
+    huge_at_end: int  # the worker's memory in transparent huge pages after the last cell
 
 
 def run_notebook(label: str, name: str, ctx: zmq.Context, timeout: float) -> Run:
@@ -201,12 +231,16 @@ def run_notebook(label: str, name: str, ctx: zmq.Context, timeout: float) -> Run
         wall = cpu_cells = 0.0
         faults = 0
         result = None
+        per_cell: list[tuple[float, float, float, int, float]] = []
         try:
             for code in CELLS:
-                before, faulted = tree_cpu(k), minflt(worker)
+                before, (faulted, user, system) = tree_cpu(k), worker_stat(worker)
                 r = k.waiter.execute(code, timeout, want_result=code is CELLS[-1], alive=k.alive)
-                faults += minflt(worker) - faulted
+                after = worker_stat(worker)
+                faults += after[0] - faulted
                 cpu_cells += tree_cpu(k) - before
+                per_cell.append((tree_cpu(k) - before, after[1] - user, after[2] - system, after[0] - faulted,
+                                 max(r.t_reply, r.t_idle or 0.0)))
                 if r.reply.get("status") != "ok":
                     raise BenchError(f"{code.splitlines()[0][:40]!r}: {r.reply.get('ename')}: {r.reply.get('evalue')}")
                 wall += max(r.t_reply, r.t_idle or 0.0)
@@ -214,15 +248,18 @@ def run_notebook(label: str, name: str, ctx: zmq.Context, timeout: float) -> Run
                 time.sleep(THINK)
             cpu_idle = tree_cpu(k) - start - cpu_cells
             session = time.monotonic() - session
+            huge = huge_pages(worker)
         finally:
             sampler.stop()
-        return Run(wall, cpu_cells, cpu_idle, session, faults, sampler, str(result))
+        return Run(wall, cpu_cells, cpu_idle, session, faults, sampler, str(result), per_cell, huge)
     finally:
         stop_kernel(k)
 
 
-def notebook_rows(ctx: zmq.Context, cfg: Config, labels: dict[str, str], runs: int | None = None) -> list[Row]:
-    """``labels``: column label → kernelspec, snapshots on first, then off, then the baseline."""
+def notebook_rows(ctx: zmq.Context, cfg: Config, labels: dict[str, str], runs: int | None = None,
+                  per_cell: str | None = None) -> list[Row]:
+    """``labels``: column label → kernelspec, snapshots on first, then off, then the baseline.
+    ``per_cell``: a file to write every run's per-cell figures to (JSON lines)."""
     order = list(labels)
     on, off = order[0], order[1]
     if runs is None:
@@ -256,6 +293,10 @@ def notebook_rows(ctx: zmq.Context, cfg: Config, labels: dict[str, str], runs: i
                          ("snapshots", len(run.memory.snapshots)), ("cpu_session", run.cpu_cells + run.cpu_idle)):
                 cells[m][lb].samples.append(v)
             session[lb].append(run.session)
+            if per_cell:
+                with open(per_cell, "a") as f:
+                    f.write(json.dumps({"kernel": lb, "run": i + 1, "huge_at_end": run.huge_at_end,
+                                        "cells": run.cells}) + "\n")
             if lb == on:
                 snap[on].samples.append(run.memory.peak_snapshot_uss)
 
@@ -305,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help=f"{QUICK_RUNS} run per kernel rather than {RUNS}")
     p.add_argument("--runs", type=int, default=None, help="runs per kernel (overrides --quick)")
     p.add_argument("--no-baseline", action="store_true", help="snapshots on and off only, no ipykernel")
+    p.add_argument("--per-cell", metavar="FILE", help="append each run's per-cell figures (tree CPU, the worker's "
+                   "user and system CPU, its faults, wall) to FILE as JSON lines")
     a = p.parse_args(argv)
     cfg = Config.quick() if a.quick else Config()
     specs_dir = write_kernelspecs()  # noqa: F841 - kept alive for the run
@@ -313,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.no_baseline:
         del labels["ipykernel"]
     try:
-        rows = notebook_rows(ctx, cfg, labels, a.runs)
+        rows = notebook_rows(ctx, cfg, labels, a.runs, a.per_cell)
     finally:
         ctx.destroy(linger=0)
     print(table(rows, list(labels)))

@@ -93,6 +93,14 @@ COST_SHARE = 0.025
 #: the heap it reused).  A copy-on-write fault timed alone costs 1-2.5 µs (_calibrate: the
 #: worker uses that if higher).  Kept above the median: 2.5 % of the session then holds
 #: with a margin (2.1 %, benchmarks/README.md), snapshots ~1.2-1.5 s apart.
+#: Counted on the worker alone (``--per-cell``: its user and system CPU from /proc), a
+#: fault costs the cells 4-5 µs, of which ~2.5 µs system time: the copy itself, as in a
+#: bare process (1.9-3 µs); a 1 GiB array rewritten after a snapshot pays 2.3 µs a page.
+#: Not the huge pages: a write to a shared THP splits it and each 4 KiB page faults
+#: alone, at the cost of a 4 KiB page's copy (glibc.malloc.hugetlb=1 lowers the total:
+#: fewer fresh faults, and a fork copies one PMD per 2 MiB rather than 512 PTEs); the
+#: split pages cost numpy nothing measurable after (streaming or random gather), and the
+#: cyclic GC writes none of the faulted pages (the same faults with gc off).
 FAULT_SECONDS = 8e-6
 #: Pages of the buffer the worker times one copy-on-write fault with (_calibrate).
 CALIBRATION_PAGES = 64
@@ -430,7 +438,7 @@ class Snapshots:
         ends, or until STALE_AFTER after its worker ended with nobody waking it (``worker_fd``:
         a pidfd of the worker it was forked from)."""
         os.setpgid(0, 0)
-        self._close_plumbing()
+        self._close_plumbing(wake_fd, supervisor_fd, worker_fd)
         self._child, self._fifo, self._dirty, self._last = 0, "", False, time.monotonic()
         self._ending = []  # the worker's to reap, not ours
         self.supervisor_fd = supervisor_fd
@@ -460,12 +468,14 @@ class Snapshots:
         wake: wire.WakeMeta = json.loads(line.split(b"\n", 1)[0])
         return wake
 
-    def _close_plumbing(self) -> None:
+    def _close_plumbing(self, *needed: int) -> None:
         """Close the child's copies of the worker's pipes and sockets: held open here,
         they would hide the worker's death (the supervisor's sentinel of a spawned
         worker is a pipe that closes when the worker exits) and keep its zmq
-        connection open.  What the user opened, and our own output fds, stay."""
-        keep = {0, 1, 2}
+        connection open.  What the user opened, our own output fds, and the fds the
+        child sleeps on (``needed``: an fd of the plumbing closed since may have given
+        them its number) stay."""
+        keep = {0, 1, 2, *needed}
         capture = self.kernel.fd_capture
         if capture is not None:
             keep.update(capture.saved.values())
