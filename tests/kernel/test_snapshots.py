@@ -643,3 +643,50 @@ def test_a_snapshot_the_supervisor_never_learned_of_exits_on_its_own(relay) -> N
     assert stale != worker
     wait_for(lambda: not _alive(stale), 10.0)
     assert evaluate(h.kc, "1 + 1") == "2"  # the kernel goes on (with today's empty worker)
+
+
+def test_a_new_snapshot_does_not_wait_for_the_old_ones_exit(tmp_path, monkeypatch) -> None:
+    """take() kills the previous snapshot and forks the next without waiting in wait4 for
+    the old one's exit (unmapping what it shared with the worker: tens of ms of the
+    worker's time); a thread of its own reaps it, so no zombie stays.  Snapshots driven
+    directly, with a stand-in for the worker's kernel."""
+    import threading
+    from types import SimpleNamespace
+
+    from relaykernel.worker import snapshot
+
+    parent = os.getpid()
+    shell = SimpleNamespace(execution_count=1, user_ns={}, user_ns_hidden={})
+    kernel = SimpleNamespace(link=SimpleNamespace(send=lambda *args, **kwargs: None), flush_streams=lambda: None,
+                             fd_capture=None, stderr=None, shell=shell,
+                             subshells=SimpleNamespace(busy=lambda: False))
+    snaps = snapshot.Snapshots(kernel, str(tmp_path), parent, True)  # type: ignore[arg-type]
+    monkeypatch.setattr(snaps, "_back_off", lambda: False)
+    monkeypatch.setattr(snaps, "_unsafe", lambda: "")  # pytest's own threads are no user's
+    blocked: list[int] = []
+    real_wait4 = os.wait4
+
+    def wait4(pid: int, options: int) -> Any:
+        if options == 0 and threading.current_thread() is threading.main_thread():
+            blocked.append(pid)
+        return real_wait4(pid, options)
+
+    pids = []
+    try:
+        monkeypatch.setattr(os, "wait4", wait4)
+        for _ in range(2):
+            snaps._dirty = True
+            if snaps.take() is not None:  # in a snapshot's child: never woken here
+                os._exit(0)
+            pids.append(snaps._child)
+        assert blocked == [], f"take() waited for the old snapshot {blocked} in the worker's main thread"
+        wait_for(lambda: pids[0] not in snaps._ending, 10.0)  # reaped by the reaper thread
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pids[0], os.WNOHANG)
+        assert _alive(pids[1])
+    finally:
+        if os.getpid() != parent:
+            os._exit(0)
+        monkeypatch.undo()
+        snaps.drop()
+    assert not _alive(pids[1])
