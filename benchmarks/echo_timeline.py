@@ -144,8 +144,8 @@ def timeline(sends: list[tuple[int, int]], marks: list[tuple[int, str]]) -> list
 
 
 def _switches(k: harness.Kernel) -> dict[tuple[int, str], tuple[int, int]]:
-    """(voluntary, involuntary) context switches summed over the threads of the
-    kernel's supervisor and every descendant process, by (pid, process name)."""
+    """(voluntary, involuntary) context switches of the kernel's supervisor and every
+    descendant process, by (pid, "process name: thread name"), threads of one name summed."""
     root = k.km.provisioner.process.pid  # type: ignore[union-attr]
     children: dict[int, list[int]] = defaultdict(list)
     for entry in os.listdir("/proc"):
@@ -161,20 +161,24 @@ def _switches(k: harness.Kernel) -> dict[tuple[int, str], tuple[int, int]]:
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, ()))
-        vol = invol = 0
         try:
             with open(f"/proc/{pid}/comm") as f:
                 comm = f.read().strip()
             for tid in os.listdir(f"/proc/{pid}/task"):
+                vol = invol = 0
                 with open(f"/proc/{pid}/task/{tid}/status") as f:
                     for line in f:
-                        if line.startswith("voluntary_ctxt_switches"):
-                            vol += int(line.split()[1])
+                        if line.startswith("Name:"):
+                            name = line.split(None, 1)[1].strip() if len(line.split()) > 1 else ""
+                        elif line.startswith("voluntary_ctxt_switches"):
+                            vol = int(line.split()[1])
                         elif line.startswith("nonvoluntary_ctxt_switches"):
-                            invol += int(line.split()[1])
+                            invol = int(line.split()[1])
+                key = (pid, f"{comm}: {name}" if tid != str(pid) else f"{comm}: main")
+                v0, i0 = counts.get(key, (0, 0))
+                counts[key] = (v0 + vol, i0 + invol)
         except OSError:
             continue
-        counts[(pid, comm)] = (vol, invol)
     return counts
 
 
@@ -224,10 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             if a.no_interleave:
                 order = [[(name, i) for i in range(a.n)] for name in echoes]
             if a.ctxsw:  # the idle rate (the worker's flush ticker wakes every 50 ms), subtracted below
-                idle0, t_idle = _switches(kernels["relaykernel"]), time.monotonic()
+                idle0, t_idle = {n: _switches(k) for n, k in kernels.items()}, time.monotonic()
                 time.sleep(3)
-                idle1, t_idle = _switches(kernels["relaykernel"]), time.monotonic() - t_idle
-                switches, t_run = _switches(kernels["relaykernel"]), time.monotonic()
+                idle1, t_idle = {n: _switches(k) for n, k in kernels.items()}, time.monotonic() - t_idle
+                switches, t_run = {n: _switches(k) for n, k in kernels.items()}, time.monotonic()
             for step in order:
                 for name, i in step:
                     if payload is not None:  # leftovers of the last request, before t0
@@ -238,11 +242,13 @@ def main(argv: list[str] | None = None) -> int:
                     if name == "relaykernel":
                         sends.append((t0, t0 + int(dt * 1e9)))
             if a.ctxsw:
-                after, t_run = _switches(kernels["relaykernel"]), time.monotonic() - t_run
+                after, t_run = {n: _switches(k) for n, k in kernels.items()}, time.monotonic() - t_run
                 scale = t_run / t_idle
-                per_echo = {k: (after[k][0] - v[0] - scale * (idle1[k][0] - idle0[k][0]),
-                                after[k][1] - v[1] - scale * (idle1[k][1] - idle0[k][1]))
-                            for k, v in switches.items() if k in after and k in idle0 and k in idle1}
+                per_echo = {n: {k: (after[n][k][0] - v[0] - scale * (idle1[n][k][0] - idle0[n][k][0]),
+                                    after[n][k][1] - v[1] - scale * (idle1[n][k][1] - idle0[n][k][1]))
+                                for k, v in switches[n].items()
+                                if k in after[n] and k in idle0[n] and k in idle1[n]}
+                            for n in kernels}
         finally:
             harness.REPO_ROOT = repo_root
             for k in kernels.values():
@@ -266,13 +272,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {median:8.1f}  (+{median - previous:6.1f})  {tag}  [{count}/{len(sends)} echoes]")
             previous = median
         if a.ctxsw:
-            print(f"\nrelaykernel's context switches per echo (voluntary / involuntary), n={a.n},"
-                  " less the idle rate over the run's duration:")
-            for (pid, comm), (vol, invol) in sorted(per_echo.items()):
-                print(f"  {pid:>7} {comm:24} {vol / a.n:6.2f} / {invol / a.n:5.2f}")
-            vol = sum(v for v, _ in per_echo.values()) / a.n
-            invol = sum(i for _, i in per_echo.values()) / a.n
-            print(f"  {'':7} {'all':24} {vol:6.2f} / {invol:5.2f}")
+            print(f"\ncontext switches per echo (voluntary / involuntary), every thread of the kernel's"
+                  f" processes, n={a.n}, less the idle rate over the run's duration:")
+            for name, counts in per_echo.items():
+                print(f"  {name}:")
+                for (pid, comm), (vol, invol) in sorted(counts.items()):
+                    if abs(vol) + abs(invol) >= 0.05 * a.n:
+                        print(f"    {pid:>7} {comm:32} {vol / a.n:6.2f} / {invol / a.n:5.2f}")
+                vol = sum(v for v, _ in counts.values()) / a.n
+                invol = sum(i for _, i in counts.values()) / a.n
+                print(f"    {'':7} {'all':32} {vol:6.2f} / {invol:5.2f}")
         print("\n[k/n]: in how many echoes the point came before the client had the echo; points"
               " below n/n are partly off the critical path (busy, done, idle).")
         return 0
