@@ -79,3 +79,40 @@ def test_socket_buffers_leave_an_fd_that_is_not_the_link_alone(tmp_path):
         assert not transport._set_buffers(a.fileno(), f"ipc://{tmp_path}/link", True, 4 << 20)
         assert not transport._set_buffers(a.fileno(), "tcp://127.0.0.1:5555", True, 4 << 20)
         assert _buffer_sizes(a.fileno()) == before
+
+
+def test_the_supervisor_end_of_a_worker_link_gets_large_socket_buffers(tmp_path):
+    """WorkerProcess (the supervisor's end, bound) tunes its connection at its first
+    send once the worker has connected: what a 50 MB request to the worker crosses."""
+    from types import SimpleNamespace
+
+    from relaykernel.spawn import WorkerConfig
+    from relaykernel.supervisor.worker_process import WorkerProcess
+
+    try:
+        with open("/proc/sys/net/core/wmem_max") as f:
+            cap = int(f.read())
+    except OSError:
+        pytest.skip("no /proc/sys/net/core/wmem_max")
+    expected = 2 * min(transport.LINK_SOCKET_BUFFER, cap)
+    ctx, worker_ctx = zmq.Context(), zmq.Context()
+    config = WorkerConfig(key=b"k", signature_scheme="hmac-sha256", session_id="s", connection_file="",
+                          crash_log=str(tmp_path / "crash"))
+    wp = WorkerProcess.__new__(WorkerProcess)
+    wp.process = SimpleNamespace(exitcode=None, pid=0)  # no process: only the link is tested
+    wp.pid = 0
+    wp._bind(ctx, 1, str(tmp_path), config)
+    link = Link(worker_ctx, wp.endpoint)
+    try:
+        link.send(wire.READY)
+        assert wp.link.poll(10_000)
+        wire.recv_frames(wp.link)
+        wait_for(lambda: wp.send(wire.encode(wire.SHUTDOWN)) and wp.link_buffers.fd is not None, 10,
+                 what="the supervisor's end tuned")
+        assert _buffer_sizes(wp.link_buffers.fd) == (expected, expected)
+        assert link.receive({wire.SHUTDOWN}).kind == wire.SHUTDOWN
+    finally:
+        link.close()
+        worker_ctx.term()
+        wp.close()
+        ctx.term()
