@@ -543,11 +543,16 @@ def _cell_pid(k: Kernel, timeout: float) -> int:
     return int(r.result)
 
 
+#: The process name of relaykernel's worker template (relaykernel/worker/template.py).
+TEMPLATE_NAME = "relay-template"
+
+
 def _role(p: psutil.Process, root: int, cells: int, servers: set[int]) -> str:
-    """What a process of a kernel's tree is there for (from its place and command line).
+    """What a process of a kernel's tree is there for (from its place, name and command line).
 
     A process forked without exec keeps its parent's command line: the standby
-    forked from the fork server reads as one, a snapshot as a worker."""
+    forked from the fork server reads as one, a snapshot as a worker.  The worker
+    template names itself (``relay-template``); its children take their name back."""
     if p.pid == root:
         return "kernel (runs the cells)" if p.pid == cells else "supervisor"
     if p.pid == cells:
@@ -555,6 +560,8 @@ def _role(p: psutil.Process, root: int, cells: int, servers: set[int]) -> str:
     parent = p.ppid()
     if parent == cells:
         return "snapshot (fork of the active worker)"
+    if p.pid in servers and p.name() == TEMPLATE_NAME:
+        return "worker template (fork server and standby)"
     if parent in servers:
         return "standby worker (forked)"
     if "resource_tracker" in " ".join(p.cmdline()):
@@ -577,7 +584,8 @@ def process_memory(k: Kernel, timeout: float) -> list[ProcMemory]:
         with contextlib.suppress(psutil.NoSuchProcess):
             active = psutil.Process(cells)
             procs += [active, *active.children(recursive=True)]
-    servers = {p.pid for p in procs[1:] if p.ppid() == procs[0].pid and "forkserver" in " ".join(p.cmdline())}
+    servers = {p.pid for p in procs[1:] if p.ppid() == procs[0].pid
+               and ("forkserver" in " ".join(p.cmdline()) or p.name() == TEMPLATE_NAME)}
     out = []
     for p in procs:
         try:

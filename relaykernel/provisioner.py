@@ -109,7 +109,9 @@ class RelayProvisioner(LocalProvisioner):
         """Process groups led by the supervisor's workers.  Spawned workers are its
         children, forked ones the children of its fork server, which (like the
         resource tracker) stays in the supervisor's group: so look into the children
-        that lead no group of their own, and collect those that do."""
+        that lead no group of their own, and collect those that do.  Or the children
+        of the worker template (relaykernel/worker/template.py), which leads a group
+        of its own: look into it too."""
         if not self._supervisor_alive():
             return []
         groups: list[int] = []
@@ -120,9 +122,11 @@ class RelayProvisioner(LocalProvisioner):
             except psutil.Error:
                 continue
             for child in children:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, psutil.Error):
                     if os.getpgid(child.pid) == child.pid:
                         groups.append(child.pid)
+                        if child.ppid() == self.pid and child.name() == _TEMPLATE_NAME:
+                            in_our_group.append(child.pid)  # its children are the workers
                     else:
                         in_our_group.append(child.pid)
         return groups
@@ -142,6 +146,10 @@ class RelayProvisioner(LocalProvisioner):
         if swapping and self._supervisor_alive():
             return self.connection_info
         return await super().launch_kernel(cmd, **kwargs)
+
+
+#: The worker template's process name (relaykernel/worker/template.py: NAME).
+_TEMPLATE_NAME = "relay-template"
 
 
 def _groups_marked(candidates: set[int], groups_dir: str) -> set[int]:

@@ -49,16 +49,17 @@ class Supervisor(Application):
                  "file. Loopback by default: only this machine can reach the kernel.")
     transport = CaselessStrEnum(["tcp", "ipc"], "tcp", config=True, help="zmq transport for new connection files.")
     standby_workers = Integer(1, min=-1, config=True, help="Warm workers kept ready (shell built) "
-                              "so a crashed or restarted worker is replaced in milliseconds; each "
-                              "costs ~11 MB of its own (~15 MB PSS). -1: one, but none while the "
-                              "worker holds a snapshot (which takes over after a crash; a restart "
-                              "then waits ~25-60 ms for a fork). 0 on the command line: no fork "
+                              "so a crashed or restarted worker is replaced in milliseconds. The worker "
+                              "template counts as one (a new worker is a ~10 ms fork of it); each more "
+                              "is a forked worker that costs ~3 MB of its own. Without the template: "
+                              "each costs ~11 MB of its own (~15 MB PSS); -1: one, but none while the "
+                              "worker holds a snapshot. 0 on the command line: no template nor fork "
                               "server either (new workers are spawned: ~0.5 s).")
-    worker_template = Bool(False, config=True, help="Fork workers from a worker template: one process "
-                           "that has built its shell, as a standby has, and that the workers share their "
-                           "pages with, as with a fork server; it stands in for both (and for one standby "
-                           "worker: standby_workers counts it). Command line only: read before the first "
-                           "worker starts.")
+    worker_template = Bool(True, config=True, help="Fork workers from the worker template: one process "
+                           "that has built its shell, as a standby has, and whose pages the workers "
+                           "share, as with a fork server; it stands in for both, and for one standby "
+                           "worker (standby_workers counts it). False: multiprocess's fork server and "
+                           "forked standbys. Command line only: read before the first worker starts.")
     interrupt_grace = Float(5.0, config=True, help="Seconds a cell may ignore an interrupt "
                             "(native code that does not check signals) before the worker is replaced.")
     subshell_overlap_after = Float(1.0, config=True, help="Seconds a request must have run before a "
@@ -194,14 +195,14 @@ class Supervisor(Application):
             self._write_connection_file(info, sockets.ports, heartbeat.port, early.key)
         os.environ[CONNECTION_FILE_ENV] = os.path.abspath(self.connection_file)
         private_dir = early.private_dir
-        first_worker = early.first_worker()  # forked once the fork server has IPython loaded
+        first_worker = early.first_worker()  # forked once the fork server has IPython loaded (None: the template's)
         held = early.responder.handover() if early.responder else None  # the sockets are ours now
         try:
             loop = SupervisorLoop(
                 ctx=ctx, signer=early.signer, verifier=early.verifier or Verifier(early.signer),
                 sockets=sockets, private_dir=private_dir,
                 worker_config=dataclasses.replace(
-                    first_worker.config, snapshots=self.snapshots,
+                    early.worker_config, snapshots=self.snapshots,
                     snapshot_max_memory=int(self.snapshot_max_memory * GIB)),
                 first_worker=first_worker, launcher=early.launcher, held=held,
                 settings=Settings(

@@ -44,13 +44,13 @@ from .sockets import Incoming, KernelSockets, SocketOptions, TransportError, Ver
 log = LazyLogger("relaykernel.supervisor")
 
 _CONNECTION_FILE_FLAGS = ("-f", "--f", "--Supervisor.connection_file")
-#: ``0`` there: no standby, hence no fork server (a config file is read too late for
-#: the first worker, which is then forked, and the server stays for its successors)
+#: ``0`` there: no standby, hence no worker template nor fork server (a config file is
+#: read too late for the first worker, which is then forked, and the template stays)
 _STANDBY_FLAGS = ("--Supervisor.standby_workers", "--standby-workers")
 #: Supervisor.worker_template on the command line (read before the first worker starts)
 _TEMPLATE_FLAGS = ("--Supervisor.worker_template",)
 #: Supervisor.worker_template when the command line does not say
-TEMPLATE_DEFAULT = False
+TEMPLATE_DEFAULT = True
 #: Socket options that must be known before the sockets bind, which is before
 #: the Application reads config files: only the command line can set them.
 _SOCKET_OPTION_FLAGS = {"iopub_queue_limit": "--Supervisor.iopub_queue_limit",
@@ -190,8 +190,13 @@ class EarlyStart:
     def first_worker(self) -> Any:
         """The first WorkerProcess: forked from the fork server, once that has imported
         IPython (it started with this step, so by now, or soon), else spawned.  Main
-        thread, before the loop runs (the responder still answers kernel_info)."""
-        if self.worker is None:
+        thread, before the loop runs (the responder still answers kernel_info).
+
+        None with the worker template: the pool forks the first worker once the
+        template is READY (its startup files may take long: the loop, which answers
+        every request, interrupts included, runs meanwhile)."""
+        if self.worker is None and not (self.launcher is not None and self.launcher.uses_template
+                                        and self.launcher.state.value != "failed"):
             from .launcher import WARM_UP_LIMIT
             from .worker_process import WorkerProcess
 

@@ -1,27 +1,35 @@
-"""How worker processes start: forked from a server that has IPython loaded, or spawned.
+"""How worker processes start: forked from the worker template or the fork server, or spawned.
 
 A spawned worker is a fresh interpreter that imports IPython and relaykernel's
-worker before it can say READY: ~0.4 s of a core.  ``multiprocess``'s fork
-server imports those modules once; a worker forked from it only builds its
-shell, and shares the server's pages (IPython's modules, the interpreter's
-heap) instead of holding a copy of its own.
+worker before it can say READY: ~0.4 s of a core.  By default the supervisor
+starts one worker template (:class:`Template`, relaykernel/worker/template.py):
+a worker spawned with ``multiprocess`` that imports those modules and builds its
+shell once, then never runs a request.  Each worker is forked from it on demand
+(the first one, after a crash with no snapshot to promote, at a restart, a
+spare): ~10 ms to READY, and the workers share the template's pages (IPython's
+modules, the interpreter's heap, the built shell) instead of holding a copy.  So
+the one process is both the fork server and the standby the kernel had before.
 
-The early step starts the server before anything else is imported
+With ``--Supervisor.worker_template=False``, ``multiprocess``'s fork server
+imports the modules once and every worker is forked from it and builds its own
+shell; a standby worker waits beside the active one.
+
+The early step starts the template (or server) before anything else is imported
 (supervisor/early.py), and the first worker is forked from it once the
-supervisor has loaded the rest; so are the spares and every later worker.
-Where the server cannot start, dies before its first fork, or is not wanted
-(``--Supervisor.standby_workers=0`` on the command line), workers are spawned.
-A server that dies later is started again (at most MAX_WARM_UPS times in
-all); until it answers, the loop waits for it instead of spawning a spare
-that would import IPython alongside it.
+supervisor has loaded the rest.  Where neither can start, dies before its first
+fork, or is not wanted (``--Supervisor.standby_workers=0`` on the command line),
+workers are spawned.  One that dies later is started again (at most
+MAX_WARM_UPS times in all); until it answers, the loop waits for it instead of
+spawning a spare that would import IPython alongside it.
 
-The server is started with what a spawned worker starts with (SIGINT ignored,
-huge pages for glibc's malloc), so forked workers inherit the same.  It leaves
-on its own when the supervisor's end of its "alive" pipe closes (every worker
-closes its copy, see ``worker.main``), even if the supervisor is SIGKILLed;
-forked workers then die with it (``PR_SET_PDEATHSIG``).
+The template and the server are started with what a spawned worker starts with
+(SIGINT ignored, huge pages for glibc's malloc), so forked workers inherit the
+same.  Both die with the supervisor, even a SIGKILLed one: the template as any
+spawned worker (``PR_SET_PDEATHSIG``, worker/main.py); the server when the
+supervisor's end of its "alive" pipe closes.  A template's workers watch the
+supervisor through a pidfd, and outlive a template that dies; a server's die
+with it (``PR_SET_PDEATHSIG``).
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -378,7 +386,7 @@ class Template:
         self.link = self._bind(ctx, self.endpoint)
         self._bind(ctx, self.endpoint + wire.SIDE_SUFFIX)
         self.config = dataclasses.replace(config, endpoint=self.endpoint, number=0, progress_file="",
-                                          crash_log=os.path.join(private_dir, f"crash-template-{serial}"))
+                                          crash_log=os.path.join(private_dir, f"template-{serial}.crash"))
         #: exit codes of the template's children (EXITED), by pid
         self.statuses: dict[int, int] = {}
         self.process: Any = WorkerLauncher.spawn_context.Process(

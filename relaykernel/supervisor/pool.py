@@ -93,6 +93,8 @@ class WorkerPool:
             if ready is not None:
                 self.spares.remove(ready)
                 self._activate(ready)
+            elif self.launcher.uses_template and self.launcher.waiting_for_server():
+                pass  # the template forks one once READY (fork_server_answered), or fails in time
             elif not any(w.state is WorkerState.STARTING for w in self.spares):
                 # none starting, and any ready one is dead: its sentinel is next in the poll
                 self._start_worker()

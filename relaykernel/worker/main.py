@@ -50,6 +50,10 @@ _abandoned: list[asyncio.AbstractEventLoop] = []
 def serve(config: WorkerConfig, template: bool = False) -> None:
     """Be a worker; with ``template``, the worker template (template.py): built as a
     worker is up to READY, then it forks the workers, each of which goes on here."""
+    if template:
+        from .template import name_process
+
+        name_process()
     # The supervisor spawned us with SIGINT ignored, so an interrupt aimed at its
     # process group could not kill us half-started; our own group keeps it so, and
     # the kernel's InterruptGate takes SIGINT over once it exists.
@@ -150,6 +154,9 @@ def _restored(kernel: WorkerKernel, link: Link, side: SideChannel, wake: wire.Wa
     # started outside any request, as the worker's were: they follow the latest request
     no_parent = kernel.messenger.set_thread_parent({})
     link.reopen(wake["endpoint"])
+    # the new context's IO thread, as serve() does the first one's; by a thread of its
+    # own: the IO thread may take a few ms to name itself, and READY must not wait
+    threading.Thread(target=batch_io_threads, name="relaykernel-batch-io", daemon=True).start()
     kernel.subshells.forget()
     side.reopen(link.context, wake["endpoint"])
     become_worker(kernel, wake, supervisor_fd)

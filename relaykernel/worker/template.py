@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, cast
 
 from .. import wire
+from .snapshot import _plumbing
 
 if TYPE_CHECKING:
     from .kernel import WorkerKernel
@@ -56,7 +57,6 @@ def serve_as_template(kernel: WorkerKernel, link: Link, snapshots: Snapshots,
     asked it to become (main.py rebuilds the worker from that)."""
     # opened after Snapshots listed the plumbing: the children keep it (snapshot.py)
     supervisor_fd = os.pidfd_open(supervisor_pid)
-    own_name = _set_name(NAME)
     forked = threading.Event()
     with _main_thread_signals_blocked():  # the reaper must not take the main thread's signals
         threading.Thread(target=_reap, args=(link, forked), name="relaykernel-template-reaper",
@@ -68,15 +68,29 @@ def serve_as_template(kernel: WorkerKernel, link: Link, snapshots: Snapshots,
         wake = cast(wire.WakeMeta, lm.meta)
         kernel.flush_streams()  # nothing of the template's is the child's to send
         gc.freeze()  # a worker's collections then leave the pages it shares with the template alone
+        # what the child closes: the template's link, side socket and pipes as they are
+        # now (listed at READY, a number may have been closed and reused since: by the
+        # supervisor's pidfd, say, which the child keeps)
+        snapshots._plumbing = _plumbing() - {supervisor_fd}
         pid = os.fork()
         if pid == 0:
             os.setpgid(0, 0)  # interrupts reach the worker and the programs it starts, as one group
-            snapshots._close_plumbing()  # the template's link, side socket and pipes are not the child's
-            _set_name(own_name)
+            snapshots._close_plumbing()
+            _set_name(_own_name[0] if _own_name else "python")
             snapshots.supervisor_fd = supervisor_fd
             return wake
         forked.set()
         link.send(wire.FORKED, {"pid": pid, "number": int(wake.get("number", 0))})
+
+
+#: the process name the template had before it took NAME (its children take it back)
+_own_name: list[str] = []
+
+
+def name_process() -> None:
+    """Name this process NAME (at the template's start, so that ``ps`` tells it apart
+    from a worker while it builds its shell)."""
+    _own_name.append(_set_name(NAME))
 
 
 def _reap(link: Link, forked: threading.Event) -> None:

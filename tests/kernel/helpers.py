@@ -227,10 +227,12 @@ def _kernel_pid(km: KernelManager) -> int:
 
 
 def fork_server(supervisor_pid: int) -> psutil.Process | None:
-    """The supervisor's worker fork server (relaykernel/supervisor/launcher.py), if running."""
+    """The process the supervisor's workers are forked from, if running: the worker
+    template (relaykernel/worker/template.py, named ``relay-template``), or with
+    ``--Supervisor.worker_template=False`` the fork server (supervisor/launcher.py)."""
     for child in psutil.Process(supervisor_pid).children():
         try:
-            if "multiprocess.forkserver" in " ".join(child.cmdline()):
+            if child.name() == "relay-template" or "multiprocess.forkserver" in " ".join(child.cmdline()):
                 return child
         except psutil.Error:
             pass
@@ -243,7 +245,7 @@ def worker_processes(supervisor_pid: int) -> list[psutil.Process]:
     found = []
     try:
         for child in psutil.Process(supervisor_pid).children():
-            if "spawn_main" in " ".join(child.cmdline()):
+            if "spawn_main" in " ".join(child.cmdline()):  # the template too: a worker, built
                 found.append(child)
         server = fork_server(supervisor_pid)
         if server is not None:

@@ -1,12 +1,16 @@
-"""Workers forked from the fork server (relaykernel/supervisor/launcher.py).
+"""Workers forked from the worker template or the fork server (relaykernel/supervisor/launcher.py).
 
-relaykernel forks its workers, the first one included, from a server that has
-IPython imported, so a spare is ready in milliseconds, crashes in a row do not
-wait for one, and the workers share the server's pages.  These tests check what
-users rely on with such workers: they run cells, are interrupted, are replaced
-after crashes one after another, and nothing outlives the kernel, even when the
-supervisor or the server is killed; and where there is no server (none wanted,
-or it cannot start), workers are spawned and the kernel runs as well.
+relaykernel forks its workers, the first one included, from a process that has
+IPython imported: the worker template (relaykernel/worker/template.py, which has
+its shell built too and stands in for the standby), or, with
+``--Supervisor.worker_template=False``, multiprocess's fork server and a forked
+standby.  So a worker is ready in milliseconds, crashes in a row do not wait for
+one, and the workers share that process's pages.  These tests check what users
+rely on with such workers, in both structures: they run cells, are interrupted,
+are replaced after crashes one after another, and nothing outlives the kernel,
+even when the supervisor or the template (server) is killed; and where there is
+neither (none wanted, or it cannot start), workers are spawned and the kernel
+runs as well.
 """
 
 from __future__ import annotations
@@ -68,10 +72,23 @@ def _start_sleeping_cell(kc) -> str:
 #: Snapshots off: after a crash a forked spare takes over, not the crashed worker's
 #: snapshot (tests/kernel/test_snapshots.py covers those).
 NO_SNAPSHOTS = ("--Supervisor.snapshots=False",)
+#: multiprocess's fork server and a forked standby rather than the worker template.
+FORK_SERVER = ("--Supervisor.worker_template=False",)
+
+
+def _multiprocess_fork_server(supervisor_pid: int) -> psutil.Process | None:
+    """multiprocess's fork server among the supervisor's children (never the template)."""
+    for child in psutil.Process(supervisor_pid).children():
+        try:
+            if "multiprocess.forkserver" in " ".join(child.cmdline()):
+                return child
+        except psutil.Error:
+            pass
+    return None
 
 
 def _start_with_a_forked_spare(kernel_name: str = "") -> KernelHandle:
-    h = start_kernel(kernel_name or install_spec("relaykernel-no-snapshots", NO_SNAPSHOTS))
+    h = start_kernel(kernel_name or install_spec("relaykernel-fork-server-no-snapshots", (*FORK_SERVER, *NO_SNAPSHOTS)))
     try:
         execute_ok(h.kc, "1")
         wait_for(lambda: _forked_spare(h.pid), 60, what="a spare forked from the fork server")
@@ -155,10 +172,14 @@ def test_a_killed_fork_server_takes_its_workers_and_the_kernel_goes_on(handle):
     assert pid_exists(handle.pid)
 
 
-def test_a_forced_shutdown_takes_the_programs_a_forked_worker_started():
+@pytest.mark.parametrize("structure", ["fork-server", "template"])
+def test_a_forced_shutdown_takes_the_programs_a_forked_worker_started(structure):
     """shutdown_kernel(now=True) through the relaykernel provisioner kills each worker's
-    process group, forked workers' (children of the fork server) as well as spawned ones'."""
-    handle = _start_with_a_forked_spare(install_spec("relaykernel-provisioned-no-snapshots", NO_SNAPSHOTS))
+    process group, forked workers' (children of the fork server, or of the worker
+    template, which leads a group of its own) as well as spawned ones'."""
+    flags = FORK_SERVER if structure == "fork-server" else ("--Supervisor.worker_template=True",)
+    handle = _start_with_a_forked_spare(install_spec(f"relaykernel-provisioned-{structure}-no-snapshots",
+                                                     (*flags, *NO_SNAPSHOTS)))
     child = None
     try:
         _crash(handle.kc)
@@ -237,7 +258,7 @@ def test_the_first_worker_is_forked_from_the_fork_server():
     """From the start, the worker that runs the cells is a child of the fork server,
     as the standby is: both share the server's pages (IPython is imported once)
     instead of the first worker importing it again in an interpreter of its own."""
-    handle = start_kernel()
+    handle = start_kernel(install_spec("relaykernel-fork-server", FORK_SERVER))
     try:
         worker = handle.worker_pid()
         server = fork_server(handle.pid)
@@ -262,7 +283,7 @@ def test_without_a_standby_on_the_command_line_workers_are_spawned():
         second = handle.worker_pid()
         assert second != first
         assert [p.pid for p in _spawned_workers(handle.pid)] == [second]
-        assert fork_server(handle.pid) is None
+        assert fork_server(handle.pid) is None and _multiprocess_fork_server(handle.pid) is None
     finally:
         stop_kernel(handle)
 
@@ -281,7 +302,7 @@ def test_a_fork_server_that_cannot_start_leaves_the_first_worker_spawned(tmp_pat
     without waiting for the server's time limit, and so is the standby; the dead
     server is reaped (not left a zombie for the kernel's life)."""
     (tmp_path / "sitecustomize.py").write_text(_SERVER_DIES)
-    handle = start_kernel(env={"PYTHONPATH": str(tmp_path)})
+    handle = start_kernel(install_spec("relaykernel-fork-server", FORK_SERVER), env={"PYTHONPATH": str(tmp_path)})
     try:
         assert evaluate(handle.kc, "6 * 7") == "42"
         worker = handle.worker_pid()
@@ -306,7 +327,8 @@ def _standbys(supervisor_pid: int, active: int) -> list[int]:
 def test_with_standby_workers_minus_one_the_snapshot_stands_in_for_the_standby():
     """``--Supervisor.standby_workers=-1``: no standby while the worker holds a
     snapshot (a crash wakes the snapshot), one again as soon as it holds none."""
-    handle = start_kernel(install_spec("relaykernel-standby-auto", ("--Supervisor.standby_workers=-1",)))
+    handle = start_kernel(install_spec("relaykernel-fork-server-standby-auto",
+                                       (*FORK_SERVER, "--Supervisor.standby_workers=-1")))
     try:
         execute_ok(handle.kc, "x = 1")
         active = handle.worker_pid()
@@ -383,7 +405,7 @@ def test_the_template_forks_the_first_worker_and_stands_in_for_the_standby():
         assert template is not None
         assert psutil.Process(worker).ppid() == template.pid
         assert psutil.Process(worker).name() != TEMPLATE_NAME
-        assert fork_server(handle.pid) is None
+        assert _multiprocess_fork_server(handle.pid) is None
         assert _spawned_workers(handle.pid) == []
         assert evaluate(handle.kc, "__import__('os').getpgid(0) == __import__('os').getpid()") == "True"
         wait_for(lambda: psutil.Process(worker).children(), 30, what="the worker's snapshot (its child)")
@@ -501,7 +523,7 @@ def test_with_the_template_and_no_standby_on_the_command_line_workers_are_spawne
         _crash(handle.kc)
         second = handle.worker_pid()
         assert [p.pid for p in _spawned_workers(handle.pid)] == [second]
-        assert template_of(handle.pid) is None and fork_server(handle.pid) is None
+        assert template_of(handle.pid) is None and _multiprocess_fork_server(handle.pid) is None
     finally:
         stop_kernel(handle)
 

@@ -82,3 +82,18 @@ def _ignored_signals(pid: int) -> set[int]:
     with open(f"/proc/{pid}/status") as f:
         mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
     return {n for n in range(1, 65) if mask & (1 << (n - 1))}
+
+
+@pytest.mark.parametrize(("args", "wanted"), [
+    ([], True),  # the default: early.TEMPLATE_DEFAULT
+    (["--Supervisor.worker_template=False"], False),
+    (["--Supervisor.worker_template", "false"], False),
+    (["--Supervisor.worker_template=True"], True),
+    (["--Supervisor.worker_template", "--debug"], True),  # the flag alone
+    (["--Supervisor.worker_template=0", "-f", "k.json"], False),
+])
+def test_the_worker_template_is_read_from_the_command_line(args, wanted):
+    """Before the first worker starts (early.py), so a config file cannot say."""
+    from relaykernel.supervisor.early import template_wanted
+
+    assert template_wanted(args) is wanted
