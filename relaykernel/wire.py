@@ -45,6 +45,7 @@ processes can use it.
 from __future__ import annotations
 
 import json
+import signal
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple
@@ -131,6 +132,13 @@ BESIDE_CELL: Final = "relaykernel:beside-cell"
 
 #: The side socket's endpoint is the link's plus this.
 SIDE_SUFFIX: Final = "-side"
+
+#: Not a message but a signal: a worker writes its main thread's Python stack to
+#: its crash log when it gets this one (faulthandler, so even a thread stuck in C
+#: code answers).  The supervisor sends it to a worker that ignored an interrupt
+#: for the grace period, just before replacing it: the error then says where the
+#: cell was stuck.
+STACK_SIGNAL: Final = signal.SIGUSR2
 
 
 #: Jupyter message types of comm traffic (either direction).

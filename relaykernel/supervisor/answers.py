@@ -7,6 +7,7 @@ each; a handler only replies (and acts).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
     from .sockets import Incoming
 
 log = logging.getLogger("relaykernel.supervisor")
+
+#: Seconds between asking a worker that ignored an interrupt for its stack
+#: (wire.STACK_SIGNAL) and replacing it: faulthandler writes it in well under 1 ms.
+STACK_WAIT = 0.1
 
 
 class Answers:
@@ -101,12 +106,22 @@ class Answers:
         if any(queue is not self.flow.queue for queue, _ in running):  # kernel-wide: subshells too
             worker.send(wire.encode(wire.INTERRUPT), side=True)
         if running and self.interrupt_grace > 0:
-            def hard_interrupt() -> None:
-                if self.pool.active is worker and any(queue.current is r for queue, r in running):
-                    log.warning("worker ignored SIGINT for %.1fs; replacing it", self.interrupt_grace)
+            def still_running() -> bool:
+                return self.pool.active is worker and any(queue.current is r for queue, r in running)
+
+            def replace() -> None:
+                if still_running():
                     self.recovery.replace_active(
                         f"the cell did not stop within {self.interrupt_grace:g} s of the interrupt,"
                         " so the worker was replaced")
+
+            def hard_interrupt() -> None:
+                if still_running():
+                    log.warning("worker ignored SIGINT for %.1fs; replacing it", self.interrupt_grace)
+                    # where the cell is stuck goes to the worker's crash log, then into its error
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(worker.pid, wire.STACK_SIGNAL)
+                    self.timers.after(STACK_WAIT, replace)
             self.timers.after(self.interrupt_grace, hard_interrupt)
 
     def interrupt_waiting(self, among: list[Incoming] | None = None) -> None:

@@ -101,7 +101,9 @@ class Recovery:
         if restart:  # a deliberate reset: the next worker starts empty
             self.pool.drop_snapshot(worker)
         rollback = None if restart else self._roll_back(worker)
-        death = Death(self.pool.exit_of(worker, timeout=2.0), reason=reason, restart=restart,
+        # a worker replaced past its interrupt's grace wrote its stack there (answers.py)
+        crash_log = "" if restart else read_crash_log(worker.config.crash_log)
+        death = Death(self.pool.exit_of(worker, timeout=2.0), reason=reason, restart=restart, crash_log=crash_log,
                       unread_output=worker.unread_output(), rollback=rollback)
         running = worker.requests_running()
         worker.close()

@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import faulthandler
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from typing import TextIO
+
+from .. import wire
 
 
 class InterruptGate:
@@ -119,3 +123,21 @@ class InterruptGate:
                 self._on_interrupt()
             else:
                 raise self.memory_error()
+
+
+#: The signals only the main thread may take (every other thread of the worker
+#: blocks them): SIGINT (an interrupt) and SIGUSR1 (the soft memory limit) raise in
+#: the cell, wire.STACK_SIGNAL writes the cell's stack.  Linux hands a process's
+#: signal to any thread that does not block it, and one handed to a helper thread
+#: would leave a cell in time.sleep() or a blocking call asleep.
+MAIN_THREAD_SIGNALS = frozenset({signal.SIGINT, signal.SIGUSR1, wire.STACK_SIGNAL})
+
+
+def write_stack_on_signal(crash_log: TextIO) -> None:
+    """Write the main thread's Python stack to ``crash_log`` on wire.STACK_SIGNAL.
+
+    faulthandler writes it from the C signal handler, so a cell stuck in a C call
+    that never returns to Python (a lock, a native loop, a sleep with SIGINT
+    ignored) still says where it is.  The signal must be blocked in every other
+    thread (main.py), or the stack written would be a helper thread's."""
+    faulthandler.register(wire.STACK_SIGNAL, file=crash_log, all_threads=False, chain=False)

@@ -28,6 +28,7 @@ from ..signing import Signer
 from ..spawn import WorkerConfig
 from . import cell_names
 from .debugger import Debugger
+from .interrupts import MAIN_THREAD_SIGNALS, write_stack_on_signal
 from .link import Link
 from .messages import Messenger, record_thread_parents
 from .side import SideChannel
@@ -40,7 +41,7 @@ if TYPE_CHECKING:  # at run time imported in serve(), once the streams are captu
 log = logging.getLogger("relaykernel.worker")
 
 #: Signals for the main thread only (see serve).
-_MAIN_THREAD_SIGNALS = frozenset({signal.SIGINT, signal.SIGUSR1})
+_MAIN_THREAD_SIGNALS = MAIN_THREAD_SIGNALS
 #: os._exit before the worker wraps it (a restored snapshot wraps it again)
 _REAL_EXIT = os._exit
 #: event loops of the worker a snapshot was forked from (see _serve_forever)
@@ -73,6 +74,7 @@ def serve(config: WorkerConfig, template: bool = False) -> None:
     crash_log = open(os.open(config.crash_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),  # noqa: SIM115
                      "w")  # lives as long as the process
     faulthandler.enable(file=crash_log, all_threads=False)
+    write_stack_on_signal(crash_log)  # where a cell ignoring an interrupt is stuck
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 3000))
 
     ctx = zmq.Context()

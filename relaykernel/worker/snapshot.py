@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import wire
 from ..heap import release_freed_memory
+from .interrupts import MAIN_THREAD_SIGNALS, write_stack_on_signal
 
 if TYPE_CHECKING:
     from .kernel import WorkerKernel
@@ -410,7 +411,7 @@ class Snapshots:
             if not wait:  # SIGINT and SIGUSR1 are the main thread's (main.py): blocked in the reaper
                 reaper = threading.Thread(target=self._reap_one, args=(pid, True), name="relaykernel-snapshot-reaper",
                                           daemon=True)
-                mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGUSR1})
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
                 try:
                     reaper.start()
                 finally:
@@ -666,6 +667,7 @@ def become_worker(kernel: WorkerKernel, wake: wire.WakeMeta, supervisor_fd: int)
     crash_log = open(os.open(wake["crash_log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),  # noqa: SIM115
                      "w")  # lives as long as the process
     faulthandler.enable(file=crash_log, all_threads=False)
+    write_stack_on_signal(crash_log)
     _reconnect_history(kernel.shell)
 
 

@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, cast
 
 from .. import wire
+from .interrupts import MAIN_THREAD_SIGNALS
 from .snapshot import _plumbing
 
 if TYPE_CHECKING:
@@ -111,8 +112,7 @@ def _reap(link: Link, forked: threading.Event) -> None:
 
 @contextlib.contextmanager
 def _main_thread_signals_blocked() -> Iterator[None]:
-    signals = {signal.SIGINT, signal.SIGUSR1}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
     try:
         yield
     finally:

@@ -38,6 +38,7 @@ from tests.kernel.crash_helpers import (
 )
 from tests.kernel.helpers import (
     Deadline,
+    collect_iopub_until_idle,
     evaluate,
     execute,
     execute_ok,
@@ -406,6 +407,9 @@ def test_interrupt_ignored_replaces_the_worker(relay) -> None:
     assert content["status"] == "error" and content["ename"] == "WorkerDied", content
     assert "replaced" in content["evalue"] and "interrupt" in content["evalue"], content
     assert 0.9 <= elapsed < 5, elapsed
+    # where the cell was stuck: its main thread's stack, written when the grace ran out
+    said = stream_text(collect_iopub_until_idle(kc, msg_id, timeout=10), "stderr")
+    assert "Last words of the worker" in said and "line 4 in <module>" in said, said
     _, iopub = execute_ok(kc, "1+1")
     assert of_type(iopub, "execute_result")[0]["content"]["data"]["text/plain"] == "2"
     assert h.worker_pid() != old_worker
@@ -436,7 +440,8 @@ def blocked(path):
     for line in open(path):
         if line.startswith('SigBlk:'):
             mask = int(line.split()[1], 16)
-            return {'SIGINT': bool(mask & (1 << 1)), 'SIGUSR1': bool(mask & (1 << 9))}
+            return {'SIGINT': bool(mask & (1 << 1)), 'SIGUSR1': bool(mask & (1 << 9)),
+                    'SIGUSR2': bool(mask & (1 << 11))}
 masks = {}
 for tid in os.listdir('/proc/self/task'):
     name = open(f'/proc/self/task/{tid}/comm').read().strip()
@@ -451,12 +456,12 @@ def test_interrupts_can_only_land_on_the_main_thread(kernel) -> None:
     one that lands on a helper thread leaves the cell asleep (time.sleep, a blocking
     call) until the grace period replaces the worker.  Every thread the worker has
     before user code runs (its own, libzmq's, IPython's history thread) blocks
-    SIGINT and SIGUSR1; the main thread does not."""
+    SIGINT, SIGUSR1 and SIGUSR2 (wire.STACK_SIGNAL); the main thread does not."""
     import json
 
     _, iopub = execute_ok(kernel.kc, THREAD_SIGNAL_MASKS)
     masks = json.loads(stream_text(iopub))
     assert len(masks) >= 4, masks  # main, fd reader, flush ticker, libzmq's, ...
     for thread, (is_main, blocked) in masks.items():
-        expected = {"SIGINT": not is_main, "SIGUSR1": not is_main}
+        expected = {"SIGINT": not is_main, "SIGUSR1": not is_main, "SIGUSR2": not is_main}
         assert blocked == expected, (thread, masks)
