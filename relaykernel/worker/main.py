@@ -115,6 +115,7 @@ def serve(config: WorkerConfig, template: bool = False) -> None:
     compat.install(ZMQInteractiveShell)
     kernel.shell = shell
     app.start_shell()  # extensions, startup files, exec_lines, as ipykernel before it is ready
+    _mask_history_thread_after_forks(shell, template)
     os._exit = _exit_after_flushing(kernel, link, _REAL_EXIT)  # type: ignore[assignment]
     side.start()  # with the main thread's signals blocked: its thread inherits that
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _MAIN_THREAD_SIGNALS)
@@ -136,6 +137,34 @@ def serve(config: WorkerConfig, template: bool = False) -> None:
         snapshots.restored()
     snapshots.drop()
     os._exit(0)  # after flushing, as for user code
+
+
+def _mask_history_thread_after_forks(shell: Any, template: bool) -> None:
+    """Start IPython's history-saving thread again after each fork, with the main
+    thread's signals blocked.
+
+    IPython stops that thread before every fork (``os.register_at_fork``) and starts
+    it again from the next cell that stores its input -- a thread started by user code,
+    so with SIGINT unblocked.  Linux may then hand an interrupt to it rather than to the
+    main thread, and a cell asleep in ``await`` or ``time.sleep`` stays asleep until the
+    supervisor replaces the worker.  A worker forks for each snapshot, so this is a
+    race in every session.  The template forks workers but runs no cells: it needs no
+    history thread of its own (its children inherit this hook)."""
+    template_pid = os.getpid() if template else None
+
+    def restart_masked() -> None:
+        hm = getattr(shell, "history_manager", None)
+        if os.getpid() == template_pid or hm is None or hm.save_thread is not None:
+            return
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)
+        try:
+            hm._restart_thread_if_stopped()
+        except Exception as e:  # noqa: BLE001 - the next cell would try again, unmasked
+            log.debug("history thread not restarted after a fork: %s", e)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    os.register_at_fork(after_in_parent=restart_masked)
 
 
 def _open_side(kernel: WorkerKernel, ctx: zmq.Context, endpoint: str) -> SideChannel:

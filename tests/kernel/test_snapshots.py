@@ -228,6 +228,28 @@ def test_a_restored_worker_takes_interrupts_and_awaits(relay) -> None:
     assert evaluate(h.kc, "n") == "41"
 
 
+def test_threads_restarted_after_a_snapshot_leave_interrupts_to_the_main_thread(relay) -> None:
+    """IPython stops its history-saving thread before every fork and the next cell
+    starts it again -- with SIGINT unblocked, so an interrupt could land on it and leave
+    an awaiting cell asleep until the grace period replaced the worker (seen in CI,
+    test_interrupting_an_awaiting_cell_keeps_the_worker).  After a snapshot every thread
+    but the main one still blocks the main thread's signals."""
+    import json
+
+    from tests.kernel.test_crash import THREAD_SIGNAL_MASKS
+
+    h = relay.start(KERNEL_NAME)
+    worker = _define_and_snapshot(h)
+    execute_ok(h.kc, "m = n + 1")  # a cell after the snapshot stores its input
+    _, iopub = execute_ok(h.kc, THREAD_SIGNAL_MASKS)
+    masks = json.loads(stream_text(iopub))
+    assert len(masks) >= 4, masks
+    for thread, (is_main, blocked) in masks.items():
+        expected = {"SIGINT": not is_main, "SIGUSR1": not is_main, "SIGUSR2": not is_main}
+        assert blocked == expected, (thread, masks)
+    assert _worker_pid(h.kc) == worker
+
+
 def test_widgets_in_a_restored_worker_take_the_latest_state(relay) -> None:
     """The slider object of the snapshot is the one that comes back, with the value the
     frontend gave it after the snapshot; moving it afterwards still reaches it."""
