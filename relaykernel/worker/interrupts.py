@@ -70,21 +70,39 @@ class InterruptGate:
         if self._open:
             yield
             return
-        self._open = True
-        self._on_interrupt = on_interrupt
-        if on_interrupt is None:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        else:
-            signal.signal(signal.SIGINT, lambda signum, frame: on_interrupt())
+        # signal.signal() first runs the handlers of signals already caught, so an
+        # interrupt may raise on the way in (it interrupts this cell: fine) or on the
+        # way out; the gate's state is set and reset where no exception can skip it.
         try:
+            self._open = True
+            self._on_interrupt = on_interrupt
+            if on_interrupt is None:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            else:
+                signal.signal(signal.SIGINT, lambda signum, frame: on_interrupt())
             if self._pending:
                 self._pending = False
                 os.kill(os.getpid(), signal.SIGINT)  # raised at the next bytecode, in the cell
             yield
         finally:
-            signal.signal(signal.SIGINT, self._on_sigint)
-            self._open = False
+            self._open = False  # first: a store runs no signal handler
             self._on_interrupt = None
+            self._close()
+
+    def _close(self) -> None:
+        """Put the gate's own SIGINT handler back.  A SIGINT caught just as user code
+        ended is run by the handler being replaced (Python's, which raises), inside
+        ``signal.signal``: before this loop, that KeyboardInterrupt left the cell's
+        handler installed, and the next interrupt killed the idle worker (seen under
+        load: one worker in ~13 lost to 20 interrupts racing short cells).  Such a
+        late interrupt is remembered as one that came between the request's steps."""
+        while True:
+            try:
+                signal.signal(signal.SIGINT, self._on_sigint)
+                return
+            except KeyboardInterrupt:
+                if not self._idle:
+                    self._pending = True
 
     @contextlib.contextmanager
     def _thread_user_code(self, on_interrupt: Callable[[], None] | None) -> Iterator[None]:
