@@ -70,6 +70,9 @@ def keep_freed_memory() -> bool:
 def release_freed_memory() -> None:
     """Give freed heap pages back to the system (glibc ``malloc_trim``), in every
     arena, libzmq's IO thread's included.  A no-op where there is no glibc."""
+    from .transport import trim_regions  # the supervisor's shared regions (none in a worker)
+
+    trim_regions()
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
