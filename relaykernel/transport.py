@@ -38,6 +38,8 @@ from typing import Any
 
 import zmq
 
+from . import wire
+
 log = logging.getLogger("relaykernel.transport")
 
 #: SO_SNDBUF and SO_RCVBUF asked for on each end of the link (capped by the system)
@@ -187,7 +189,7 @@ class SharedOut:
         self.busy: Any = None
         self.enabled = hasattr(os, "memfd_create")
 
-    def place(self, frames: list[Any], first: int, owner: Any) -> dict[str, Any] | None:
+    def place(self, frames: list[Any], first: int, owner: Any) -> wire.SharedSpec | None:
         """Copy the buffers of ``frames[first:]`` that are SHARED_MIN or larger into the
         region, replacing each with ``b""`` in ``frames``; returns the spec for the
         REQUEST's meta, or None (nothing large, the region busy or unavailable)."""
@@ -204,7 +206,7 @@ class SharedOut:
             self.close()
             self.enabled = False
             return None
-        places = []
+        places: list[list[int]] = []
         offset = 0
         for i in big:
             view = _frame_view(frames[i])
@@ -214,7 +216,7 @@ class SharedOut:
             frames[i] = b""
             offset += _round_up(n)
         self.busy = owner
-        return {"pid": os.getpid(), "fd": self._fd, "size": self._size, "frames": places}
+        return wire.SharedSpec(pid=os.getpid(), fd=self._fd, size=self._size, frames=places)
 
     def release(self, owner: Any) -> None:
         """``owner``'s request is done: the region is free again."""
