@@ -476,9 +476,11 @@ def test_crashes_in_a_row_are_served_by_template_forks():
     is a full kernel (rich output, magics, comms)."""
     handle = _template_kernel("relaykernel-template-no-snapshots", *NO_SNAPSHOTS)
     try:
+        # a worker first: the kernel answers kernel_info (ready) before its template
+        # has forked one, or even named itself
+        seen = {handle.worker_pid()}
         template = template_of(handle.pid)
         assert template is not None
-        seen = {handle.worker_pid()}
         for _ in range(3):
             execute_ok(handle.kc, "marker = 1")
             _crash(handle.kc)
