@@ -571,7 +571,14 @@ def test_the_random_module_goes_on_where_the_snapshot_was(relay) -> None:
 
 
 #: the end of NEAR_THE_LIMIT for the soft limit: interrupted, the cell frees its filler
-FREED_AT_THE_END = "import time\ntry:\n    time.sleep(5)\nfinally:\n    del _fill\n"
+#: NEAR_THE_LIMIT, its fill freed as the cell ends, however the MemoryError lands: an
+#: interrupt between the fill's assignment and a ``try`` after it would keep the fill
+#: (1 GB) in the namespace, as the soft limit keeps every variable, and the idle worker
+#: would stay over the limit with its snapshot.
+NEAR_THE_LIMIT_FREED_AT_THE_END = NEAR_THE_LIMIT.replace(
+    "_fill = np.ones((1024**3 - 24 * 1024**2 - _rss) // 8)\nimport time; time.sleep(5)\n",
+    "import time\ntry:\n    _fill = np.ones((1024**3 - 24 * 1024**2 - _rss) // 8)\n    time.sleep(5)\n"
+    "finally:\n    _fill = None\n")
 
 
 @pytest.mark.slow
@@ -585,7 +592,8 @@ def test_a_cell_near_the_soft_limit_gets_a_memory_error_and_the_snapshot_stays(r
     execute_ok(h.kc, "import numpy as np\na = np.ones(64 * 1024**2 // 8)\nn = 41")
     worker = _fresh_snapshot(h.kc)
     snapshot = _snapshot_of(h.kc, worker)
-    reply, _ = execute(h.kc, NEAR_THE_LIMIT.replace("import time; time.sleep(5)\n", FREED_AT_THE_END))
+    assert NEAR_THE_LIMIT_FREED_AT_THE_END != NEAR_THE_LIMIT
+    reply, _ = execute(h.kc, NEAR_THE_LIMIT_FREED_AT_THE_END)
     assert reply["content"]["ename"] == "MemoryError", reply["content"]
     assert _alive(snapshot) and _worker_pid(h.kc) == worker
     relay.track(h)
