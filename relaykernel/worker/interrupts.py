@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import faulthandler
+import inspect
 import os
 import signal
 import threading
@@ -38,6 +39,8 @@ class InterruptGate:
         self._pending = False
         self._on_interrupt: Callable[[], None] | None = None
         self.memory_error = memory_error  # set when a soft memory limit is configured
+        #: the MemoryError the soft limit raised in the running cell (see release_memory_error)
+        self._raised_memory_error: BaseException | None = None
         #: threads other than the main one in user code -> what interrupts them
         #: (None: a KeyboardInterrupt raised in the thread)
         self._threads: dict[int, Callable[[], None] | None] = {}
@@ -140,7 +143,38 @@ class InterruptGate:
             if self._on_interrupt is not None:
                 self._on_interrupt()
             else:
-                raise self.memory_error()
+                self._raised_memory_error = error = self.memory_error()
+                raise error
+
+    def release_memory_error(self) -> None:
+        """After a cell: let go of what the soft limit's MemoryError holds.
+
+        The signal raises wherever the cell's code is, often in a library's function
+        that holds the very array that passed the limit (numpy's ``ones`` has it in a
+        local once ``copyto`` returns).  The traceback keeps that frame, and IPython
+        keeps the traceback (``sys.last_traceback``, for ``%debug``), so the memory
+        the cell was stopped for would stay, and the idle worker over the limit.
+        The frames' locals are cleared (``%debug`` then shows none); the user's
+        variables, the cell's globals, stay.  A generator's or coroutine's frame is
+        left alone: clearing it would close one the user may hold."""
+        error, self._raised_memory_error = self._raised_memory_error, None
+        tb = error.__traceback__ if error is not None else None
+        while tb is not None:  # from the frame that caught it to the one it was raised in
+            frame, flags = tb.tb_frame, tb.tb_frame.f_code.co_flags
+            if not flags & _SUSPENDABLE:
+                with contextlib.suppress(RuntimeError):  # a frame still running
+                    frame.clear()
+                    if flags & inspect.CO_OPTIMIZED:
+                        # A function's frame keeps the dict its f_locals made (IPython's
+                        # traceback reads it) past clear() before Python 3.13; read
+                        # again, it drops the names clear() unbound.  (A module's or
+                        # class's f_locals is its namespace: not touched.)
+                        frame.f_locals  # noqa: B018
+            tb = tb.tb_next
+
+
+#: code flags of frames that outlive a call (generators, coroutines, async generators)
+_SUSPENDABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
 
 
 #: The signals only the main thread may take (every other thread of the worker

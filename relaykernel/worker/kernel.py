@@ -18,6 +18,7 @@ import inspect
 import json
 import logging
 import sys
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -266,6 +267,8 @@ class WorkerKernel:
         cell_meta = msg.get("metadata") or {}
         cell_id = cell_meta.get("cellId")
         result = await self._run_cell(code, store_history, silent, cell_id, cell_meta)
+        if threading.current_thread() is threading.main_thread():  # where the soft limit raises
+            self.gate.release_memory_error()
         # Like ipykernel: the number of the last stored cell (this one, if it was stored).
         reply: dict[str, Any] = {"execution_count": shell.execution_count - 1}
         if result.success and not shell.displayhook_failed:

@@ -103,6 +103,27 @@ def test_soft_memory_limit_interrupts_the_cell_and_keeps_variables(relay, soft_s
     rec.assert_one_reply_each()
 
 
+#: GROW inside a function: its list is a local of the frame the MemoryError is raised in.
+GROW_IN_A_FUNCTION = "def grow():\n    " + GROW.replace("\n", "\n    ").rstrip() + "\ngrow()\n"
+
+
+def test_a_function_stopped_at_the_soft_limit_gives_its_memory_back(relay, soft_spec) -> None:
+    """The traceback of the soft limit's MemoryError holds the frame that grew, and
+    IPython keeps the traceback (sys.last_traceback): the worker clears the frames'
+    locals after the cell, so the memory it was stopped for goes back at once."""
+    h = relay.start(soft_spec)
+    kc = h.kc
+    execute_ok(kc, "kept = 42")
+    worker = h.worker_pid()
+    before = _rss_mb(worker)
+    reply, _ = execute(kc, GROW_IN_A_FUNCTION, timeout=30)
+    assert reply["content"]["ename"] == "MemoryError", reply["content"]
+    assert evaluate(kc, "__import__('sys').last_traceback is not None") == "True"  # %debug still has the frames
+    assert _rss_mb(worker) < before + 100, (before, _rss_mb(worker))  # the 300+ MB it grew by are gone
+    assert evaluate(kc, "kept") == "42" and h.worker_pid() == worker
+    execute_ok(kc, "kept + 1")  # below the limit now: no MemoryError
+
+
 def test_usage_request_reports_supervisor_and_worker(relay) -> None:
     h = relay.start(KERNEL_NAME)
     kc = h.kc
