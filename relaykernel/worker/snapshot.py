@@ -327,11 +327,17 @@ class Snapshots:
         probe = None if self._calibrated else _touched(CALIBRATION_PAGES)
         pid = os.fork()
         if pid == 0:
+            os.setpgid(0, 0)  # as the parent does below: whichever runs first
             release_freed_memory()  # the free heap is not the snapshot's to hold (module docstring)
             if probe is not None:
                 probe.close()
             _restore_random(random_state)
             return self._sleep(wake_fd, supervisor_fd, worker_fd)
+        # Out of the worker's process group before the worker can die: the supervisor
+        # kills that group with the worker, and the child may not run for a while yet
+        # (a loaded machine; the user's os.register_at_fork hooks run before it is ours).
+        with contextlib.suppress(OSError):  # it died already
+            os.setpgid(pid, pid)
         self._take_cpu = time.thread_time() - started
         os.close(wake_fd)
         os.close(supervisor_fd)
@@ -443,7 +449,6 @@ class Snapshots:
         """The child: out of the worker's group, asleep until woken, until the supervisor
         ends, or until STALE_AFTER after its worker ended with nobody waking it (``worker_fd``:
         a pidfd of the worker it was forked from)."""
-        os.setpgid(0, 0)
         self._close_plumbing(wake_fd, supervisor_fd, worker_fd)
         self._child, self._fifo, self._dirty, self._last = 0, "", False, time.monotonic()
         self._ending = []  # the worker's to reap, not ours

@@ -125,6 +125,20 @@ def test_variables_survive_a_crash(relay, code: str | None) -> None:
     assert _worker_pid(h.kc) != worker
 
 
+def test_a_snapshot_still_busy_after_its_fork_survives_its_worker(relay) -> None:
+    """The worker moves its snapshot out of its process group as it forks: the supervisor
+    kills that group with a dead worker, and a child that has not run yet (an
+    os.register_at_fork hook here, a loaded machine in CI) would die with it."""
+    h = relay.start(KERNEL_NAME)
+    execute_ok(h.kc, "import os, time\nos.register_at_fork(after_in_child=lambda: time.sleep(2))\nn = 41")
+    worker = _fresh_snapshot(h.kc)
+    relay.track(h)
+    reply = _crash(h, SEGFAULT, worker)
+    text = "\n".join(reply["content"]["traceback"])
+    assert "Rolled back to the state before cell" in text, text
+    assert evaluate(h.kc, "n") == "41"
+
+
 def test_crashes_back_to_back(relay) -> None:
     h = relay.start(KERNEL_NAME)
     worker = _define_and_snapshot(h)
