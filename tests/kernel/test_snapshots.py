@@ -504,6 +504,24 @@ def test_a_snapshot_counts_by_its_private_pages(relay) -> None:
     assert usage["snapshot"]["memory"] < 200 * 1024**2, usage
 
 
+#: A fork of the worker (snapshots skip it: a child process) that lives 2 s, waited for.
+FORK_FOR_2S = ("import os, time\npid = os.fork()\nif pid == 0:\n    time.sleep(2.0)\n    os._exit(0)\n"
+               "os.waitpid(pid, 0)\n")
+
+
+@pytest.mark.slow
+def test_a_fork_the_supervisor_does_not_know_counts_by_its_private_pages(relay) -> None:
+    """Any fork of a 0.6 GiB worker, as the next snapshot is between its fork and the
+    message that names it: RSS counted again would pass the 1 GiB limit and replace
+    the worker, so children count by their own pages once a limit seems reached."""
+    h = relay.start(install_spec("relaykernel-snapshot-big", BIG_WORKER))
+    execute_ok(h.kc, BIG)
+    worker = _worker_pid(h.kc)
+    reply, _ = execute(h.kc, FORK_FOR_2S)  # the guard samples 10 times meanwhile
+    assert reply["content"]["status"] == "ok", reply["content"]
+    assert _worker_pid(h.kc) == worker
+
+
 @pytest.mark.slow
 def test_a_snapshot_is_dropped_before_it_passes_the_memory_limit(relay) -> None:
     """A cell rewrites the 0.6 GiB the worker shares with its snapshot: the copies would
