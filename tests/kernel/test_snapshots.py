@@ -347,7 +347,8 @@ def test_the_snapshot_magic_shows_and_turns_snapshots(relay) -> None:
     worker = _fresh_snapshot(h.kc)
     relay.track(h)
     reply = _crash(h, SEGFAULT, worker)
-    assert "Rolled back to the state before cell" in "\n".join(reply["content"]["traceback"])
+    text = "\n".join(reply["content"]["traceback"])
+    assert "Rolled back to the state before cell" in text, text
     assert evaluate(h.kc, "n") == "5"
     reply, _ = execute(h.kc, "%snapshot sometimes")
     assert reply["content"]["ename"] == "UsageError"
