@@ -40,8 +40,6 @@ if TYPE_CHECKING:  # at run time imported in serve(), once the streams are captu
 
 log = logging.getLogger("relaykernel.worker")
 
-#: Signals for the main thread only (see serve).
-_MAIN_THREAD_SIGNALS = MAIN_THREAD_SIGNALS
 #: os._exit before the worker wraps it (a restored snapshot wraps it again)
 _REAL_EXIT = os._exit
 #: event loops of the worker a snapshot was forked from (see _serve_forever)
@@ -65,7 +63,7 @@ def serve(config: WorkerConfig, template: bool = False) -> None:
     # call asleep until the supervisor gives up on it.  Threads started from here to
     # READY (ours, libzmq's, IPython's history thread) inherit the mask; then the main
     # thread alone unblocks them.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
     _die_with_parent(config.supervisor_pid)
     os.environ[CONNECTION_FILE_ENV] = config.connection_file
     cell_names.kernel_pid = config.supervisor_pid  # cells keep their file names across workers
@@ -118,7 +116,7 @@ def serve(config: WorkerConfig, template: bool = False) -> None:
     _mask_history_thread_after_forks(shell, template)
     os._exit = _exit_after_flushing(kernel, link, _REAL_EXIT)  # type: ignore[assignment]
     side.start()  # with the main thread's signals blocked: its thread inherits that
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _MAIN_THREAD_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, MAIN_THREAD_SIGNALS)
     ready: wire.ReadyMeta = {"version": wire.PROTOCOL_VERSION, "pid": os.getpid(),
                              "output_pipes": capture.read_ends()}
     link.send(wire.READY, ready)
@@ -156,7 +154,7 @@ def _mask_history_thread_after_forks(shell: Any, template: bool) -> None:
         hm = getattr(shell, "history_manager", None)
         if os.getpid() == template_pid or hm is None or hm.save_thread is not None:
             return
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
         try:
             hm._restart_thread_if_stopped()
         except Exception as e:  # noqa: BLE001 - the next cell would try again, unmasked
@@ -181,7 +179,7 @@ def _restored(kernel: WorkerKernel, link: Link, side: SideChannel, wake: wire.Wa
     """In a snapshot's child, woken by the supervisor after the worker died: become a
     worker again (snapshot.py), with the user's state as it was, and say READY.
     In a child of the worker template (template.py): become a worker, and say READY."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)  # for the threads started here
+    signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)  # for the threads started here
     # started outside any request, as the worker's were: they follow the latest request
     no_parent = kernel.messenger.set_thread_parent({})
     link.reopen(wake["endpoint"])
@@ -193,7 +191,7 @@ def _restored(kernel: WorkerKernel, link: Link, side: SideChannel, wake: wire.Wa
     become_worker(kernel, wake, supervisor_fd)
     kernel.messenger.reset_thread_parent(no_parent)
     os._exit = _exit_after_flushing(kernel, link, _REAL_EXIT)  # type: ignore[assignment]
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _MAIN_THREAD_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, MAIN_THREAD_SIGNALS)
     capture = kernel.fd_capture
     link.send(wire.READY, {"version": wire.PROTOCOL_VERSION, "pid": os.getpid(),
                            "output_pipes": capture.read_ends() if capture is not None else {}})
