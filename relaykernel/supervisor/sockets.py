@@ -326,12 +326,16 @@ class KernelSockets:
             options.apply(s)
             if kind == zmq.XPUB:  # every subscription, not only a topic's first, reaches Outbox.welcome
                 s.setsockopt(zmq.XPUB_VERBOSE, 1)
-            elif options.encrypted:
-                # Only holders of the connection file (its signing key too) can connect, so a
-                # client that reconnects with its identity may take it back at once, as in
-                # ipykernel (ipykernel#270).  In plain text anyone local can connect: the
-                # identity stays with the connection that holds it (a reconnect that comes
-                # before the kernel has seen the old connection close is ignored).
+            else:
+                # A client's new connection takes its identity (the session id) over at
+                # once, as in ipykernel (ipykernel#270).  jupyter_server replaces a
+                # websocket's stale connection with new sockets of the same identity, and
+                # KernelManager.client() reuses its session: without handover, a
+                # reconnect that reaches the kernel before the old connection's close is
+                # ignored for good (3 of 40 back-to-back reconnects; restarts hung in
+                # the benchmarks).  The price, in plain text over TCP: a local process
+                # that read the session id off iopub can take a client's replies, as with
+                # ipykernel; ipc transport or CurveZMQ keys keep other users out.
                 s.setsockopt(zmq.ROUTER_HANDOVER, 1)
             bound[name] = bind(s, transport, ip, ports.get(f"{name}_port", 0))
             socks[name] = s

@@ -337,58 +337,31 @@ def test_the_limits_are_set_on_the_kernels_command_line(ctx):
 
 
 # ------------------------------------------------ (7) connection takeover
-def _request(kernel: KernelHandle, channel: str) -> str:
-    msg = kernel.kc.session.msg("kernel_info_request")
-    getattr(kernel.kc, f"{channel}_channel").send(msg)
-    return str(msg["header"]["msg_id"])
-
-
-@relaykernel_only  # ipykernel sets ROUTER_HANDOVER (ipykernel#270): the newest connection wins
 @pytest.mark.parametrize("channel", ["shell", "control"])
-def test_a_second_connection_with_a_clients_identity_gets_none_of_its_replies(kernel, ctx, channel):
-    kc = kernel.kc
-    _, iopub = execute_ok(kc, "1")
-    # what any iopub subscriber reads: jupyter_client's DEALERs take the session id as identity
-    identity = iopub[0]["parent_header"]["session"].encode()
-    assert identity == kc.session.bsession
-    thief = ctx.socket(zmq.DEALER)
-    thief.linger = 0
-    thief.identity = identity
-    monitor = thief.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-    thief.connect(_url(kernel.km.get_connection_info(), channel))
-    assert monitor.poll(10_000), "the second connection never completed its handshake"
-    for _ in range(3):  # the kernel attaches the connection at its next poll: ask more than once
-        get_reply(kc, _request(kernel, channel), timeout=10, channel=channel)
-    assert not thief.poll(SILENCE * 1000), f"a reply went to the second {channel} connection"
-    execute_ok(kc, "1")
-
-
-@relaykernel_only  # ipykernel sets ROUTER_HANDOVER on stdin too
-def test_a_second_stdin_connection_with_a_clients_identity_gets_no_prompt(kernel, ctx):
-    kc = kernel.kc
-    thief = ctx.socket(zmq.DEALER)
-    thief.linger = 0
-    thief.identity = kc.session.bsession
-    monitor = thief.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-    thief.connect(_url(kernel.km.get_connection_info(), "stdin"))
-    assert monitor.poll(10_000), "the second connection never completed its handshake"
-    execute_ok(kc, "1")  # the kernel has polled its sockets since: the connection is attached
-    msg_id = kc.execute("answer = input('secret? ')", allow_stdin=True)
-    prompt = kc.get_stdin_msg(timeout=10)
-    assert prompt["msg_type"] == "input_request" and prompt["content"]["prompt"] == "secret? "
-    kc.input("mine")
-    assert get_reply(kc, msg_id)["content"]["status"] == "ok"
-    assert not thief.poll(SILENCE * 1000), "the prompt went to the second stdin connection"
-    _, iopub = execute_ok(kc, "print(answer)")
-    assert stream_text(iopub) == "mine\n"
+def test_a_reconnect_with_the_clients_identity_is_answered_before_the_old_connection_closes(kernel, channel):
+    """jupyter_server replaces a websocket's stale connection with new sockets of the same
+    identity (the session id), and KernelManager.client() reuses its session, so the
+    kernel may see the new connection before the old one's close.  The new one takes the
+    identity over at once (ROUTER_HANDOVER, as in ipykernel, ipykernel#270); otherwise
+    it is ignored, and its frontend waits for replies that never come (restarts in the
+    benchmarks hung 1 time in ~100).  Here the old connection stays open throughout."""
+    old = kernel.kc
+    new = kernel.km.client()
+    assert new.session.bsession == old.session.bsession
+    new.start_channels(iopub=False, stdin=False, hb=False)
+    try:
+        msg = new.session.msg("kernel_info_request")
+        getattr(new, f"{channel}_channel").send(msg)  # once, as a frontend that waits for its reply
+        reply = get_reply(new, msg["header"]["msg_id"], timeout=10, channel=channel)
+        assert reply["msg_type"] == "kernel_info_reply"
+    finally:
+        new.stop_channels()
 
 
 def test_an_encrypted_client_that_reconnects_with_its_identity_is_answered(encrypted):
-    """Only holders of the connection file can connect to an encrypted kernel, so a
-    client's new connection takes its identity over at once (ipykernel#270): clients
-    of one KernelManager share its session id, hence their identity.  In plain text a
-    reconnect that beats the kernel to the old connection's close is ignored instead
-    (5 of 140 back-to-back reconnects): the price of the tests above."""
+    """The same over CurveZMQ: a client's new connection takes its identity over at once
+    (ipykernel#270); clients of one KernelManager share its session id, hence their
+    identity."""
     km = encrypted.km
     for i in range(20):
         encrypted.kc.stop_channels()
