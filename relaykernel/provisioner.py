@@ -45,6 +45,7 @@ from typing import Any
 import psutil
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
+from . import heap
 from .progress import GROUPS_ENV, group_alive
 
 INPLACE_ENV = "RELAYKERNEL_INPLACE_RESTART"
@@ -67,6 +68,7 @@ class RelayProvisioner(LocalProvisioner):
         if self.groups_dir is None:
             self.groups_dir = tempfile.mkdtemp(prefix="relaykernel-groups-")
         env[GROUPS_ENV] = self.groups_dir
+        heap.supervisor_env(env)  # the worker template, forked from the supervisor, gets huge pages
         kwargs["env"] = env
         return kwargs
 

@@ -181,6 +181,18 @@ class WorkerConfig:
     snapshots: bool = True
     #: bytes: no snapshot of a worker with more resident memory (Supervisor.snapshot_max_memory); 0: no limit
     snapshot_max_memory: int = 0
+    #: the supervisor turned transparent huge pages off for itself (heap.py), which
+    #: its children inherit: the worker turns them back on
+    allow_huge_pages: bool = False
+
+    def for_template(self, private_dir: str, serial: int) -> WorkerConfig:
+        """The config of the ``serial``-th worker template (worker/template.py): its link
+        in ``private_dir``, no number, no progress file.  The supervisor's early step
+        (which forks the first template) and the launcher (which binds its link) agree
+        on it through here."""
+        return dataclasses.replace(self, endpoint=f"ipc://{private_dir}/template-{serial}", number=0,
+                                   progress_file="",
+                                   crash_log=os.path.join(private_dir, f"template-{serial}.crash"))
 
     def with_endpoint(self, endpoint: str, number: int, progress_file: str = "") -> WorkerConfig:
         return dataclasses.replace(self, endpoint=endpoint, number=number, progress_file=progress_file,
@@ -209,6 +221,10 @@ def run_worker(config: WorkerConfig, template: bool = False) -> None:
     the worker template, worker/template.py, whose forked children become workers)."""
     try:
         _forget_resource_tracker()
+        if config.allow_huge_pages:
+            from .heap import allow_huge_pages
+
+            allow_huge_pages(True)
         from .worker.main import serve
 
         serve(config, template)

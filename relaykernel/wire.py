@@ -54,7 +54,7 @@ import zmq
 
 #: Bumped whenever a kind or meta field changes meaning.  The worker announces
 #: it in READY and the supervisor refuses a worker that speaks another version.
-PROTOCOL_VERSION: Final = 4
+PROTOCOL_VERSION: Final = 5  # 5: RequestMeta.shared
 
 # worker -> supervisor ------------------------------------------------------
 #: The worker has imported IPython and waits for ACTIVATE. meta: ReadyMeta.
@@ -376,11 +376,23 @@ class WakeMeta(TypedDict):
     crash_log: str
 
 
+class SharedSpec(TypedDict):
+    """Where a REQUEST's large buffers wait in the supervisor's shared region
+    (transport.py): the worker maps ``/proc/<pid>/fd/<fd>`` and puts each buffer
+    back at its frame index, in place of the empty frame sent on the link."""
+
+    pid: int  # the supervisor's
+    fd: int  # the region's memfd, in the supervisor
+    size: int  # the region's size in bytes
+    frames: list[list[int]]  # [frame index, offset in the region, length] per buffer
+
+
 class RequestMeta(TypedDict, total=False):
     """REQUEST's and INPUT_REPLY's meta (empty for a shell request of the parent subshell)."""
 
     channel: str  # "control": it came on control (the worker's get_parent('control'))
     subshell_id: str  # it belongs to this subshell: sent on the side socket
+    shared: SharedSpec  # some of its buffers are in the shared region, not on the link
 
 
 class DoneMeta(TypedDict, total=False):

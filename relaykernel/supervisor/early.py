@@ -15,6 +15,14 @@ alone:
    either (``--Supervisor.standby_workers=0`` on the command line, or one that
    failed) the first worker is spawned here instead.
 
+The worker template is forked from this process before step 1 (:func:`_fork_template`),
+while it has no thread, no zmq context and glibc's default malloc: the template, and
+every worker and snapshot forked from it, then share the interpreter's heap and the
+modules imported so far with the supervisor rather than each holding a copy (3 to 4 MB less
+PSS for the kernel: benchmarks/README.md, "Memory per kernel").  Only where the
+supervisor's malloc is a worker's (heap.py: relaykernel's provisioner starts it with
+huge pages); otherwise, or for a template started later, it is spawned.
+
 The loop takes the sockets and the held requests over with
 :meth:`EarlyResponder.handover`; from then on the main thread owns them.
 When no connection file exists yet nobody is waiting on the ports: only step
@@ -166,6 +174,12 @@ class EarlyStart:
         #: its contents, read once here ({} when it did not exist)
         self.connection_info: dict[str, Any] = {}
         self.signer = signer
+        #: the supervisor's (a forked template's code reads it too)
+        self.pid = os.getpid()
+        #: GLIBC_TUNABLES as the user had it (heap.take_inherited)
+        self.inherited_tunables: str | None = None
+        #: this process turned transparent huge pages off for itself (heap.allow_huge_pages)
+        self.huge_pages_off = False
         #: what the sockets were (or are to be) bound with
         self.socket_options = SocketOptions()
         self.private_dir = ""
@@ -288,9 +302,90 @@ def _serve(early: EarlyStart, ctx: zmq.Context, info: dict[str, Any]) -> None:
     early.responder.start()
 
 
+def _worker_config(early: EarlyStart, args: list[str]) -> Any:
+    """The first worker's WorkerConfig (the worker template's, before for_template)."""
+    from ..spawn import WorkerConfig, ipython_args
+
+    return WorkerConfig(
+        key=early.key, signature_scheme=early.signature_scheme, session_id=early.session_id,
+        connection_file=early.connection_file, crash_log=os.path.join(early.private_dir, "crash"),
+        log_level=10 if "--debug" in args else 30, supervisor_pid=early.pid,  # logging.DEBUG, WARNING
+        inherited_tunables=early.inherited_tunables, ipython_args=ipython_args(args),
+        allow_huge_pages=early.huge_pages_off)
+
+
+def _can_fork() -> bool:
+    """Whether this process may fork a worker template: one thread (libzmq's count:
+    no socket yet) and no zmq context.  A process with other threads may fork while
+    one of them holds a lock (malloc's, libzmq's) that the child then waits on forever."""
+    if not hasattr(os, "pidfd_open") or zmq.Context._instance is not None:
+        return False
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _fork_template(early: EarlyStart, args: list[str]) -> int | None:
+    """Fork the first worker template (worker/template.py) from this process, now,
+    before it has a thread, a zmq context or the malloc settings of heap.py: the
+    template (and every worker it forks) shares this process's pages, the
+    interpreter's heap and the modules both import, instead of holding a copy of
+    its own as a spawned one does.  Returns its pid (None: spawn one later)."""
+    import gc
+
+    gc.freeze()  # the collector then never writes to the objects we share
+    try:
+        pid = os.fork()
+    except OSError as e:
+        log.warning("could not fork the worker template (%s)", e)
+        return None
+    if pid == 0:
+        _be_template(early, args)  # never returns
+    return pid
+
+
+def _be_template(early: EarlyStart, args: list[str]) -> None:
+    """In the forked template: drop what is the supervisor's, then serve as a spawned
+    template would (spawn.run_worker), and exit without returning to the supervisor's
+    code.  SIGINT is ignored already (begin), as a spawned worker starts."""
+    import atexit
+
+    code = 1
+    try:
+        atexit._clear()  # the supervisor's
+        from . import private_dir
+
+        for fd in private_dir._held:  # the supervisor's lock on its directory
+            os.close(fd)
+        private_dir._held.clear()
+        if sys.stdin is not None:  # as multiprocess starts a process
+            sys.stdin.close()
+            sys.stdin = open(os.devnull)  # noqa: SIM115
+        config = _worker_config(early, args).for_template(early.private_dir, 1)
+        from ..spawn import run_worker
+
+        run_worker(config, True)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    except BaseException:  # noqa: BLE001, S110 - run_worker wrote it to the crash log
+        pass
+    finally:
+        try:
+            atexit._run_exitfuncs()  # the worker's own, as a spawned one's interpreter would
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:
+                    stream.flush()
+        finally:
+            os._exit(code)
+
+
 def begin(args: list[str]) -> EarlyStart:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # until there is somewhere to record it (below)
-    heap.keep_freed_memory()  # before the first buffer arrives
+    inherited_tunables = heap.take_inherited()
+    # huge pages were added for the worker template forked below (heap.py): not for this heap
+    huge_pages_off = os.environ.get(heap.TUNABLES_ENV) != inherited_tunables and heap.allow_huge_pages(False)
     path = connection_file_arg(args)
     info = {}
     if path and os.path.exists(path):
@@ -311,37 +406,45 @@ def begin(args: list[str]) -> EarlyStart:
     signer = Signer(key, scheme, session_id)
     early = EarlyStart(key=key, signature_scheme=scheme, session_id=session_id,
                        connection_file=os.path.abspath(path), signer=signer)
+    early.connection_info = info
+    early.inherited_tunables, early.huge_pages_off = inherited_tunables, huge_pages_off
+    standby = _arg(args, _STANDBY_FLAGS).strip() != "0"
+    forked = None
+    if (standby and template_wanted(args) and heap.started_as_a_worker_would(early.inherited_tunables)
+            and _can_fork()):
+        from . import private_dir
+
+        early.private_dir = private_dir.create()  # 0700: the links stay ours
+        forked = _fork_template(early, args)
+    heap.keep_freed_memory()  # before the first buffer arrives (and after the fork: not the template's)
     # Frontends may interrupt as soon as kernel_info is answered, which is now,
     # before the loop installs its handlers (the default one would kill the
     # supervisor): the loop applies it to the requests that came before it.
     signal.signal(signal.SIGINT, early.record_interrupt)
-    early.connection_info = info
     ctx: zmq.Context = zmq.Context.instance()
     try:  # keys that cannot be used stop the kernel: never a fallback to plain text
         early.socket_options = socket_options(args, info)
         if info:
             _serve(early, ctx, info)
     except TransportError as e:
+        if forked is not None:
+            os.kill(forked, signal.SIGKILL)
+            os.waitpid(forked, 0)
+        early.abort()
         raise SystemExit(f"relaykernel: cannot start: {e}") from None
 
     # the rest waits until kernel_info can be answered
-    import logging
-
-    from ..spawn import WorkerConfig, ipython_args
     from . import private_dir
     from .launcher import ServerState, WorkerLauncher  # multiprocess: ~70 ms
 
-    early.private_dir = private_dir.create()  # 0700: the link stays ours
-
-    config = WorkerConfig(
-        key=key, signature_scheme=scheme, session_id=session_id,
-        connection_file=early.connection_file, crash_log=os.path.join(early.private_dir, "crash"),
-        log_level=logging.DEBUG if "--debug" in args else logging.WARNING, supervisor_pid=os.getpid(),
-        inherited_tunables=os.environ.get(heap.TUNABLES_ENV), ipython_args=ipython_args(args))
+    if not early.private_dir:
+        early.private_dir = private_dir.create()  # 0700: the link stays ours
+    config = _worker_config(early, args)
     early.worker_config, early._ctx = config, ctx
-    if _arg(args, _STANDBY_FLAGS).strip() != "0":
+    if standby:
         template = config if template_wanted(args) else None
-        early.launcher = WorkerLauncher(config.inherited_tunables, early.private_dir, template=template, ctx=ctx)
+        early.launcher = WorkerLauncher(config.inherited_tunables, early.private_dir, template=template,
+                                        ctx=ctx, forked_template=forked)
         early.launcher.warm_up()  # imports IPython now; the first worker is forked from it
     if early.launcher is None or early.launcher.state is ServerState.FAILED:
         early.first_worker()  # spawned: it imports IPython now

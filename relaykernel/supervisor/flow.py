@@ -195,8 +195,8 @@ class RequestFlow:
             if request is None:
                 return
             if lane_id is None:
-                sent = worker.send(wire.encode(wire.REQUEST, CONTROL_META if request.channel == "control" else None,
-                                               request.frames))
+                sent = worker.send_request(CONTROL_META if request.channel == "control" else None,
+                                           request.frames, request)
             else:  # a subshell's, or beside the cell: the worker's main thread is busy
                 sent = worker.send(wire.encode(wire.REQUEST, {"subshell_id": lane_id}, request.frames), side=True)
             if not sent:

@@ -3,8 +3,10 @@
 A spawned worker is a fresh interpreter that imports IPython and relaykernel's
 worker before it can say READY: ~0.4 s of a core.  By default the supervisor
 starts one worker template (:class:`Template`, relaykernel/worker/template.py):
-a worker spawned with ``multiprocess`` that imports those modules and builds its
-shell once, then never runs a request.  Each worker is forked from it on demand
+a worker that imports those modules and builds its shell once, then never runs a
+request.  The first one is forked from the supervisor before it binds its sockets
+(supervisor/early.py), so they share the supervisor's heap; one started again later
+is spawned with ``multiprocess``.  Each worker is forked from it on demand
 (the first one, after a crash with no snapshot to promote, at a restart, a
 spare): ~10 ms to READY, and the workers share the template's pages (IPython's
 modules, the interpreter's heap, the built shell) instead of holding a copy.  So
@@ -24,7 +26,8 @@ spawning a spare that would import IPython alongside it.
 
 The template and the server are started with what a spawned worker starts with
 (SIGINT ignored, huge pages for glibc's malloc), so forked workers inherit the
-same.  Both die with the supervisor, even a SIGKILLed one: the template as any
+same (a forked template: from the supervisor, which the provisioner starts with
+them, heap.py).  Both die with the supervisor, even a SIGKILLed one: the template as any
 spawned worker (``PR_SET_PDEATHSIG``, worker/main.py); the server when the
 supervisor's end of its "alive" pipe closes.  A template's workers watch the
 supervisor through a pidfd, and outlive a template that dies; a server's die
@@ -33,7 +36,6 @@ with it (``PR_SET_PDEATHSIG``).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import enum
 import logging
 import os
@@ -41,6 +43,7 @@ import select
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -111,12 +114,15 @@ class WorkerLauncher:
     spawn_context: Any = multiprocess.get_context("spawn")
 
     def __init__(self, inherited_tunables: str | None, private_dir: str,
-                 template: WorkerConfig | None = None, ctx: zmq.Context | None = None) -> None:
+                 template: WorkerConfig | None = None, ctx: zmq.Context | None = None,
+                 forked_template: int | None = None) -> None:
         """``template``: the workers' config, to start a worker template (see
-        :class:`Template`) instead of the fork server."""
+        :class:`Template`) instead of the fork server.  ``forked_template``: the pid of
+        the first template, which the early step forked already (supervisor/early.py)."""
         self._tunables = inherited_tunables
         self._private_dir = private_dir
         self._template_config = template
+        self._forked_template = forked_template
         self._zmq = ctx
         #: the worker template, in template mode (None: not started, or the fork server's mode)
         self.template: Template | None = None
@@ -167,9 +173,10 @@ class WorkerLauncher:
 
     def _start_template(self) -> None:
         assert self._template_config is not None
+        forked, self._forked_template = self._forked_template, None  # the first one only
         try:
             self.template = Template(self._zmq or zmq.Context.instance(), self._private_dir,
-                                     self._template_config, self._warm_ups)
+                                     self._template_config, self._warm_ups, forked=forked)
         except Exception as e:  # noqa: BLE001 - spawning still works
             log.warning("could not start the worker template (%s); spawning workers", e)
             self.state = ServerState.FAILED
@@ -372,31 +379,44 @@ def _reap(pid: int, timeout: float) -> None:
 # ------------------------------------------------------------ the template
 class Template:
     """The worker template (worker/template.py): a worker that built its shell and
-    forks the workers.  Spawned with multiprocess like any worker; a link of its own
-    (and a side socket, which it never uses, for its children's code to be the same).
+    forks the workers.  The first one is forked from the supervisor by the early step
+    (``forked``: its pid; :class:`ForkedProcess`), before the supervisor has a thread or
+    a zmq context, so the two share the interpreter's heap and the modules both import;
+    one started later (the first died) is spawned with multiprocess like any worker.
+    A link of its own (and a side socket, which it never uses, for its children's code
+    to be the same).
 
     Threads: the launcher's watcher uses the link until the template's READY; from
     then on only the main thread does (WorkerLauncher.context hands out the template
     only once it is WARM)."""
 
-    def __init__(self, ctx: zmq.Context, private_dir: str, config: WorkerConfig, serial: int) -> None:
-        self.endpoint = f"ipc://{private_dir}/template-{serial}"
+    def __init__(self, ctx: zmq.Context, private_dir: str, config: WorkerConfig, serial: int,
+                 forked: int | None = None) -> None:
+        self.config = config.for_template(private_dir, serial)
+        self.endpoint = self.config.endpoint
         self._sockets: list[zmq.Socket] = []
         self._paths: list[str] = []
-        self.link = self._bind(ctx, self.endpoint)
-        self._bind(ctx, self.endpoint + wire.SIDE_SUFFIX)
-        self.config = dataclasses.replace(config, endpoint=self.endpoint, number=0, progress_file="",
-                                          crash_log=os.path.join(private_dir, f"template-{serial}.crash"))
-        #: exit codes of the template's children (EXITED), by pid
-        self.statuses: dict[int, int] = {}
-        self.process: Any = WorkerLauncher.spawn_context.Process(
-            target=run_worker, args=(self.config, True), name="relaykernel-template")
-        try:
-            with child_start(config.inherited_tunables):
-                self.process.start()
+        try:  # a forked template connects before this binds: zmq retries its connection
+            self.link = self._bind(ctx, self.endpoint)
+            self._bind(ctx, self.endpoint + wire.SIDE_SUFFIX)
         except BaseException:
+            if forked is not None:
+                _kill_and_reap(forked)
             self._close_sockets()
             raise
+        #: exit codes of the template's children (EXITED), by pid
+        self.statuses: dict[int, int] = {}
+        if forked is not None:
+            self.process: Any = ForkedProcess(forked)
+        else:
+            self.process = WorkerLauncher.spawn_context.Process(
+                target=run_worker, args=(self.config, True), name="relaykernel-template")
+            try:
+                with child_start(config.inherited_tunables):
+                    self.process.start()
+            except BaseException:
+                self._close_sockets()
+                raise
         self.pid: int = self.process.pid
         self.sentinel: int = self.process.sentinel
 
@@ -510,6 +530,52 @@ class Template:
         for path in self._paths:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+
+
+class ForkedProcess:
+    """The first worker template, which the early step forked (supervisor/early.py), as
+    Template uses a multiprocess Process: a pidfd for its sentinel (closed with this
+    object, as multiprocess closes a Process's: code that still holds the number, the
+    Template, may select on it); the supervisor, its parent, reaps it."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.exitcode: int | None = None
+        try:
+            self.sentinel = os.pidfd_open(pid)  # a zombie has one too: it is ours to reap
+        except OSError:  # no such process: a sentinel that is readable
+            r, w = os.pipe()
+            os.close(w)
+            self.sentinel = r
+            self.exitcode = 1
+        weakref.finalize(self, os.close, self.sentinel)
+
+    def _poll(self) -> int | None:
+        if self.exitcode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.exitcode = 1
+            else:
+                if pid:
+                    self.exitcode = os.waitstatus_to_exitcode(status)
+        return self.exitcode
+
+    def is_alive(self) -> bool:
+        return self._poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._poll() is None and _readable(self.sentinel, timeout):
+            deadline = time.monotonic() + 0.1  # readable: it exited, waitpid has it at once
+            while self._poll() is None and time.monotonic() < deadline:
+                time.sleep(0.001)
+
+
+def _kill_and_reap(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 class TemplateContext:

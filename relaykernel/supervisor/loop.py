@@ -314,6 +314,7 @@ class SupervisorLoop:
         request = self.flow.finished(lm)
         if request is None:
             return
+        worker.done(request)
         if request.msg_type == "comm_close":
             self.comms.frontend_closed(request.content.get("comm_id", ""))
         self.chores.trim_later()

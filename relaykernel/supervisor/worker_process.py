@@ -98,6 +98,8 @@ class WorkerProcess:
         self.endpoint = f"ipc://{private_dir}/worker-{number}"
         #: larger kernel buffers on the link's connection, set at the first send after it is made
         self.link_buffers = transport.SocketBuffers(self.link, bound=True)
+        #: where a REQUEST's large buffers go, rather than through the link (transport.py)
+        self.shared = transport.SharedOut()
         self.link.bind(self.endpoint)
         os.chmod(self.endpoint[len("ipc://") :], 0o600)  # private even if the directory's mode changes
         #: what must reach the worker while its main thread is busy (wire.SIDE_SUFFIX)
@@ -168,6 +170,23 @@ class WorkerProcess:
             return False
         return True
 
+    def send_request(self, meta: dict[str, Any] | None, frames: list[Any], owner: Any) -> bool:
+        """Send a REQUEST (main link) whose large buffers go through the shared region
+        when it is free; it stays ``owner``'s until :meth:`done` (see transport.py)."""
+        if len(frames) > wire.VERIFIED.buffers:
+            frames = list(frames)
+            spec = self.shared.place(frames, wire.VERIFIED.buffers, owner)
+            if spec is not None:
+                meta = {**(meta or {}), "shared": spec}
+        sent = self.send(wire.encode(wire.REQUEST, meta, frames))
+        if not sent:
+            self.shared.release(owner)
+        return sent
+
+    def done(self, request: Any) -> None:
+        """The worker finished ``request``: the shared region is free if it held its buffers."""
+        self.shared.release(request)
+
     def requests_running(self) -> int | None:
         """Requests the worker began and did not finish as far as the supervisor
         knows (0 or 1, more if DONEs were lost with it); None if unknown."""
@@ -224,6 +243,7 @@ class WorkerProcess:
             except (ProcessLookupError, PermissionError):
                 pass
         self.link_buffers.close()
+        self.shared.close()
         self.link.close(linger=0)
         self.side.close(linger=0)
         release = getattr(self.process, "release", None)  # a template's fork: its pidfd (launcher.py)

@@ -90,6 +90,20 @@ def _set_wakeup_fd(fd: int) -> int:
         return signal.set_wakeup_fd(-1)
 
 
+def _start_zmq_gc() -> None:
+    """Start pyzmq's garbage collector thread now, outside any request.  pyzmq starts it
+    at the first large frame sent without a copy (a comm's buffers): started then, in a
+    comm handler, the thread would record that request as its parent (messages.py) and
+    hold the request, its large buffers with it, for the worker's whole life."""
+    try:
+        from zmq.utils.garbage import gc
+
+        if not gc.is_alive():
+            gc.start()
+    except Exception as e:  # noqa: BLE001 - pyzmq starts it when it needs it, as before
+        log.debug("could not start pyzmq's garbage collector: %s", e)
+
+
 class Link:
     def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
         self._ctx = ctx
@@ -98,6 +112,8 @@ class Link:
         self._pair.setsockopt(zmq.SNDHWM, 0)  # never drop an output
         #: larger kernel buffers on the connection, set at the first send after it is made
         self._buffers = transport.SocketBuffers(self._pair, bound=False)
+        #: a REQUEST's large buffers, from the supervisor's shared region (transport.py)
+        self.shared = transport.SharedIn()
         self._pair.connect(endpoint)
         self._fd = self._pair.getsockopt(zmq.FD)
         self._lock = threading.Lock()
@@ -125,8 +141,9 @@ class Link:
         return self._ctx
 
     def start(self) -> None:
-        """Start the ticker thread."""
+        """Start the ticker thread, and pyzmq's garbage collector thread (see _start_zmq_gc)."""
         self._ticker.start()
+        _start_zmq_gc()
 
     # ---------------------------------------------------------------- sending
     def send(self, kind: bytes, meta: Mapping[str, Any] | None = None, payload: Sequence[Any] = ()) -> None:
@@ -217,7 +234,7 @@ class Link:
             if frames is None:
                 return None
             try:
-                lm = wire.decode(frames)
+                lm = self._decode(frames)
             except wire.WireError as e:
                 log.warning("dropped a malformed link message: %s", e)
                 if self.on_malformed is not None:
@@ -343,9 +360,24 @@ class Link:
         except BaseException:
             while frames[-1].more:  # leave no half message in the socket
                 frames.append(self._pair.recv(copy=False))
-            self._kept.append(wire.decode(frames))
+            self._kept.append(self._decode(frames))
             raise
         return frames
+
+    def _decode(self, frames: list[Any]) -> wire.LinkMessage:
+        """wire.decode, with a REQUEST's buffers from the shared region in place."""
+        lm = wire.decode(frames)
+        if lm.kind != wire.REQUEST or "shared" not in lm.meta:
+            return lm
+        try:
+            payload = self.shared.resolve(lm.meta, lm.payload)
+        except (OSError, ValueError, TypeError, KeyError, IndexError) as e:
+            # the request still runs (its DONE frees the region), without those buffers
+            log.warning("could not read a request's large buffers from shared memory: %s", e)
+            if self.on_malformed is not None:
+                self.on_malformed(f"a request's large buffers could not be read from shared memory ({e})")
+            payload = list(lm.payload)
+        return wire.LinkMessage(lm.kind, lm.meta, payload)
 
     def _drain_nudges(self) -> None:
         pipes.drain(self._nudge_r)
@@ -353,6 +385,10 @@ class Link:
     # ---------------------------------------------------------------- tickers
     def _tick(self) -> None:
         while not self._stopped.wait(TICK_INTERVAL):
+            try:
+                self.shared.tick()
+            except Exception:
+                log.exception("letting go of the shared buffers failed")
             for tick in self.tickers:
                 try:
                     tick()
@@ -369,6 +405,7 @@ class Link:
         self.__init__(zmq.Context(), endpoint)  # type: ignore[misc]
         self.tickers, self.on_malformed = tickers, on_malformed
         self._ticker.start()
+        _start_zmq_gc()
 
     def close(self, linger: int = 0) -> None:
         """Close the socket (and its buffers' monitor, or the context's term would wait on it)."""

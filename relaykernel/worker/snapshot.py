@@ -113,6 +113,10 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 STALE_AFTER = 10.0
 #: Threads of the worker itself, and of IPython, which are no user's.
 _OUR_THREADS = ("relaykernel-", "IPythonHistorySavingThread")
+#: pyzmq's garbage collector thread ("Thread-1"), which pyzmq starts at the first large
+#: frame sent without a copy (the worker sends a comm's large buffers so): no user's, and
+#: pyzmq starts it again in a forked child that needs it (it checks the pid)
+_PYZMQ_GC = "zmq.utils.garbage"
 
 #: the worker's Snapshots (for the %snapshot magic, magics.py)
 current: Snapshots | None = None
@@ -329,6 +333,9 @@ class Snapshots:
         if pid == 0:
             os.setpgid(0, 0)  # as the parent does below: whichever runs first
             release_freed_memory()  # the free heap is not the snapshot's to hold (module docstring)
+            shared = getattr(self.kernel.link, "shared", None)
+            if shared is not None:  # nor the link's warm buffers for large ones (transport.SharedIn)
+                shared.drop()
             if probe is not None:
                 probe.close()
             _restore_random(random_state)
@@ -501,7 +508,8 @@ class Snapshots:
     def _unsafe(self) -> str:
         """Why a snapshot would be unsafe now ('' if it is not)."""
         threads = [t.name for t in threading.enumerate()
-                   if t is not threading.main_thread() and t.is_alive() and not t.name.startswith(_OUR_THREADS)]
+                   if t is not threading.main_thread() and t.is_alive() and not t.name.startswith(_OUR_THREADS)
+                   and type(t).__module__ != _PYZMQ_GC]
         if threads:
             return f"threads the user started are running ({', '.join(sorted(threads)[:5])})"
         if self.kernel.subshells.busy():

@@ -1,7 +1,8 @@
 """The worker template: a worker that built its shell, runs no request, and forks the workers.
 
-The supervisor starts one template with ``multiprocess`` (spawned, like any
-worker: supervisor/launcher.py).  It runs main.py's ``serve`` up to READY
+The supervisor forks its first template early (supervisor/early.py: they then
+share the supervisor's heap), or spawns one with ``multiprocess`` like any worker
+(supervisor/launcher.py).  It runs main.py's ``serve`` up to READY
 (imports, ShellApp configured, extensions and startup files run), then, instead
 of waiting for ACTIVATE, waits on its link for FORK.  Each FORK forks it: the
 child does what a woken snapshot does (snapshot.py's ``_sleep`` and

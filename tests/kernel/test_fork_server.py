@@ -15,6 +15,7 @@ runs as well.
 
 from __future__ import annotations
 
+import os
 import signal
 import textwrap
 
@@ -418,6 +419,57 @@ def test_the_template_forks_the_first_worker_and_stands_in_for_the_standby():
         stop_kernel(handle)
 
 
+def _anonymous_shared_kb(pid: int) -> int:
+    """Anonymous memory (the heap, pymalloc's arenas) that ``pid`` shares with another process."""
+    shared = 0
+    anonymous = False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and not head.endswith(":"):  # a mapping: anonymous if it names no file
+                fields = line.split()
+                anonymous = len(fields) < 6 or fields[5] in ("[heap]", "[stack]")
+            elif anonymous and head in ("Shared_Dirty:", "Shared_Clean:"):
+                shared += int(line.split()[1])
+    return shared
+
+
+def test_the_first_template_is_forked_from_the_supervisor_and_shares_its_heap():
+    """The early step forks the template from the supervisor (supervisor/early.py), rather
+    than spawning it: the two share the supervisor's heap as it was then.  The template
+    leads a process group of its own, as a spawned one does, and holds nothing of the
+    supervisor's: not its private directory's lock, not its sockets."""
+    handle = _template_kernel("relaykernel-template")
+    try:
+        execute_ok(handle.kc, "1")
+        supervisor = psutil.Process(handle.pid)
+        template = template_of(handle.pid)
+        assert template is not None and template.ppid() == handle.pid
+        assert template.cmdline() == supervisor.cmdline()  # a fork: no multiprocess.spawn command line
+        assert _anonymous_shared_kb(handle.pid) > 1024, "the supervisor shares no heap with its template"
+        assert os.getpgid(template.pid) == template.pid
+        own = {f.path for f in template.open_files()}
+        assert not [p for p in own if p.endswith("alive.lock")], own
+        ports = {c.laddr.port for c in supervisor.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        assert ports and not [c for c in template.net_connections("tcp") if c.laddr.port in ports]
+        # the provisioner starts the supervisor with a worker's huge pages (heap.py), for the
+        # template to inherit; the supervisor keeps transparent huge pages off for itself
+        assert _thp_enabled(handle.pid) in (None, False)
+        assert _thp_enabled(template.pid) in (None, True)
+        assert _thp_enabled(handle.worker_pid()) in (None, True)
+    finally:
+        stop_kernel(handle)
+
+
+def _thp_enabled(pid: int) -> bool | None:
+    """Whether transparent huge pages may back ``pid``'s memory (/proc/PID/status; None: not said)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("THP_enabled:"):
+                return line.split()[1] == "1"
+    return None
+
+
 def test_crashes_in_a_row_are_served_by_template_forks():
     """Three crashes back to back: each next cell runs in a new worker the template
     forked, with the session's execution count and a fresh namespace; a forked worker
@@ -534,7 +586,13 @@ def test_with_the_template_and_no_standby_on_the_command_line_workers_are_spawne
 #: (the template at each FORK; snapshots are off, and nothing else forks).
 _FORKS_DIE = textwrap.dedent("""\
     import os
-    os.register_at_fork(before=lambda: os._exit(3))
+
+    def _die_if_template():  # the supervisor forks too: its first template
+        with open("/proc/self/comm") as f:
+            if f.read().strip() == "relay-template":
+                os._exit(3)
+
+    os.register_at_fork(before=_die_if_template)
 """)
 
 

@@ -753,3 +753,67 @@ def test_a_new_snapshot_does_not_wait_for_the_old_ones_exit(tmp_path, monkeypatc
         monkeypatch.undo()
         snaps.drop()
     assert not _alive(pids[1])
+
+
+#: Where the worker's buffer for large request buffers lies (the view taken is released).
+WARM_BUFFER_ADDRESS = """(lambda b: (lambda c: (__import__('ctypes').addressof(c), c.__class__)[0])(
+    __import__('ctypes').c_char.from_buffer(b)))(get_ipython().kernel.link.shared._warm[0])"""
+
+
+def test_a_snapshot_holds_neither_the_shared_region_nor_the_large_buffers(relay) -> None:
+    """A request's large buffers come through the supervisor's shared region into buffers
+    the worker keeps warm (relaykernel/transport.py): the snapshot's child lets go of
+    both right after the fork, so it holds no copy of them and the worker's next large
+    buffer lands in pages of its own, not ones it shares copy-on-write."""
+    from tests.kernel.comm_helpers import ECHO_TARGET, comm_open, new_comm_id
+
+    h = relay.start(KERNEL_NAME)
+    execute_ok(h.kc, ECHO_TARGET)
+    comm_id = new_comm_id()
+    handled(h.kc, comm_open(h.kc, comm_id, "echo"))
+    payload = os.urandom(8 << 20)
+    echo = [m for m in comms_of(handled(h.kc, comm_msg(h.kc, comm_id, {}, buffers=[payload]), timeout=60),
+                                "comm_msg", comm_id)]
+    assert [bytes(b) for b in echo[0]["buffers"]] == [payload]
+    execute_ok(h.kc, "n = 41")
+    worker = _fresh_snapshot(h.kc)
+    snapshot = _snapshot_of(h.kc, worker)
+
+    def maps(pid: int) -> str:
+        with open(f"/proc/{pid}/maps") as f:
+            return f.read()
+
+    assert "relaykernel-link" in maps(worker)
+    wait_for(lambda: "relaykernel-link" not in maps(snapshot), 10.0)
+    address = int(evaluate(h.kc, WARM_BUFFER_ADDRESS))
+
+    def mapped(pid: int) -> bool:
+        for line in maps(pid).splitlines():
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            if start <= address < end:
+                return True
+        return False
+
+    assert mapped(worker)
+    assert not mapped(snapshot), "the snapshot still maps the worker's buffer for large ones"
+    payload = os.urandom(8 << 20)
+    echo = comms_of(handled(h.kc, comm_msg(h.kc, comm_id, {}, buffers=[payload]), timeout=60), "comm_msg", comm_id)
+    assert [bytes(b) for b in echo[0]["buffers"]] == [payload]
+
+
+def test_a_large_buffer_the_worker_sent_leaves_snapshots_on(relay) -> None:
+    """pyzmq starts a thread of its own (its garbage collector) at the first large frame
+    the worker sends without a copy, as a comm's buffers go: it is no user's thread,
+    so snapshots go on (they stopped for the rest of the session, "threads the user
+    started are running (Thread-1)")."""
+    from tests.kernel.comm_helpers import ECHO_TARGET, comm_open, new_comm_id
+
+    h = relay.start(KERNEL_NAME)
+    execute_ok(h.kc, ECHO_TARGET)
+    comm_id = new_comm_id()
+    handled(h.kc, comm_open(h.kc, comm_id, "echo"))
+    handled(h.kc, comm_msg(h.kc, comm_id, {}, buffers=[os.urandom(1 << 20)]), timeout=60)
+    execute_ok(h.kc, "n = 41")
+    _fresh_snapshot(h.kc)
+    _, outputs = execute(h.kc, "%snapshot")
+    assert "threads the user started" not in stream_text(outputs)

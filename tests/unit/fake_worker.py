@@ -107,6 +107,12 @@ class FakeWorker:
             return False
         return True
 
+    def send_request(self, meta: dict[str, Any] | None, frames: list[Any], owner: Any) -> bool:
+        return self.send(wire.encode(wire.REQUEST, meta, frames))  # no shared region (transport.py)
+
+    def done(self, request: Any) -> None:
+        pass
+
     def watch_output(self, pipes: dict[str, int]) -> None:
         pass
 
