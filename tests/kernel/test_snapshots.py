@@ -112,13 +112,18 @@ def _crash(h: Any, code: str | None, worker_pid: int) -> dict[str, Any]:
     return reply
 
 
+def _report(reply: dict[str, Any]) -> str:
+    """An error reply's traceback as one text (a crash's report: rolled back, or why not)."""
+    return "\n".join(reply["content"]["traceback"])
+
+
 @pytest.mark.parametrize("code", [SEGFAULT, EXIT, None], ids=["segfault", "os_exit", "sigkill"])
 def test_variables_survive_a_crash(relay, code: str | None) -> None:
     h = relay.start(KERNEL_NAME)
     worker = _define_and_snapshot(h)
     relay.track(h)
     reply = _crash(h, code, worker)
-    text = "\n".join(reply["content"]["traceback"])
+    text = _report(reply)
     assert "Rolled back to the state before cell [2]" in text, text
     assert "Not rolled back: files written" in text, text
     assert evaluate(h.kc, CHECK) == EXPECTED  # n is 41 again: the crashed cell's n = 1000 is undone
@@ -134,7 +139,7 @@ def test_a_snapshot_still_busy_after_its_fork_survives_its_worker(relay) -> None
     worker = _fresh_snapshot(h.kc)
     relay.track(h)
     reply = _crash(h, SEGFAULT, worker)
-    text = "\n".join(reply["content"]["traceback"])
+    text = _report(reply)
     assert "Rolled back to the state before cell" in text, text
     assert evaluate(h.kc, "n") == "41"
 
@@ -161,7 +166,7 @@ def test_cells_after_the_snapshot_are_named(relay) -> None:
     crash = h.kc.execute(SEGFAULT)
     assert get_reply(h.kc, first)["content"]["status"] == "ok"
     reply = get_reply(h.kc, crash)
-    text = "\n".join(reply["content"]["traceback"])
+    text = _report(reply)
     assert "Rolled back to the state before cells [2..3]" in text, text
     assert evaluate(h.kc, "n") == "41"
 
@@ -207,7 +212,7 @@ def test_a_cell_past_the_interrupt_grace_rolls_back(relay) -> None:
             break
     h.km.interrupt_kernel()
     reply = get_reply(h.kc, msg_id)
-    text = "\n".join(reply["content"]["traceback"])
+    text = _report(reply)
     assert reply["content"]["ename"] == "WorkerDied" and "Rolled back to the state before cell [2]" in text, text
     assert evaluate(h.kc, CHECK) == EXPECTED
 
@@ -218,7 +223,7 @@ def test_the_hard_memory_limit_rolls_back(relay) -> None:
     _define_and_snapshot(h)
     relay.track(h)
     reply, _ = execute(h.kc, "n = 1000\n_b = b'x' * (600 * 1024**2)\nimport time; time.sleep(30)\n")
-    text = "\n".join(reply["content"]["traceback"])
+    text = _report(reply)
     assert reply["content"]["ename"] == "WorkerDied" and "memory limit" in text, text
     assert "Rolled back to the state before cell [2]" in text, text
     assert evaluate(h.kc, CHECK) == EXPECTED
@@ -291,7 +296,7 @@ def test_a_user_thread_skips_snapshots_with_a_reason(relay) -> None:
     wait_for(lambda: not [c for c in psutil.Process(worker).children()
                           if c.status() != psutil.STATUS_ZOMBIE], 10.0)
     reply = _crash(h, SEGFAULT, worker)
-    text = "\n".join(reply["content"]["traceback"])
+    text = _report(reply)
     assert "No snapshot to roll back to: the worker kept none: threads the user started" in text, text
     assert "mine" in text, text
     reply, _ = execute(h.kc, "n")
@@ -303,7 +308,7 @@ def test_snapshots_off(relay) -> None:
     execute_ok(h.kc, "n = 41")
     worker = _worker_pid(h.kc)
     reply = _crash(h, SEGFAULT, worker)
-    text = "\n".join(reply["content"]["traceback"])
+    text = _report(reply)
     assert "snapshots are off" in text, text
     assert evaluate(h.kc, "'n' in dir()") == "False"
 
@@ -338,7 +343,7 @@ def test_the_snapshot_magic_shows_and_turns_snapshots(relay) -> None:
                           if c.status() != psutil.STATUS_ZOMBIE], 10.0)
     relay.track(h)
     reply = _crash(h, SEGFAULT, worker)
-    text = "\n".join(reply["content"]["traceback"])
+    text = _report(reply)
     assert "No snapshot to roll back to: snapshots are off (%snapshot off)" in text, text
     _, iopub = execute_ok(h.kc, "%snapshot")  # a new worker: still off for the session
     assert "Snapshots are off for this session (%snapshot off)" in stream_text(iopub), iopub
@@ -347,7 +352,7 @@ def test_the_snapshot_magic_shows_and_turns_snapshots(relay) -> None:
     worker = _fresh_snapshot(h.kc)
     relay.track(h)
     reply = _crash(h, SEGFAULT, worker)
-    text = "\n".join(reply["content"]["traceback"])
+    text = _report(reply)
     assert "Rolled back to the state before cell" in text, text
     assert evaluate(h.kc, "n") == "5"
     reply, _ = execute(h.kc, "%snapshot sometimes")
@@ -385,7 +390,7 @@ def test_a_large_worker_skips_snapshots_with_a_reason(relay) -> None:
     assert "above Supervisor.snapshot_max_memory (0.25 GiB)" in status, status
     relay.track(h)
     reply = _crash(h, SEGFAULT, 0)
-    text = "\n".join(reply["content"]["traceback"])
+    text = _report(reply)
     assert "No snapshot to roll back to: the worker kept none: resident memory is" in text, text
     reply, _ = execute(h.kc, "n")
     assert reply["content"]["ename"] == "NameError"
@@ -407,7 +412,7 @@ def test_a_worker_grown_too_large_for_a_snapshot_keeps_its_older_one(relay) -> N
     execute_ok(h.kc, "n = 7")
     relay.track(h)
     reply, _ = execute(h.kc, "more = b'y' * (500 * 1024**2)\nimport time; time.sleep(30)\n")
-    text = "\n".join(reply["content"]["traceback"])
+    text = _report(reply)
     assert reply["content"]["ename"] == "WorkerDied" and "memory limit of 0.8 GiB exceeded" in text, text
     assert "Rolled back to the state before cells [2.." in text, text  # through this cell
     assert evaluate(h.kc, CHECK) == EXPECTED
@@ -438,7 +443,7 @@ def test_a_cell_near_the_limit_rolls_back_rather_than_drop_the_snapshot(relay) -
     _fresh_snapshot(h.kc)
     relay.track(h)
     reply, iopub = _run_all_iopub(h.kc, NEAR_THE_LIMIT)
-    text = "\n".join(reply["content"]["traceback"])
+    text = _report(reply)
     assert reply["content"]["ename"] == "WorkerDied", reply["content"]
     assert "memory limit of 1 GiB exceeded" in text and "and its snapshot 0.0" in text, text
     assert "Rolled back to the state before cell [2]" in text, text
@@ -458,7 +463,7 @@ def test_a_cuda_context_skips_snapshots_with_a_reason(relay, tmp_path) -> None:
     status = _status_says(h.kc, "none is kept: CUDA is initialised in the worker")
     relay.track(h)
     reply = _crash(h, SEGFAULT, worker)
-    text = "\n".join(reply["content"]["traceback"])
+    text = _report(reply)
     assert "No snapshot to roll back to: the worker kept none: CUDA is initialised" in text, (status, text)
 
 
