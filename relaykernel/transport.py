@@ -1,4 +1,5 @@
-"""Larger kernel socket buffers on the link's connection (both processes import this).
+"""Large frames on the link: larger socket buffers, and shared memory for a request's
+large buffers (both processes import this).
 
 A 50 MB comm buffer crosses the link twice per echo.  The link is a zmq PAIR
 over ipc, a unix stream socket, whose send buffer is the system default
@@ -18,6 +19,29 @@ called before sends by the thread that owns the socket, reads that event
 without waiting.  The fd is checked to be a unix stream socket on the link's
 own path before it is touched.  Buffer memory is only a limit: nothing is
 reserved until data is in flight.
+
+Large request buffers reach the worker through shared memory (issue 23):
+
+A frame that crosses the link lands, in the worker, in memory libzmq's IO thread
+has just allocated: glibc maps anything that large anew, so every page of it is
+fresh.  On a VM whose host takes back the guest's free memory (free page
+reporting: pages freed more than ~2 s ago, by any process), faulting fresh memory
+in costs from ~3 ms to ~260 ms for 50 MB depending on what the host took back
+meanwhile (benchmarks/README.md, issue 23): the 50 MB comm echo then varied from
+~1x to ~2.6x ipykernel, run to run.  The supervisor keeps its own heap warm
+(heap.keep_freed_memory); the worker cannot, its heap is the user's.
+
+So a REQUEST's buffers of SHARED_MIN bytes or more go through a region of shared
+memory instead (:class:`SharedOut`, the supervisor's; one per worker): a memfd the
+supervisor copies them into (warm pages, kept until its heap trim), with their
+places in the REQUEST's meta (``"shared"``: :class:`SharedSpec`) and an empty
+frame in their stead.  The worker (:class:`SharedIn`) maps the region through
+``/proc/<supervisor>/fd`` (read only) and copies each buffer out into memory of
+its own that it keeps while user code holds no view of it, so user code never
+sees memory the supervisor reuses and the next buffer lands in warm pages too.
+One request's buffers at a time: the region is busy from the send to that
+request's DONE (or the worker's end); meanwhile large buffers take the link as
+before.
 
 Must not import IPython.
 """
@@ -133,29 +157,6 @@ def _set_buffers(fd: int, endpoint: str, bound: bool, size: int) -> bool:
 
 
 # ------------------------------------------------------ large frames, shared memory
-"""Large request buffers reach the worker through shared memory (issue 23).
-
-A frame that crosses the link lands, in the worker, in memory libzmq's IO thread
-has just allocated: glibc maps anything that large anew, so every page of it is
-fresh.  On a VM whose host takes back the guest's free memory (free page
-reporting: pages freed more than ~2 s ago, by any process), faulting fresh memory
-in costs from ~3 ms to ~260 ms for 50 MB depending on what the host took back
-meanwhile (benchmarks/README.md, issue 23): the 50 MB comm echo then varied from
-~1x to ~2.6x ipykernel, run to run.  The supervisor keeps its own heap warm
-(heap.keep_freed_memory); the worker cannot, its heap is the user's.
-
-So a REQUEST's buffers of SHARED_MIN bytes or more go through a region of shared
-memory instead (:class:`SharedOut`, the supervisor's; one per worker): a memfd the
-supervisor copies them into (warm pages, kept until its heap trim), with their
-places in the REQUEST's meta (``"shared"``: :class:`SharedSpec`) and an empty
-frame in their stead.  The worker (:class:`SharedIn`) maps the region through
-``/proc/<supervisor>/fd`` (read only) and copies each buffer out into memory of
-its own that it keeps while user code holds no view of it, so user code never
-sees memory the supervisor reuses and the next buffer lands in warm pages too.
-One request's buffers at a time: the region is busy from the send to that
-request's DONE (or the worker's end); meanwhile large buffers take the link as
-before.
-"""
 
 #: A request's buffers at least this large go through the shared region.
 SHARED_MIN = 1 << 20
@@ -266,11 +267,7 @@ def trim_regions() -> None:
 
 
 def _frame_bytes(frame: Any) -> int:
-    if isinstance(frame, bytes):
-        return len(frame)
-    if isinstance(frame, zmq.Frame):
-        return len(frame)
-    return memoryview(frame).nbytes
+    return _frame_view(frame).nbytes
 
 
 class SharedIn:
@@ -372,8 +369,6 @@ def _free(buf: mmap.mmap) -> bool:
     """No view of ``buf`` is held (an mmap with exports cannot be resized)."""
     try:
         buf.resize(len(buf))
-    except BufferError:
-        return False
-    except (OSError, ValueError, SystemError):
+    except (BufferError, OSError, ValueError, SystemError):
         return False
     return True

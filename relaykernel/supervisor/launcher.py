@@ -401,7 +401,7 @@ class Template:
             self._bind(ctx, self.endpoint + wire.SIDE_SUFFIX)
         except BaseException:
             if forked is not None:
-                _kill_and_reap(forked)
+                _reap(forked, 0)  # killed at once
             self._close_sockets()
             raise
         #: exit codes of the template's children (EXITED), by pid
@@ -569,13 +569,6 @@ class ForkedProcess:
             deadline = time.monotonic() + 0.1  # readable: it exited, waitpid has it at once
             while self._poll() is None and time.monotonic() < deadline:
                 time.sleep(0.001)
-
-
-def _kill_and_reap(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
 
 
 class TemplateContext:

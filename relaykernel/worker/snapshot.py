@@ -453,7 +453,7 @@ class Snapshots:
                 self._child_cpu = usage.ru_utime + usage.ru_stime
 
     def _sleep(self, wake_fd: int, supervisor_fd: int, worker_fd: int = -1) -> wire.WakeMeta:
-        """The child: out of the worker's group, asleep until woken, until the supervisor
+        """The child (out of the worker's group: take): asleep until woken, until the supervisor
         ends, or until STALE_AFTER after its worker ended with nobody waking it (``worker_fd``:
         a pidfd of the worker it was forked from)."""
         self._close_plumbing(wake_fd, supervisor_fd, worker_fd)
