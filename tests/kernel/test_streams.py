@@ -121,7 +121,8 @@ def square(x):
     print('in child', x)
     return x * x
 with mp.get_context('fork').Pool(2) as pool:
-    print(pool.map(square, range(4)))
+    squares = pool.map(square, range(4))
+print(squares)
 """
 
 FORK_RAW = """
@@ -135,13 +136,17 @@ print('child exited', os.waitpid(pid, 0)[1])
 """
 
 
+@relaykernel_only  # ipykernel: the children's print pieces interleave ("in childin child  10")
 def test_forked_children_print_into_the_cell(kernel):
     """multiprocessing's fork start method (Linux's default before Python 3.14):
     the children inherit the worker's streams, whose zmq link they cannot use.
     Their lines reach the cell whole, before idle, and the cell ends (it used
     to hang with the children spinning).  A pool's lines are not ordered against
     the worker's own prints (nor are they by ipykernel): they come by the fd
-    pipe; a joined Process's are (next test)."""
+    pipe; a joined Process's are (next test).  So the cell prints after the pool's
+    ``with`` block, which joins its processes: printed while the reader thread still
+    forwards a child's line, ``print``'s two writes (text, then newline) took that
+    line between them (``[0, 1, 4, 9]in child 2``, seen in CI)."""
     _, iopub = execute_ok(kernel.kc, FORK_POOL, timeout=60)
     lines = stream_text(iopub, "stdout").splitlines()
     assert sorted(lines) == sorted([f"in child {i}" for i in range(4)] + ["[0, 1, 4, 9]"]), lines
