@@ -786,7 +786,8 @@ def floor(n: int, timeout: float) -> Cell:
 SNAPSHOT_SIZES = (100 << 20, 1 << 30)
 BIG_SNAPSHOT = 4 << 30
 #: Seconds of quiet that let the worker take a snapshot between two timed cells
-#: (IDLE_DELAY 0.05 s, at most one per MIN_INTERVAL 0.5 s: relaykernel/worker/snapshot.py).
+#: (IDLE_DELAY 0.05 s, at most one per MIN_INTERVAL 0.5 s: relaykernel/worker/snapshot.py;
+#: after quick cells only when asked, ``%snapshot now``: the cells' budget wants more of them).
 SNAPSHOT_PAUSE = 0.6
 #: Seconds to wait for a snapshot to appear.
 SNAPSHOT_WAIT = 20.0
@@ -871,11 +872,13 @@ def _snapshot_rows(kernels: dict[str, Kernel], cfg: Config) -> list[Row]:
                     interleave(order, cfg.exec_n, pass_rt), "≤ 0.5x ipykernel", 1e3))
 
     def pass_after_pause(lb: str, i: int) -> float:
+        _ok(kernels[lb], "%snapshot now" if lb == on else "pass", t)
         time.sleep(SNAPSHOT_PAUSE)  # relaykernel forks its snapshot meanwhile
         return _ok(kernels[lb], "pass", t)
 
     idle_n = max(3, cfg.crashes * 2)
-    rows.append(Row(f"execute rt `pass` {SNAPSHOT_PAUSE:g} s after the previous (n={idle_n})", "ms",
+    rows.append(Row(f"execute rt `pass` {SNAPSHOT_PAUSE:g} s after the previous, a snapshot taken meanwhile "
+                    f"(`%snapshot now` before; n={idle_n})", "ms",
                     interleave(order, idle_n, pass_after_pause), "", 1e3))
 
     # crash → next result with the state restored, per size of live heap

@@ -12,9 +12,9 @@ scikit-learn here), a few dozen cells of 10 to 500 ms each.
 Cells are sent one at a time with :data:`THINK` seconds between them, as a
 person runs a notebook cell by cell: that quiet is when the worker forks its
 snapshot (relaykernel/worker/snapshot.py takes one 50 ms after a cell, once the
-previous one's cost is 2.5 % of the time since it: ~1.2-1.5 s apart here), so
-about every other cell starts right after a snapshot and pays a fault for each
-page it writes.  (Run All sends the cells back
+faults the previous one made the cells pay are 2.5 % of the cells' time since it,
+and its whole cost 2.5 % of the session's: 2 to 4 snapshots here, after the cells
+that ran longest), and the cells after it pay a fault for each page they write.  (Run All sends the cells back
 to back: the worker, never idle, takes no snapshot until the end.)
 
 Reported, the targets being ElasticNotebook's figures for itself:

@@ -181,6 +181,9 @@ class WorkerConfig:
     snapshots: bool = True
     #: bytes: no snapshot of a worker with more resident memory (Supervisor.snapshot_max_memory); 0: no limit
     snapshot_max_memory: int = 0
+    #: what snapshots may cost, as a share of the cells' time and of the session's
+    #: (Supervisor.snapshot_cost_share; worker/snapshot.py, _back_off)
+    snapshot_cost_share: float = 0.025
     #: the supervisor turned transparent huge pages off for itself (heap.py), which
     #: its children inherit: the worker turns them back on
     allow_huge_pages: bool = False

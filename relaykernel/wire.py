@@ -351,6 +351,7 @@ class ActivateOptions(ActivateMeta, total=False):
     snapshots: bool  # take snapshots (Supervisor.snapshots); absent: WorkerConfig.snapshots
     snapshots_user_off: bool  # off because the user said %snapshot off in an earlier worker
     snapshot_max_memory: int  # bytes (Supervisor.snapshot_max_memory): no snapshot of a larger worker; 0 = no limit
+    snapshot_cost_share: float  # Supervisor.snapshot_cost_share: what snapshots may cost, of the cells' time
 
 
 class SnapshotMeta(TypedDict, total=False):

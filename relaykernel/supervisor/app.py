@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 from jupyter_core.paths import jupyter_config_path
 from traitlets import Any as AnyTrait
-from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
 from .. import CONNECTION_FILE_ENV, __version__
@@ -98,6 +98,20 @@ class Supervisor(Application):
                                 "memory is larger (its cells could make the snapshot's copy-on-write pages "
                                 "double it); said once on stderr. Default: half of memory_limit when it is "
                                 "set, else no limit (0).")
+
+    snapshot_cost_share = Float(0.025, config=True, help="What snapshots may cost, as a share of the cells' "
+                                "time (the page faults a snapshot makes the cells after it pay) and of the "
+                                "session's (those and its fork, in the quiet between cells): the next snapshot "
+                                "waits until the last one's cost is that small a part of the time since. "
+                                "Higher: snapshots closer together (a crash rolls back over fewer cells), "
+                                "cells slower. 0.025 is what ElasticNotebook reports for itself.")
+
+    @validate("snapshot_cost_share")
+    def _valid_share(self, proposal: Any) -> float:
+        share = float(proposal["value"])
+        if not 0 < share <= 1:
+            raise TraitError(f"snapshot_cost_share must be in (0, 1], not {share}")
+        return share
 
     @default("snapshot_max_memory")
     def _default_snapshot_max_memory(self) -> float:
@@ -203,7 +217,8 @@ class Supervisor(Application):
                 sockets=sockets, private_dir=private_dir,
                 worker_config=dataclasses.replace(
                     early.worker_config, snapshots=self.snapshots,
-                    snapshot_max_memory=int(self.snapshot_max_memory * GIB)),
+                    snapshot_max_memory=int(self.snapshot_max_memory * GIB),
+                    snapshot_cost_share=self.snapshot_cost_share),
                 first_worker=first_worker, launcher=early.launcher, held=held,
                 settings=Settings(
                     standby_workers=self.standby_workers, interrupt_grace=self.interrupt_grace,

@@ -173,7 +173,8 @@ class WorkerPool:
         sentinel brings it back to the loop as a dead spare) and none is active yet."""
         meta: wire.ActivateOptions = {**self.activation(worker), "snapshots": not self.snapshots_off,
                                         "snapshots_user_off": "%snapshot off" in self.snapshots_off,
-                                        "snapshot_max_memory": self._config.snapshot_max_memory}
+                                        "snapshot_max_memory": self._config.snapshot_max_memory,
+                                        "snapshot_cost_share": self._config.snapshot_cost_share}
         if worker.send(wire.encode(wire.ACTIVATE, dict(meta))):
             worker.state = WorkerState.ACTIVATING
             self.active = worker

@@ -121,8 +121,10 @@ class RelayMagics(Magics):
         """Show the state of the worker's snapshots, or turn them on or off for the session.
 
         Usage: ``%snapshot`` (is one kept, of which cell, how old, or why none is),
-        ``%snapshot off``, ``%snapshot on``.  A snapshot is a copy-on-write fork of
-        the idle worker: after a crash the session rolls back to it.
+        ``%snapshot off``, ``%snapshot on``, ``%snapshot now`` (one is taken once this
+        cell is done, however soon after the last: before a cell you expect trouble
+        from).  A snapshot is a copy-on-write fork of the idle worker: after a crash the
+        session rolls back to it.
         """
         from . import snapshot
 
@@ -133,8 +135,10 @@ class RelayMagics(Magics):
         arg = arg_s.strip().lower()
         if arg in ("on", "off"):
             print(snapshots.set_by_user(arg == "on"))
+        elif arg == "now":
+            print(snapshots.take_now())
         elif arg:
-            raise UsageError(f"%snapshot takes 'on', 'off' or nothing, not {arg_s.strip()!r}")
+            raise UsageError(f"%snapshot takes 'on', 'off', 'now' or nothing, not {arg_s.strip()!r}")
         else:
             print(snapshots.status())
 

@@ -305,8 +305,9 @@ async def _serve(kernel: WorkerKernel, link: Link, counter: progress.Counter | N
                 counter.begin_request()
             # the supervisor marks requests that came on control; others came on shell
             channel = "control" if (lm.meta or {}).get("channel") == "control" else "shell"
+            started = time.monotonic()
             await kernel.handle(list(lm.payload), channel)
-            snapshots.after_request(wire.as_bytes(lm.payload[0]))
+            snapshots.after_request(wire.as_bytes(lm.payload[0]), time.monotonic() - started)
         elif lm.kind == wire.ACTIVATE:
             kernel.activate(cast(wire.ActivateMeta, lm.meta))
             snapshots.activate(cast(wire.ActivateOptions, lm.meta))

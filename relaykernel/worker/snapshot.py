@@ -4,10 +4,14 @@ Runs in the worker's main thread, between requests: main.py's serving loop asks
 :meth:`Snapshots.delay` before it waits for the next request, and calls
 :meth:`Snapshots.take` once the worker stayed idle that long, outside the event
 loop.  A snapshot is taken only after an execute_request (the state may have
-changed), after ``IDLE_DELAY`` of quiet, and once what the previous one cost (its
-fork and exit, the page faults it made the cells pay) is at most ``COST_SHARE``
-of the time since it (:meth:`Snapshots._back_off`; ~1.2-1.5 s apart in a
-notebook of data work): a run of quick cells pays for one fork, off every request's critical path.
+changed), after ``IDLE_DELAY`` of quiet, and once what the previous one cost is at
+most ``COST_SHARE`` twice over (:meth:`Snapshots._back_off`): the page faults it
+made the cells pay, of the cells' own time since it (what a user waits for: a
+snapshot may slow the cells by 2.5 % at most), and its whole cost (those faults, its
+fork and exit, in the quiet between cells), of the session's time since it.  A run
+of quick cells pays for one fork, off every request's critical path; in a notebook
+of data work, a snapshot every few cells (a crash rolls back over the cells since,
+and names them).
 
 ``os.fork()`` gives a copy-on-write child holding the whole interpreter: every
 variable, module, comm object and open file.  Only the thread that forks exists
@@ -147,9 +151,16 @@ class Snapshots:
         self._why = ""
         #: the user turned snapshots off with %snapshot off
         self._user_off = False
+        #: %snapshot now: the next idle moment takes one, whatever the last one cost
+        self._now = False
         #: seconds between two snapshots, at least MIN_INTERVAL: the latest one's cost
         #: over COST_SHARE (see _back_off)
         self.interval = MIN_INTERVAL
+        #: seconds the worker spent on requests since the latest snapshot (the cells' time)
+        self.busy = 0.0
+        #: ... that the next snapshot waits for: the faults the latest one made the cells
+        #: pay, over COST_SHARE (see _back_off)
+        self.busy_needed = 0.0
         #: what the latest snapshot has cost so far (seconds; see _back_off), of which
         #: its fork and exit, the page faults in the cells since, and its memory they copied
         self.cost = 0.0
@@ -165,6 +176,8 @@ class Snapshots:
         self._calibrated = False
         #: bytes: no snapshot of a worker whose resident memory is larger (0: no limit)
         self.max_memory = 0
+        #: what snapshots may cost, of the cells' time and of the session's (Supervisor.snapshot_cost_share)
+        self.cost_share = COST_SHARE
         #: the supervisor's pidfd, in a snapshot's child
         self.supervisor_fd = -1
         #: this worker is a woken snapshot (see announce_targets)
@@ -175,15 +188,20 @@ class Snapshots:
         global current
         current = self
 
-    def after_request(self, header: bytes) -> None:
-        """A request ended: an execute_request may have changed the state."""
+    def after_request(self, header: bytes, seconds: float = 0.0) -> None:
+        """A request ended after ``seconds``: an execute_request may have changed the state."""
+        self.busy += seconds
         if self.enabled and not self._dirty:
             with contextlib.suppress(ValueError):
                 self._dirty = json.loads(header).get("msg_type") == "execute_request"
 
     def delay(self) -> float | None:
-        """Seconds of quiet before the next snapshot, or None if none is due."""
-        if not (self.enabled and self._dirty):
+        """Seconds of quiet before the next snapshot, or None if none is due (the state
+        has not changed, or the cells have not run long enough since the latest: only
+        more cells make the next due, see _back_off)."""
+        if self._now and self.enabled:
+            return IDLE_DELAY
+        if not (self.enabled and self._dirty) or self.busy < self.busy_needed:
             return None
         return max(IDLE_DELAY, self._last + self.interval - time.monotonic())
 
@@ -235,6 +253,7 @@ class Snapshots:
         snapshot policy's limits."""
         self._user_off = bool(meta.get("snapshots_user_off", False))
         self.max_memory = int(meta.get("snapshot_max_memory", 0) or 0)
+        self.cost_share = float(meta.get("snapshot_cost_share", self.cost_share) or COST_SHARE)
         self.enabled = bool(meta.get("snapshots", self.enabled)) and self._possible()
         if not self.enabled:
             self.drop()
@@ -261,6 +280,14 @@ class Snapshots:
                                               "enabled": False})
         return "Snapshots are off for this session: a crash now loses the variables. `%snapshot on` turns them on."
 
+    def take_now(self) -> str:
+        """%snapshot now: one is taken once this cell is done, whatever the last one cost
+        (before a cell the user expects trouble from).  Returns what to tell the user."""
+        if not self.enabled:
+            return "Snapshots are off: `%snapshot on` turns them on (and takes one after this cell)."
+        self._now = self._dirty = True
+        return "A snapshot is taken once this cell is done: a crash after it rolls back to the state then."
+
     def status(self) -> str:
         """What %snapshot shows."""
         if not self.enabled:
@@ -273,13 +300,16 @@ class Snapshots:
             age = time.monotonic() - self._last
             text = (f"Snapshots are on. The latest holds the state before cell [{self._count}], taken "
                     f"{age:.1f} s ago: a crash rolls back to it. `%snapshot off` turns them off.")
-            if self.interval > MIN_INTERVAL:  # see _back_off
-                text += (f"\nThe next is taken {self.interval:.1f} s after it at the soonest, to keep snapshots "
-                         f"to {COST_SHARE:.1%} of the time: it cost ~{self.cost * 1e3:.0f} ms, its fork and exit "
-                         f"{self._fixed * 1e3:.0f} ms and {self._faults} page faults in the cells since "
-                         f"({self.fault_seconds * 1e6:.1f} µs each; the cells rewrote "
-                         f"{self._copied / (1 << 20):.0f} MB it shared with the worker), which a new snapshot "
-                         "would make the next cells pay again.")
+            if self.interval > MIN_INTERVAL or self.busy_needed:  # see _back_off
+                text += (f"\nThe next is taken once the cells have run {self.busy_needed:.1f} s since it "
+                         f"({self.busy:.1f} s so far) and {self.interval:.1f} s after it at the soonest, to keep "
+                         f"snapshots to {self.cost_share:.1%} of the cells' time and of the session's "
+                         "(Supervisor.snapshot_cost_share): it cost "
+                         f"~{self.cost * 1e3:.0f} ms, its fork and exit {self._fixed * 1e3:.0f} ms and "
+                         f"{self._faults} page faults in the cells since ({self.fault_seconds * 1e6:.1f} µs each; "
+                         f"the cells rewrote {self._copied / (1 << 20):.0f} MB it shared with the worker), which a "
+                         "new snapshot would make the next cells pay again. `%snapshot now` takes one after "
+                         "this cell.")
             if self._why:  # see _keep
                 text += f"\nNo newer one is taken: {self._why}."
             return text
@@ -311,7 +341,8 @@ class Snapshots:
             self._skip(why)
             return None
         self.kernel.flush_streams()  # pending text is the worker's to send, not the child's
-        if self._back_off():
+        now, self._now = self._now, False
+        if self._back_off() and not now:
             return None
         started = time.thread_time()
         self.drop(wait=False)
@@ -352,6 +383,7 @@ class Snapshots:
         if probe is not None:
             self._calibrate(probe)
         self._child, self._fifo, self._last = pid, fifo, time.monotonic()
+        self.busy = self.busy_needed = 0.0
         self._rss_at = _resident()
         self._faults_at = _minor_faults()
         shell = self.kernel.shell
@@ -361,29 +393,37 @@ class Snapshots:
         return None
 
     def _back_off(self) -> bool:
-        """Before the snapshot is replaced: what has it cost?  Its fixed part: the worker's
-        CPU to take it (the previous one's kill, the trim, the fork's page tables) and the
-        child's own (its first writes after the fork, its exit: the previous child's whole
-        CPU, from wait4).  And the page faults it made the cells pay: after a fork every
-        page the worker writes faults once, a copy of a page the snapshot shares or a fresh
-        page for heap the trim gave back (a fault costs the cells more than copying 4 KiB:
-        FAULT_SECONDS).  Counted as the worker's minor faults since the fork
-        but one per page it grew by (fresh memory faults with no snapshot too), and at
-        least one per page the snapshot holds alone (its copies; pages the worker freed
-        count too, so its drop in RSS is taken off).
+        """Before the snapshot is replaced: what has it cost?  The page faults it made the
+        cells pay: after a fork every page the worker writes faults once, a copy of a page
+        the snapshot shares or a reuse of heap the child's trim gave back (a fault costs
+        the cells more than copying 4 KiB: FAULT_SECONDS).  Counted as the worker's minor
+        faults since the fork but one per page it grew by (fresh memory faults with no
+        snapshot too), and at least one per page the snapshot holds alone (its copies;
+        pages the worker freed count too, so its drop in RSS is taken off).  And its fixed
+        part, in the quiet between cells: the worker's CPU to take it (the previous one's
+        kill, the fork's page tables) and the child's own (its trim, its exit: the previous
+        child's whole CPU, from wait4).
 
-        The next snapshot waits until that cost is at most COST_SHARE of the time since
-        this one: ~15 ms and ~2,400 faults in a notebook of data work give ~1.2-1.5 s
-        (a crash after a pause that long finds a snapshot of the state before it), and a
-        cell that rewrites a 1 GiB array makes 262,144 faults, counted ~2.1 s, then the
-        snapshot it copied from stays for ~80 s and the next cells rewriting the array
-        pay nothing.  (Measured, ``a += 1`` on 1 GiB every 2 s for 15 cells: the rewrite
-        after a snapshot costs ~0.6 s of CPU, 2.3 µs a page; kept 80 s, the extra CPU was
-        0.53-0.64 s, 1.7-2.1 % of the time; capped at 20 s, 0.97-1.02 s, 3.1-3.3 %, and the
-        new snapshot held the same 1 GiB of its own after the next rewrite: dropping it
-        sooner saves memory only when the rewrite does not come again, which the worker
-        cannot see in advance.)  True if
-        the snapshot must stay for now (the worker tries again when the interval is over)."""
+        Two budgets, both COST_SHARE.  The faults, of the cells' time since the snapshot
+        (``busy``, the requests' wall time): the next snapshot waits until the cells ran
+        that long, so that snapshots slow the cells by 2.5 % at most, what ElasticNotebook
+        reports for itself; a new snapshot would make the next cells pay as much again.
+        ~2,400 faults at 8 µs in a notebook of data work want ~0.8 s of cells, a snapshot
+        every few cells; quick cells in a row pay for one snapshot among many, and a long
+        cell (one that is worth not running again) is followed by a snapshot at once.
+        The whole cost, of the session's time since the snapshot: snapshots take at most
+        2.5 % of the kernel's CPU over the session, think time included.  A cell that
+        rewrites a 1 GiB array makes 262,144 faults, counted ~2.1 s, then the snapshot it
+        copied from stays until the cells ran ~84 s and the next cells rewriting the array
+        pay nothing.  (Measured, ``a += 1`` on 1 GiB every 2 s for 15 cells with the
+        session's budget alone: the rewrite after a snapshot costs ~0.6 s of CPU, 2.3 µs a
+        page; kept 80 s, the extra CPU was 1.7-2.1 % of the time; capped at 20 s,
+        3.1-3.3 %, and the new snapshot held the same 1 GiB of its own after the next
+        rewrite: dropping it sooner saves memory only when the rewrite does not come
+        again, which the worker cannot see in advance.)
+
+        True if the snapshot must stay for now: the worker tries again when the interval
+        is over, or (the cells' budget) after the next request that runs long enough."""
         if not self._child:
             return False
         resident = _resident()
@@ -392,9 +432,11 @@ class Snapshots:
         grown = max(0, resident - self._rss_at) // _PAGE
         self._faults = max(_minor_faults() - self._faults_at - grown, self._copied // _PAGE)
         self._fixed = self._take_cpu + max(self._child_cpu, _cpu_seconds(self._child))
-        self.cost = self._fixed + self._faults * self.fault_seconds
-        self.interval = max(MIN_INTERVAL, self.cost / COST_SHARE)
-        if time.monotonic() < self._last + self.interval:
+        in_cells = self._faults * self.fault_seconds
+        self.cost = self._fixed + in_cells
+        self.busy_needed = in_cells / self.cost_share
+        self.interval = max(MIN_INTERVAL, self.cost / self.cost_share)
+        if self.busy < self.busy_needed or time.monotonic() < self._last + self.interval:
             self._dirty = True
             return True
         return False

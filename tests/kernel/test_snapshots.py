@@ -567,30 +567,75 @@ def test_rewriting_a_snapshots_memory_spaces_the_next_ones(relay) -> None:
 
 
 #: %snapshot's account of what the latest snapshot cost (snapshot.py, Snapshots.status)
-COST = re.compile(r"The next is taken ([\d.]+) s after it at the soonest, to keep snapshots to 2\.5% of the time: "
-                  r"it cost ~(\d+) ms, its fork and exit (\d+) ms and (\d+) page faults in the cells since "
-                  r"\(([\d.]+) µs each")
+COST = re.compile(r"The next is taken once the cells have run ([\d.]+) s since it \(([\d.]+) s so far\) and "
+                  r"([\d.]+) s after it at the soonest, to keep snapshots to ([\d.]+)% of the cells' time and "
+                  r"of the session's \(Supervisor\.snapshot_cost_share\): it cost ~(\d+) ms, its fork and "
+                  r"exit (\d+) ms and (\d+) page faults in the cells since \(([\d.]+) µs each")
 
 
-def test_the_next_snapshot_waits_until_the_last_ones_cost_is_2_5_percent(relay) -> None:
-    """What a snapshot costs is its fork and exit and a page fault for each page the cells
-    write after it (~8 µs each to the cells, not the ~1 µs of copying 4 KiB): after a cell
-    that rewrites 16 MiB the snapshot shares (4,096 faults), the next waits ≥ 1.3 s (it
-    came after 0.5 s when only the bytes copied counted), then comes."""
+def _cost(kc: Any) -> tuple[float, ...]:
+    """%snapshot's figures: cells' time wanted and run so far, interval, share (%), cost, fixed, faults,
+    µs each."""
+    status = _status_says(kc, "page faults in the cells since")
+    match = COST.search(status)
+    assert match, status
+    return tuple(float(g) for g in match.groups())
+
+
+def test_the_next_snapshot_waits_until_the_cells_ran_40_times_its_cost(relay) -> None:
+    """What a snapshot costs the cells is a page fault for each page they write after it
+    (~8 µs each to the cells, not the ~1 µs of copying 4 KiB).  After a cell that rewrites
+    16 MiB the snapshot shares (4,096 faults, ≥ 33 ms), the next waits until the cells ran
+    ≥ 1.3 s (2.5 % of their time): not after any quiet, but after a cell that long."""
     h = relay.start(KERNEL_NAME)
     execute_ok(h.kc, "import numpy as np\na = np.ones(16 * 1024**2 // 8)")
     worker = _fresh_snapshot(h.kc)
     snapshot = _snapshot_of(h.kc, worker)
     execute_ok(h.kc, "a += 1")
-    status = _status_says(h.kc, "page faults in the cells since")
-    match = COST.search(status)
-    assert match, status
-    interval, cost, fixed, faults, each = (float(g) for g in match.groups())
-    assert faults >= 4096 and each >= 8.0, status
-    assert cost >= fixed + faults * each / 1000 - 1 and fixed > 0, status
-    assert interval >= max(1.3, cost / 1000 / 0.025 - 0.1), status
-    assert _children(worker) == {snapshot}, status
-    wait_for(lambda: _children(worker) - {snapshot}, interval + 10.0)  # then a new one comes
+    needed, so_far, interval, share, cost, fixed, faults, each = _cost(h.kc)
+    assert share == 2.5 and faults >= 4096 and each >= 8.0, (share, faults, each)
+    assert cost >= fixed + faults * each / 1000 - 1 and fixed > 0, (cost, fixed)
+    assert needed >= max(1.3, faults * each / 1e6 / 0.025 - 0.1) and so_far < needed, (needed, so_far)
+    assert interval >= cost / 1000 / 0.025 - 0.1, (interval, cost)
+    with pytest.raises(AssertionError, match="timed out"):  # quiet alone takes no new one
+        wait_for(lambda: _children(worker) - {snapshot}, interval + 1.0)
+    execute_ok(h.kc, f"import time; time.sleep({needed + 0.2})")  # the cells have run long enough
+    wait_for(lambda: _children(worker) - {snapshot}, 10.0)
+
+
+def test_a_higher_cost_share_takes_snapshots_closer_together(relay) -> None:
+    """Supervisor.snapshot_cost_share=0.5: the same 16 MiB rewrite wants 20 times less of
+    the cells' time, and a 0.3 s cell is enough for the next snapshot."""
+    h = relay.start(install_spec("relaykernel-snapshot-share", ("--Supervisor.snapshot_cost_share=0.5",)))
+    execute_ok(h.kc, "import numpy as np\na = np.ones(16 * 1024**2 // 8)")
+    worker = _fresh_snapshot(h.kc)
+    snapshot = _snapshot_of(h.kc, worker)
+    execute_ok(h.kc, "a += 1")
+    needed, _, interval, share, _, _, faults, each = _cost(h.kc)
+    assert share == 50.0, share
+    assert needed == pytest.approx(faults * each / 1e6 / 0.5, abs=0.06) and needed < 0.3, (needed, faults, each)
+    execute_ok(h.kc, "import time; time.sleep(0.3)")
+    wait_for(lambda: _children(worker) - {snapshot}, interval + 10.0)
+
+
+def test_snapshot_now_takes_one_whatever_the_last_cost(relay) -> None:
+    """``%snapshot now`` before a risky cell: the snapshot comes after it, though the
+    last one's cost would hold the next back, and a crash rolls back to it."""
+    h = relay.start(KERNEL_NAME)
+    execute_ok(h.kc, "import numpy as np\na = np.ones(16 * 1024**2 // 8)\nn = 41")
+    worker = _fresh_snapshot(h.kc)
+    snapshot = _snapshot_of(h.kc, worker)
+    execute_ok(h.kc, "a += 1\nn = 42")
+    needed, so_far, *_ = _cost(h.kc)
+    assert so_far < needed, (needed, so_far)
+    reply, iopub = _run_all_iopub(h.kc, "%snapshot now")
+    assert reply["content"]["status"] == "ok", reply["content"]
+    assert "A snapshot is taken once this cell is done" in stream_text(iopub, "stdout")
+    wait_for(lambda: _children(worker) - {snapshot}, 10.0)
+    relay.track(h)
+    text = _report(_crash(h, SEGFAULT, worker))
+    assert re.search(r"Rolled back to the state before cell \[\d+\]:", text), text  # one cell: no range
+    assert evaluate(h.kc, "(n, float(a[0]))") == "(42, 2.0)"  # the state after the rewrite
 
 
 def _children(pid: int) -> set[int]:
