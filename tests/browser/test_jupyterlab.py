@@ -438,12 +438,51 @@ def waiting_cell(flag: Path, seconds: int = 120) -> str:
             "or time.monotonic() > _end, True)]")
 
 
-def holds(predicate: Callable[[], bool], seconds: float, what: str) -> None:
-    """``predicate`` stays true for ``seconds`` (checked every 0.1 s)."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        assert predicate(), f"{what} no longer held"
-        time.sleep(0.1)
+#: Installs a recorder of every change of the status bar's kernel text and the toolbar's
+#: execution indicator: [ms since installed, text, data-status] (window.__statusTimeline).
+_STATUS_RECORDER = """([statusSelector, indicatorSelector]) => {
+  const t0 = performance.now();
+  const read = () => {
+    const item = document.querySelector(statusSelector);
+    const indicator = document.querySelector(indicatorSelector);
+    return [item ? item.innerText : null, indicator ? indicator.getAttribute('data-status') : null];
+  };
+  const timeline = window.__statusTimeline = [[0, ...read()]];
+  if (window.__statusObserver) window.__statusObserver.disconnect();
+  window.__statusObserver = new MutationObserver(() => {
+    const [text, status] = read();
+    const last = timeline[timeline.length - 1];
+    if (text !== last[1] || status !== last[2]) timeline.push([performance.now() - t0, text, status]);
+  });
+  window.__statusObserver.observe(document.body, {subtree: true, childList: true, characterData: true,
+                                                  attributes: true, attributeFilter: ['data-status']});
+}"""
+
+#: ms a status other than the expected one may show before it is replaced: a frame or a
+#: few (an idle and the busy after it arrive as two websocket messages; the page may
+#: render between them), far below what a user could read
+FLICKER_MS = 250
+
+
+def status_holds(page: Any, text: str, attr: str, seconds: float) -> list[list[Any]]:
+    """The status bar says ``text`` and the toolbar's indicator ``attr`` for ``seconds``,
+    every change recorded in the page (not sampled): a different status that stays longer
+    than FLICKER_MS, or is the last one, fails.  Returns the timeline."""
+    page.evaluate(_STATUS_RECORDER, [".jp-StatusBar-TextItem[title^='Change kernel for']",
+                                     ".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator"])
+    time.sleep(seconds)
+    timeline: list[list[Any]] = page.evaluate("window.__statusTimeline")
+    end_ms = seconds * 1000
+
+    def expected(entry: list[Any]) -> bool:
+        return str(entry[1] or "").endswith(f"| {text}") and entry[2] == attr
+
+    shown = "\n".join(f"{t:8.1f} ms  {status!r}  {indicator!r}" for t, status, indicator in timeline)
+    assert expected(timeline[-1]), f"{text} / {attr} not shown at the end:\n{shown}"
+    for entry, after in zip(timeline, [*timeline[1:], [end_ms]]):
+        if not expected(entry):
+            assert after[0] - entry[0] <= FLICKER_MS, f"not {text} / {attr} for longer than {FLICKER_MS} ms:\n{shown}"
+    return timeline
 
 
 def own_kernel(server: LabServer, nb: Notebook) -> dict[str, Any]:
@@ -491,9 +530,9 @@ def test_05_reload_during_a_running_cell_shows_busy(nb: Notebook, lab_server: La
         expect(kernel_status(page)).to_have_text(re.compile(rf"\| {text}$"), timeout=UI_TIMEOUT)
         indicator = page.locator(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator")
         # what the page learns after the states (the control comm's close) must not turn it idle
-        holds(lambda: (kernel_status(page).inner_text().endswith(f"| {text}")
-                       and indicator.get_attribute("data-status") == attr), 3.0,
-              f"{text} in the status bar and the toolbar while the cell runs")
+        expect(indicator).to_have_attribute("data-status", attr, timeout=UI_TIMEOUT)
+        timeline = status_holds(page, text, attr, 3.0)
+        print(f"status changes in the 3 s after the reload showed {text}: {timeline}")
         assert own_kernel(lab_server, nb)["execution_state"] == "busy"
         step("reloaded-mid-cell-busy")
     finally:
