@@ -828,8 +828,12 @@ def _define(k: Kernel, size: int, snapshots: bool, timeout: float) -> int:
     """Give the kernel ``size`` bytes of live heap (``a``, written) and ``n = 41``; with
     snapshots, return once the worker holds a snapshot of that state (else 0).  One
     cell: a snapshot taken between a cell and this one would hold the old ``a``, which
-    the worker frees here, and keep it (snapshot.py counts it as copies)."""
-    r = k.waiter.execute(f"import os, numpy as np\na = None\na = np.ones({size // 8})\nn = 41\nos.getpid()",
+    the worker frees here, and keep it (snapshot.py counts it as copies).  With
+    snapshots, the cell asks for one after it (``%snapshot now``): a quick cell right
+    after the previous snapshot would not wait for one (the cells' budget, snapshot.py),
+    and a crash would roll back past it."""
+    now = "get_ipython().run_line_magic('snapshot', 'now')\n" if snapshots else ""
+    r = k.waiter.execute(f"import os, numpy as np\na = None\na = np.ones({size // 8})\nn = 41\n{now}os.getpid()",
                          timeout, want_result=True, alive=k.alive)
     if r.reply.get("status") != "ok" or not (r.result or "").isdigit():
         raise BenchError(f"defining a {size_label(size)} heap failed: {r.reply.get('evalue', r.result)}")
@@ -917,7 +921,8 @@ def _snapshot_rows(kernels: dict[str, Kernel], cfg: Config) -> list[Row]:
             continue
         try:
             worker = _cell_pid(k, t)
-            _ok(k, f"import numpy as np\nc = np.ones({(1 << 30) // 8})", t)
+            now = "\nget_ipython().run_line_magic('snapshot', 'now')" if lb == on else ""
+            _ok(k, f"import numpy as np\nc = np.ones({(1 << 30) // 8}){now}", t)
             if lb == on:
                 _wait_snapshot_newer(worker)  # of `c`
             else:
