@@ -10,8 +10,8 @@ made the cells pay, of the cells' own time since it (what a user waits for: a
 snapshot may slow the cells by 2.5 % at most), and its whole cost (those faults, its
 fork and exit, in the quiet between cells), of the session's time since it.  A run
 of quick cells pays for one fork, off every request's critical path; in a notebook
-of data work, a snapshot every few cells (a crash rolls back over the cells since,
-and names them).
+of data work, a snapshot every ~1.3 s of cells (a crash rolls back over the cells
+since, and names them; ``%snapshot now`` asks for one after a cell).
 
 ``os.fork()`` gives a copy-on-write child holding the whole interpreter: every
 variable, module, comm object and open file.  Only the thread that forks exists
@@ -327,6 +327,7 @@ class Snapshots:
         """Replace the snapshot with a new one.  Returns None in the worker; in the
         snapshot's child, once the supervisor woke it, what it was woken with."""
         self._dirty = False
+        now, self._now = self._now, False  # %snapshot now: asked once, whatever comes of it
         why = self._unsafe()
         self._why = why
         if why:
@@ -341,7 +342,6 @@ class Snapshots:
             self._skip(why)
             return None
         self.kernel.flush_streams()  # pending text is the worker's to send, not the child's
-        now, self._now = self._now, False
         if self._back_off() and not now:
             return None
         started = time.thread_time()
@@ -408,9 +408,10 @@ class Snapshots:
         (``busy``, the requests' wall time): the next snapshot waits until the cells ran
         that long, so that snapshots slow the cells by 2.5 % at most, what ElasticNotebook
         reports for itself; a new snapshot would make the next cells pay as much again.
-        ~2,400 faults at 8 µs in a notebook of data work want ~0.8 s of cells, a snapshot
-        every few cells; quick cells in a row pay for one snapshot among many, and a long
-        cell (one that is worth not running again) is followed by a snapshot at once.
+        ~4,000 faults at 8 µs in a notebook of data work want ~1.3 s of cells, a snapshot
+        every ten cells or so (benchmarks/notebook.py: 2-3 over its 34 cells); quick
+        cells in a row pay for one snapshot among many, and a long cell (one that is
+        worth not running again) is followed by a snapshot at once.
         The whole cost, of the session's time since the snapshot: snapshots take at most
         2.5 % of the kernel's CPU over the session, think time included.  A cell that
         rewrites a 1 GiB array makes 262,144 faults, counted ~2.1 s, then the snapshot it

@@ -295,6 +295,9 @@ def test_a_user_thread_skips_snapshots_with_a_reason(relay) -> None:
                      "t = threading.Thread(target=stop.wait, name='mine'); t.start()")
     wait_for(lambda: not [c for c in psutil.Process(worker).children()
                           if c.status() != psutil.STATUS_ZOMBIE], 10.0)
+    execute_ok(h.kc, "%snapshot now")  # asked once: skipped with the same reason, not asked again and again
+    wait_for(lambda: evaluate(h.kc, "__import__('relaykernel.worker.snapshot').worker.snapshot.current._now")
+             == "False", 10.0)
     reply = _crash(h, SEGFAULT, worker)
     text = _report(reply)
     assert "No snapshot to roll back to: the worker kept none: threads the user started" in text, text
