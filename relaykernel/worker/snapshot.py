@@ -301,8 +301,9 @@ class Snapshots:
             text = (f"Snapshots are on. The latest holds the state before cell [{self._count}], taken "
                     f"{age:.1f} s ago: a crash rolls back to it. `%snapshot off` turns them off.")
             if self.interval > MIN_INTERVAL or self.busy_needed:  # see _back_off
-                text += (f"\nThe next is taken once the cells have run {self.busy_needed:.1f} s since it "
-                         f"({self.busy:.1f} s so far) and {self.interval:.1f} s after it at the soonest, to keep "
+                cells = (f"once the cells have run {self.busy_needed:.1f} s since it ({self.busy:.1f} s so far) "
+                         "and " if self.busy_needed else "")
+                text += (f"\nThe next is taken {cells}{self.interval:.1f} s after it at the soonest, to keep "
                          f"snapshots to {self.cost_share:.1%} of the cells' time and of the session's "
                          "(Supervisor.snapshot_cost_share): it cost "
                          f"~{self.cost * 1e3:.0f} ms, its fork and exit {self._fixed * 1e3:.0f} ms and "
