@@ -90,14 +90,15 @@ MIN_INTERVAL = 0.5
 IDLE_DELAY = 0.05
 #: The share of the session's time that snapshots may cost (what issue 18 asks,
 #: ElasticNotebook's figure for itself): the next snapshot waits until the last
-#: one's cost is that small a part of the time since it was taken (see _back_off).
+#: one's cost is that small a part of the cells' time, and of the session's, since it
+#: was taken (see _back_off).  The default of Supervisor.snapshot_cost_share.
 COST_SHARE = 0.025
 #: Seconds a page fault after a snapshot costs the cells, at least: what the cells of
 #: benchmarks/notebook.py paid (their extra CPU over their extra faults, 2-core VM): 1-9 µs
 #: per run since the child trims the heap, 4-21 µs when the worker did (fresh pages for
 #: the heap it reused).  A copy-on-write fault timed alone costs 1-2.5 µs (_calibrate: the
-#: worker uses that if higher).  Kept above the median: 2.5 % of the session then holds
-#: with a margin (2.1 %, benchmarks/README.md), snapshots ~1.2-1.5 s apart.
+#: worker uses that if higher).  Kept above the median: the 2.5 % the policy allows then
+#: holds with a margin (the cells' budget: ~1.5 % measured, benchmarks/README.md).
 #: Counted on the worker alone (``--per-cell``: its user and system CPU from /proc), a
 #: fault costs the cells 4-5 µs, of which ~2.5 µs system time: the copy itself, as in a
 #: bare process (1.9-3 µs); a 1 GiB array rewritten after a snapshot pays 2.3 µs a page.
