@@ -46,13 +46,17 @@ class Rollback:
         if self.why_not:
             lost = _lost_and_kept(open_comms)
             return [lost[0], f"No snapshot to roll back to: {self.why_not}.", *lost[1:]]
-        cells = f"cell [{self.before}]" if self.through <= self.before else f"cells [{self.before}..{self.through}]"
+        several = self.through > self.before
+        cells = f"cells [{self.before}..{self.through}]" if several else f"cell [{self.before}]"
+        rerun = "The snapshot has taken over; re-run the cells after it that you need."
+        if several:  # quick cells share a snapshot (worker/snapshot.py): how to have one before a cell
+            rerun += " (Cells that ran briefly share one snapshot; `%snapshot now` takes one after a cell.)"
         return [(f"Rolled back to the state before {cells}: {self.names} name(s) kept (variables, imports, "
                  "functions), with the values they had then."),
                 ("Not rolled back: files written, network side effects, and threads or child processes "
                  "started by the cells since."),
                 f"Kept: the kernel, its execution count and history, and {open_comms} open comm(s).",
-                "The snapshot has taken over; re-run the cells after it that you need."]
+                rerun]
 
 
 @dataclass(frozen=True)

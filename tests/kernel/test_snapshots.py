@@ -126,6 +126,7 @@ def test_variables_survive_a_crash(relay, code: str | None) -> None:
     text = _report(reply)
     assert "Rolled back to the state before cell [2]" in text, text
     assert "Not rolled back: files written" in text, text
+    assert "%snapshot now" not in text, text  # one cell rolled back: nothing to advise
     assert evaluate(h.kc, CHECK) == EXPECTED  # n is 41 again: the crashed cell's n = 1000 is undone
     assert _worker_pid(h.kc) != worker
 
@@ -168,6 +169,7 @@ def test_cells_after_the_snapshot_are_named(relay) -> None:
     reply = get_reply(h.kc, crash)
     text = _report(reply)
     assert "Rolled back to the state before cells [2..3]" in text, text
+    assert "`%snapshot now` takes one after a cell" in text, text  # how to have one next time
     assert evaluate(h.kc, "n") == "41"
 
 
