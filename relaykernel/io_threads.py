@@ -35,20 +35,22 @@ log = LazyLogger("relaykernel")
 IO_THREAD_PREFIX = "ZMQbg/IO/"
 
 
-def batch_io_threads(wait: float = 0.02) -> int:
+def batch_io_threads(wait: float = 0.02, expect: int = 1) -> int:
     """Put this process's libzmq IO threads under SCHED_BATCH; returns how many.
 
-    Call it after the context has made its first socket (libzmq starts its
+    Call it after the contexts have made their first socket (libzmq starts its
     threads then).  A new thread names itself a moment after it starts, so
-    this looks again for up to ``wait`` seconds until one is named.  A no-op
-    off Linux or where the scheduler call is refused."""
+    this looks again for up to ``wait`` seconds until ``expect`` are named (one
+    per context: a worker has its link's and pyzmq's garbage collector's, and
+    the second may name itself after the first).  A no-op off Linux or where
+    the scheduler call is refused."""
     batch = getattr(os, "SCHED_BATCH", None)
     if batch is None or not os.path.isdir("/proc/self/task"):
         return 0
     deadline = time.monotonic() + wait
     while True:
         tids = _io_thread_ids()
-        if tids or time.monotonic() >= deadline:
+        if len(tids) >= expect or time.monotonic() >= deadline:
             break
         time.sleep(0.002)
     changed = 0

@@ -77,7 +77,6 @@ def serve(config: WorkerConfig, template: bool = False) -> None:
 
     ctx = zmq.Context()
     link = Link(ctx, config.endpoint)
-    batch_io_threads()
     messenger = Messenger(Signer(config.key, config.signature_scheme, config.session_id), link)
     order = OutputOrder(messenger.publish_stream, messenger.current)  # one order for both streams
     stdout = OutStream("stdout", order, fileno=1, parents=messenger)
@@ -90,6 +89,7 @@ def serve(config: WorkerConfig, template: bool = False) -> None:
     _log_to(capture.saved[2], config.log_level)
     link.tickers.append(lambda: order.flush_if_due(time.monotonic()))
     link.start()
+    batch_io_threads(wait=0.05, expect=_IO_CONTEXTS)
 
     def in_forked_child() -> None:
         after_fork_in_child((stdout, stderr), capture)
@@ -174,6 +174,19 @@ def _open_side(kernel: WorkerKernel, ctx: zmq.Context, endpoint: str) -> SideCha
     return side
 
 
+#: zmq contexts in a worker, each with its libzmq IO thread: the link's, and pyzmq's
+#: garbage collector's (link.py starts it with the link)
+_IO_CONTEXTS = 2
+
+
+def _batch_io_threads_soon() -> None:
+    """The new contexts' IO threads under SCHED_BATCH, as serve() does the first ones;
+    by a thread of its own: an IO thread may take a few ms to name itself, and READY
+    must not wait."""
+    threading.Thread(target=batch_io_threads, kwargs={"wait": 0.5, "expect": _IO_CONTEXTS},
+                     name="relaykernel-batch-io", daemon=True).start()
+
+
 def _restored(kernel: WorkerKernel, link: Link, side: SideChannel, wake: wire.WakeMeta,
               supervisor_fd: int) -> progress.Counter:
     """In a snapshot's child, woken by the supervisor after the worker died: become a
@@ -183,9 +196,7 @@ def _restored(kernel: WorkerKernel, link: Link, side: SideChannel, wake: wire.Wa
     # started outside any request, as the worker's were: they follow the latest request
     no_parent = kernel.messenger.set_thread_parent({})
     link.reopen(wake["endpoint"])
-    # the new context's IO thread, as serve() does the first one's; by a thread of its
-    # own: the IO thread may take a few ms to name itself, and READY must not wait
-    threading.Thread(target=batch_io_threads, name="relaykernel-batch-io", daemon=True).start()
+    _batch_io_threads_soon()
     kernel.subshells.forget()
     side.reopen(link.context, wake["endpoint"])
     become_worker(kernel, wake, supervisor_fd)

@@ -51,3 +51,33 @@ def test_a_refused_policy_change_leaves_the_process_running():
     changed, io, _others = _probe("refuse").split(" ", 2)
     assert changed == "0"
     assert str(os.SCHED_BATCH) not in io
+
+
+TWO_CONTEXTS = r"""
+import os, threading, time, zmq
+from relaykernel.io_threads import IO_THREAD_PREFIX, batch_io_threads
+first = zmq.Context()
+a = first.socket(zmq.PAIR)
+while not any(open(f"/proc/self/task/{t}/comm").read().startswith(IO_THREAD_PREFIX)
+              for t in os.listdir("/proc/self/task")):
+    time.sleep(0.001)  # the first context's IO thread is named: a plain call would stop here
+second = zmq.Context()
+late = threading.Timer(0.05, lambda: second.socket(zmq.PAIR))  # as pyzmq's garbage collector starts later
+late.start()
+changed = batch_io_threads(wait=2.0, expect=2)
+late.join()
+print(changed, sorted(os.sched_getscheduler(int(t)) for t in os.listdir("/proc/self/task")
+                      if open(f"/proc/self/task/{t}/comm").read().startswith(IO_THREAD_PREFIX)))
+os._exit(0)
+"""
+
+
+@needs_linux_sched
+def test_a_second_context_started_a_moment_later_is_waited_for():
+    """A worker has two contexts (its link's, pyzmq's garbage collector's), whose IO
+    threads name themselves at different moments: with ``expect=2`` the call waits for
+    both, where stopping at the first named one left the other at the default policy
+    (a CI failure: the worker's IO threads [SCHED_BATCH, SCHED_OTHER])."""
+    result = subprocess.run([sys.executable, "-c", TWO_CONTEXTS], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split(" ", 1) == ["2", f"[{os.SCHED_BATCH}, {os.SCHED_BATCH}]\n"], result.stdout
