@@ -75,9 +75,12 @@ def _snapshot_of(kc: Any, worker_pid: int, timeout: float = 10.0) -> int:
 
 
 def _fresh_snapshot(kc: Any, timeout: float = 10.0) -> int:
-    """After a cell: the worker's pid, once a snapshot newer than the cell is kept."""
+    """After a cell: the worker's pid, once a snapshot newer than the cell is kept.
+    Asked for with ``%snapshot now`` (silent: no execution count): after an earlier
+    snapshot, a quick cell does not get one of its own (the cells' budget)."""
     worker = _worker_pid(kc)
     before = {c.pid for c in psutil.Process(worker).children()}
+    execute(kc, "%snapshot now", silent=True, store_history=False)
     wait_for(lambda: _snapshot_of(kc, worker, timeout) not in before, timeout)
     return worker
 
