@@ -44,6 +44,11 @@ class InterruptGate:
         #: threads other than the main one in user code -> what interrupts them
         #: (None: a KeyboardInterrupt raised in the thread)
         self._threads: dict[int, Callable[[], None] | None] = {}
+        #: threads other than the main one whose request started but whose user code
+        #: has not -> interrupts counted then: one since is theirs (_thread_user_code)
+        self._starting: dict[int, int] = {}
+        self._interrupts = 0
+        self._threads_lock = threading.Lock()  # an interrupt and a thread's way in: one delivers
 
     def install(self) -> None:
         signal.signal(signal.SIGINT, self._on_sigint)
@@ -107,12 +112,25 @@ class InterruptGate:
                 if not self._idle:
                     self._pending = True
 
+    def thread_request(self) -> None:
+        """A thread other than the main one (a subshell's) starts a request: an interrupt
+        from now on is meant for it, also one that comes before its user code runs (the
+        cell's execute_input is out by then: a frontend may interrupt it at once).  The
+        main thread has busy() and its pending interrupt for this."""
+        if threading.current_thread() is not threading.main_thread():
+            with self._threads_lock:
+                self._starting[threading.get_ident()] = self._interrupts
+
     @contextlib.contextmanager
     def _thread_user_code(self, on_interrupt: Callable[[], None] | None) -> Iterator[None]:
         ident = threading.get_ident()
         outer = ident in self._threads
         if not outer:
-            self._threads[ident] = on_interrupt
+            with self._threads_lock:
+                self._threads[ident] = on_interrupt
+                started = self._starting.pop(ident, None)
+                if started is not None and started < self._interrupts:  # interrupted on its way in
+                    self._interrupt_thread(ident, on_interrupt)
         try:
             yield
         finally:
@@ -123,11 +141,18 @@ class InterruptGate:
         """Every other thread in user code gets a KeyboardInterrupt at its next bytecode
         (an awaiting cell: its task is cancelled).  One blocked in a C call (sleep,
         a lock) sees it when the call returns."""
-        for ident, on_interrupt in list(self._threads.items()):
-            if on_interrupt is not None:
-                on_interrupt()
-            else:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
+        with self._threads_lock:
+            self._interrupts += 1
+            threads = list(self._threads.items())
+        for ident, on_interrupt in threads:
+            self._interrupt_thread(ident, on_interrupt)
+
+    @staticmethod
+    def _interrupt_thread(ident: int, on_interrupt: Callable[[], None] | None) -> None:
+        if on_interrupt is not None:
+            on_interrupt()
+        else:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
 
     def busy_threads(self) -> bool:
         return bool(self._threads)

@@ -198,6 +198,7 @@ class WorkerKernel:
         ``subshell_id``: the subshell (thread, or the lane beside the cell) it runs
         in, None for the main shell.  Streams (and fd pipes) are flushed once,
         here, right before the DONE."""
+        self.gate.thread_request()  # a subshell's: an interrupt from now on is this request's
         reply: dict[str, Any] | None = None
         meta: wire.DoneMeta = {"status": "ok"}
         msg_type = ""
