@@ -503,6 +503,7 @@ class Snapshots:
         a pidfd of the worker it was forked from)."""
         self._close_plumbing(wake_fd, supervisor_fd, worker_fd)
         self._child, self._fifo, self._dirty, self._last = 0, "", False, time.monotonic()
+        self.busy = self.busy_needed = 0.0  # the worker's budget, not ours: we hold no snapshot yet
         self._ending = []  # the worker's to reap, not ours
         self.supervisor_fd = supervisor_fd
         watched = [wake_fd, supervisor_fd] + ([worker_fd] if worker_fd >= 0 else [])

@@ -644,6 +644,8 @@ def test_snapshot_now_takes_one_whatever_the_last_cost(relay) -> None:
     text = _report(_crash(h, SEGFAULT, worker))
     assert re.search(r"Rolled back to the state before cell \[\d+\]:", text), text  # one cell: no range
     assert evaluate(h.kc, "(n, float(a[0]))") == "(42, 2.0)"  # the state after the rewrite
+    restored = _worker_pid(h.kc)  # its first snapshot comes unasked, as a new worker's does
+    wait_for(lambda: _children(restored), 10.0)
 
 
 def _children(pid: int) -> set[int]:
