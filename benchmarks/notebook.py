@@ -175,11 +175,6 @@ def tree_cpu(k: Kernel) -> float:
     return total
 
 
-def minflt(pid: int) -> int:
-    """Minor page faults of process ``pid`` so far (/proc/PID/stat field 10)."""
-    return worker_stat(pid)[0]
-
-
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
